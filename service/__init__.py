@@ -1,0 +1,1 @@
+"""yujing service: the gRPC server, micro-batcher, model clients, session table, policy."""

@@ -1,0 +1,26 @@
+"""Text models: sentiment and intent, texts in, probabilities out.
+
+Every model the service can use (the Triton-served ones, their in-process twins used as
+the degraded fallback, the lexicon model) has the same small interface,
+:class:`TextModel`. The label set comes from the model, never from the code.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """Texts in, class probabilities out.
+
+    ``predict_proba(texts)`` returns a float32 array of shape ``(len(texts), len(labels))``
+    whose rows sum to 1; column ``j`` is the probability of ``labels[j]``.
+    """
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
