@@ -24,3 +24,9 @@ class TextModel(Protocol):
     labels: tuple[str, ...]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+# The tensor contract of every text model in the Triton repository:
+# input TEXT (TYPE_STRING, dims [1], batched), output PROBABILITIES (TYPE_FP32, dims [-1]).
+TRITON_INPUT = "TEXT"
+TRITON_OUTPUT = "PROBABILITIES"
