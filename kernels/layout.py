@@ -1,0 +1,215 @@
+"""The state layout: every column of the session and agent tables, the per-turn input
+and output arrays, and the policy-parameter vector. Written down here once; the CPU
+kernels, the GPU kernels, the session table and the reference all index by these names.
+
+Session table (struct of arrays, one column per row of a 2-D array, capacity C):
+
+    array  dtype    rows            bytes/session
+    sf     float64  F_* (11)        88
+    si     int64    I_* (5)         40
+    sh     uint64   SIMHASH_RING    32
+    sc     int32    C_* (8)         32
+    sb     uint8    B_* (6)          6
+    sw     uint16   2 * WINDOW_BUCKETS  40
+                                    ---
+                                    238  (<= 256, asserted below)
+
+Row r of ``sf`` is the contiguous column ``sf[r, :]`` over all sessions, so a GPU warp
+touching 32 consecutive slots reads one 256-byte line per column.
+
+Agent table (capacity A): ``ai`` int64 [AI_ROWS, A], ``aw`` int32 [2 * AGENT_BUCKETS, A].
+
+Units: timestamps are milliseconds since the epoch (int64); durations in state are ms;
+sentiment is in [-1, 1] (P(pos) - P(neg)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# --- session table: float64 rows -------------------------------------------------------
+F_SENT_FAST = 0      # customer sentiment EWMA, alpha_fast per customer turn
+F_SENT_SLOW = 1      # customer sentiment EWMA, alpha_slow per customer turn
+F_PEAK_NEG = 2       # decayed peak negativity max(0, -sentiment), half-life hl_peak
+F_RATE = 3           # customer messages, decayed with time constant rate_tau (count)
+F_DELAY_EWMA = 4     # EWMA of response delays (ms), alpha_delay per response
+F_NEGATION_NUM = 5   # decayed sum of negation tokens over customer turns
+F_NEGATION_DEN = 6   # decayed sum of tokens over customer turns
+F_INTENSITY = 7      # EWMA of per-turn intensity, alpha_intensity per customer turn
+F_ESCALATION = 8     # decayed max escalation-cue level, half-life hl_escalation
+F_EXPOSURE = 9       # decayed sum of intent risk weights, half-life hl_exposure
+F_SCORE = 10         # the last composite score
+SF_ROWS = 11
+
+# --- int64 rows --------------------------------------------------------------------------
+I_FIRST_TS = 0       # timestamp of the first turn
+I_LAST_TS = 1        # the session clock: the latest turn timestamp seen
+I_LAST_SEEN = 2      # server wall clock (ms) of the last turn: TTL and eviction order
+I_WAIT_SINCE = 3     # timestamp of the first unanswered customer turn, NO_WAIT if none
+I_WIN_HEAD = 4       # bucket number (ts // bucket_ms) of the newest window bucket
+SI_ROWS = 5
+NO_WAIT = -1
+
+# --- uint64 rows: SimHash of the last customer texts (ring, position = n_customer % R)
+SIMHASH_RING = 4
+
+# --- int32 rows --------------------------------------------------------------------------
+C_TURNS = 0          # all turns applied
+C_CUSTOMER = 1       # customer message turns applied
+C_CONSEC_NEG = 2     # consecutive negative customer turns (run length)
+C_NEG_BITS = 3       # bit k = customer turn (latest - k) was negative
+C_REP_BITS = 4       # bit k = customer turn (latest - k) repeated an earlier complaint
+C_LAST_INTENT = 5    # intent id of the latest customer turn, -1 before any
+C_TRANSFERS = 6      # TRANSFER events
+C_BOT_UNHANDLED = 7  # bot turns since the last human agent turn or HANDOFF
+SC_ROWS = 8
+
+# --- uint8 rows --------------------------------------------------------------------------
+B_LEVEL = 0          # 0 none, 1 blue, 2 yellow, 3 red (with hysteresis)
+B_PRIORITY = 1       # 0 none, 1 P3, 2 P2, 3 P1, 4 P0
+B_FLAGS = 2          # FLAG_* bits
+B_ESC_MASK = 3       # OR of the escalation-cue categories seen (service.featurize)
+B_RAISE = 4          # sticky priority raise from intent categories and cues
+B_FLOOR = 5          # sticky minimum level from cues and tier rules
+SB_ROWS = 6
+FLAG_BOT_MODE = 1    # the last non-customer turn was a bot's (no human yet)
+FLAG_HAS_DELAY = 2   # F_DELAY_EWMA holds at least one response delay
+
+# --- uint16 rows: the time window, rows [0, WB) totals, [WB, 2WB) negatives ------------
+WINDOW_BUCKETS = 10
+SW_ROWS = 2 * WINDOW_BUCKETS
+U16_MAX = 65535
+
+SESSION_DTYPES = (
+    ("sf", np.float64, SF_ROWS),
+    ("si", np.int64, SI_ROWS),
+    ("sh", np.uint64, SIMHASH_RING),
+    ("sc", np.int32, SC_ROWS),
+    ("sb", np.uint8, SB_ROWS),
+    ("sw", np.uint16, SW_ROWS),
+)
+BYTES_PER_SESSION = sum(np.dtype(dt).itemsize * rows for _, dt, rows in SESSION_DTYPES)
+assert BYTES_PER_SESSION <= 256, BYTES_PER_SESSION
+
+# --- agent table -------------------------------------------------------------------------
+AI_HEAD = 0          # bucket number of the newest agent bucket
+AI_ROWS = 1
+AGENT_BUCKETS = 12   # 12 x agent_bucket_ms (default 10 min) = the 2-hour fatigue window
+AW_ROWS = 2 * AGENT_BUCKETS   # [0, AB) customer turns handled, [AB, 2AB) negative ones
+AGENT_DTYPES = (("ai", np.int64, AI_ROWS), ("aw", np.int32, AW_ROWS))
+
+# --- per-turn input (a batch of B turns, in arrival order) --------------------------------
+T_SLOT = 0           # session slot
+T_AGENT = 1          # agent slot, -1 when the turn names no agent
+T_TS = 2             # turn timestamp (ms)
+T_NOW = 3            # server wall clock when the turn was accepted (ms)
+T_SPEAKER = 4        # SPEAKER_*
+T_EVENT = 5          # EVENT_*
+T_FLAGS = 6          # TF_* bits
+T_INTENT = 7         # intent label id
+T_ESC_MASK = 8       # escalation-cue categories in this text
+T_NEG_WORDS = 9      # negation tokens in this text
+T_WORDS = 10         # tokens in this text
+T_RAISE = 11         # priority raise from this turn's intent category and cues (sticky)
+T_TIER_RAISE = 12    # priority raise from the customer tier (this turn only)
+T_FLOOR = 13         # minimum level from this turn's cues / tier rule (sticky)
+T_NEW = 14           # 1: the session slot was just allocated, initialise it first
+T_NEW_AGENT = 15     # 1: the agent slot was just allocated, initialise it first
+TI_ROWS = 16
+
+TF_SENTIMENT = 0     # P(pos) - P(neg), in [-1, 1]
+TF_INTENT_WEIGHT = 1 # the policy's risk weight of the intent, [0, 1]
+TF_INTENSITY = 2     # service.featurize intensity, [0, 1]
+TF_ESC_LEVEL = 3     # the policy's level of the strongest cue in this text, [0, 1]
+TF_SLA_MS = 4        # response-time SLA for this turn's tier and channel (ms)
+TFL_ROWS = 5
+
+TFLAG_HAS_TEXT = 1   # the turn carries text (a message, not only an event)
+TFLAG_NEGATIVE = 2   # the sentiment model's label is negative
+TFLAG_COMPLAINT = 4  # the intent's category counts as a complaint (repeat detection)
+
+SPEAKER_CUSTOMER = 1
+SPEAKER_AGENT = 2
+SPEAKER_BOT = 3
+EVENT_NONE = 0
+EVENT_TRANSFER = 1
+EVENT_HOLD = 2
+EVENT_RESUME = 3
+EVENT_HANDOFF = 4
+EVENT_HANGUP = 5
+
+# --- indicators (order = row of the indicator output; the table in README) ---------------
+INDICATORS = (
+    "sentiment_ewma",          # 0  EWMA(alpha_fast) of customer sentiment, [-1, 1]
+    "neg_share_turns",         # 1  negative share of the last N customer turns, [0, 1]
+    "neg_share_window",        # 2  negative share of customer turns in the last T min
+    "sentiment_trend",         # 3  fast EWMA - slow EWMA, [-2, 2]
+    "consecutive_negative",    # 4  run of negative customer turns
+    "peak_negativity",         # 5  decayed peak of max(0, -sentiment), [0, 1]
+    "repeat_complaints",       # 6  similar complaints among the last N customer turns
+    "message_rate",            # 7  customer messages per minute (decayed count / tau)
+    "response_delay_sla",      # 8  response-delay EWMA / SLA of tier and channel
+    "unanswered_wait_sla",     # 9  current unanswered wait / SLA
+    "negation_share",          # 10 negation tokens / tokens, decayed per turn, [0, 1]
+    "intensity",               # 11 EWMA of intensity (!, ?, CAPS, repeats), [0, 1]
+    "escalation",              # 12 decayed strongest escalation cue, [0, 1]
+    "intent_exposure",         # 13 decayed sum of intent risk weights
+    "transfers",               # 14 TRANSFER events
+    "session_minutes",         # 15 (session clock - first turn) / 60 s
+    "bot_turns_unhandled",     # 16 bot turns with no human yet
+    "agent_fatigue",           # 17 negative customer turns the agent took in 2 h
+)
+N_INDICATORS = len(INDICATORS)
+IND = {name: i for i, name in enumerate(INDICATORS)}
+# Indicators whose risk is their negative part (score uses max(0, -value)).
+NEGATIVE_IS_RISK = ("sentiment_ewma", "sentiment_trend")
+
+# --- per-turn output -----------------------------------------------------------------
+# of: float64 [OF_ROWS, B]: indicators, then the score, then the top-3 reason points.
+OF_SCORE = N_INDICATORS
+OF_REASON_POINTS = N_INDICATORS + 1   # 3 rows
+OF_TOTAL_POINTS = N_INDICATORS + 4    # sum of points before the 100 cap
+OF_ROWS = N_INDICATORS + 5
+# oi: int64 [OI_ROWS, B]
+OI_LEVEL = 0
+OI_PRIORITY = 1
+OI_ACTIONS = 2        # ACTION_* bits
+OI_REASON_IDX = 3     # 3 rows: indicator index, -1 when fewer reasons
+OI_CUSTOMER = 6
+OI_TURNS = 7
+OI_SESSION_TIME = 8
+OI_ROWS = 9
+ACTION_HANDOFF = 1
+ACTION_SUPERVISOR = 2
+TOP_REASONS = 3
+
+# --- policy parameter vector pf (float64) ---------------------------------------------
+P_ALPHA_FAST = 0
+P_ALPHA_SLOW = 1
+P_NEG_TURNS_N = 2        # N of neg_share_turns and repeat_complaints, 1..32
+P_BUCKET_MS = 3          # window_ms / WINDOW_BUCKETS
+P_HL_PEAK_MS = 4
+P_HL_ESCALATION_MS = 5
+P_HL_EXPOSURE_MS = 6
+P_RATE_TAU_MS = 7
+P_ALPHA_DELAY = 8
+P_NEGATION_DECAY = 9     # per customer turn
+P_ALPHA_INTENSITY = 10
+P_NEAR_DUP_BITS = 11
+P_REPEAT_MIN_WORDS = 12
+P_AGENT_BUCKET_MS = 13
+P_HYSTERESIS = 14
+P_TH_BLUE = 15
+P_TH_YELLOW = 16
+P_TH_RED = 17
+P_WEIGHTS = 18                       # N_INDICATORS weights (points)
+P_SATURATION = P_WEIGHTS + N_INDICATORS  # N_INDICATORS saturation values
+P_ROWS = P_SATURATION + N_INDICATORS
+
+
+def new_session_arrays(capacity: int, xp=np) -> dict:
+    """Zeroed session-table arrays (``xp`` is numpy or cupy)."""
+    return {name: xp.zeros((rows, capacity), dtype=dt) for name, dt, rows in SESSION_DTYPES}
+
+
+def new_agent_arrays(capacity: int, xp=np) -> dict:
+    return {name: xp.zeros((rows, capacity), dtype=dt) for name, dt, rows in AGENT_DTYPES}

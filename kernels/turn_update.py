@@ -1,0 +1,344 @@
+"""The per-turn update, written once and compiled twice.
+
+:func:`build` takes a jit decorator and returns the device functions that fold one
+turn into the agent table and the session table and score it. ``kernels.update_cpu``
+builds them with ``numba.njit`` and loops over a batch in arrival order;
+``kernels.update_gpu`` builds them with ``numba.cuda.jit(device=True)`` and runs one
+thread per session (and per agent), each walking its own turns in arrival order, so
+the two agree turn for turn and the GPU has no races.
+
+The state layout and every name used here are in :mod:`kernels.layout`; the
+indicator formulas are in the README's indicator table and, as an independent
+plain-Python recomputation from the full history, in :mod:`kernels.reference`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kernels import layout as L
+
+LN2 = math.log(2.0)
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1 = np.uint64(1)
+_S2 = np.uint64(2)
+_S4 = np.uint64(4)
+_S56 = np.uint64(56)
+
+
+def build(jit):
+    """Return ``(agent_step, session_step)`` compiled with ``jit``."""
+
+    @jit
+    def popcount64(x):
+        x = x - ((x >> _S1) & _M1)
+        x = (x & _M2) + ((x >> _S2) & _M2)
+        x = (x + (x >> _S4)) & _M4
+        return (x * _H01) >> _S56
+
+    @jit
+    def decay(dt_ms, half_life_ms):
+        return math.exp(-dt_ms * LN2 / half_life_ms)
+
+    @jit
+    def ring_advance(w, nb, slot, head, bucket):
+        """Move a bucket ring's head forward to ``bucket``, clearing what it passes."""
+        if bucket <= head:
+            return head
+        steps = bucket - head
+        if steps > nb:
+            steps = nb
+        for k in range(1, steps + 1):
+            pos = (head + k) % nb
+            w[pos, slot] = 0
+            w[nb + pos, slot] = 0
+        return bucket
+
+    @jit
+    def ring_add(w, nb, slot, head, bucket, negative, cap):
+        """Count one turn into its bucket if the bucket is still inside the window."""
+        if bucket <= head - nb:
+            return
+        pos = bucket % nb
+        if w[pos, slot] < cap:
+            w[pos, slot] += 1
+        if negative and w[nb + pos, slot] < cap:
+            w[nb + pos, slot] += 1
+
+    @jit
+    def ring_sums(w, nb, slot, negatives):
+        total = 0
+        for k in range(nb):
+            total += w[(nb if negatives else 0) + k, slot]
+        return total
+
+    @jit
+    def agent_step(ai, aw, ti, i, pf, fatigue):
+        """Fold turn ``i`` into its agent's 2-hour window; write the agent's fatigue."""
+        a = ti[L.T_AGENT, i]
+        if a < 0:
+            fatigue[i] = 0.0
+            return
+        nb = L.AGENT_BUCKETS
+        bucket = ti[L.T_TS, i] // np.int64(pf[L.P_AGENT_BUCKET_MS])
+        if ti[L.T_NEW_AGENT, i] != 0:
+            for r in range(L.AW_ROWS):
+                aw[r, a] = 0
+            ai[L.AI_HEAD, a] = bucket
+        head = ring_advance(aw, nb, a, ai[L.AI_HEAD, a], bucket)
+        ai[L.AI_HEAD, a] = head
+        flags = ti[L.T_FLAGS, i]
+        if ti[L.T_SPEAKER, i] == L.SPEAKER_CUSTOMER and (flags & L.TFLAG_HAS_TEXT) != 0:
+            ring_add(aw, nb, a, head, bucket, (flags & L.TFLAG_NEGATIVE) != 0, 2147483647)
+        fatigue[i] = float(ring_sums(aw, nb, a, True))
+
+    @jit
+    def session_step(sf, si, sh, sc, sb, sw, ti, tf, th, i, pf, fatigue, of, oi):
+        """Fold turn ``i`` into its session, then score it into ``of[:, i]`` / ``oi[:, i]``."""
+        s = ti[L.T_SLOT, i]
+        ts = ti[L.T_TS, i]
+        bucket_ms = np.int64(pf[L.P_BUCKET_MS])
+        nb = L.WINDOW_BUCKETS
+        if ti[L.T_NEW, i] != 0:
+            for r in range(L.SF_ROWS):
+                sf[r, s] = 0.0
+            for r in range(L.SIMHASH_RING):
+                sh[r, s] = np.uint64(0)
+            for r in range(L.SC_ROWS):
+                sc[r, s] = 0
+            for r in range(L.SB_ROWS):
+                sb[r, s] = 0
+            for r in range(L.SW_ROWS):
+                sw[r, s] = 0
+            si[L.I_FIRST_TS, s] = ts
+            si[L.I_LAST_TS, s] = ts
+            si[L.I_WAIT_SINCE, s] = L.NO_WAIT
+            si[L.I_WIN_HEAD, s] = ts // bucket_ms
+            sc[L.C_LAST_INTENT, s] = -1
+
+        # The session clock never goes back: an older turn is applied at the clock.
+        last = si[L.I_LAST_TS, s]
+        t_eff = ts if ts > last else last
+        dt = float(t_eff - last)
+        si[L.I_LAST_TS, s] = t_eff
+        if ts < si[L.I_FIRST_TS, s]:
+            si[L.I_FIRST_TS, s] = ts
+        si[L.I_LAST_SEEN, s] = ti[L.T_NOW, i]
+        sc[L.C_TURNS, s] += 1
+
+        # Time decays, on every turn.
+        sf[L.F_PEAK_NEG, s] *= decay(dt, pf[L.P_HL_PEAK_MS])
+        sf[L.F_ESCALATION, s] *= decay(dt, pf[L.P_HL_ESCALATION_MS])
+        sf[L.F_EXPOSURE, s] *= decay(dt, pf[L.P_HL_EXPOSURE_MS])
+        sf[L.F_RATE, s] *= math.exp(-dt / pf[L.P_RATE_TAU_MS])
+        head = ring_advance(sw, nb, s, si[L.I_WIN_HEAD, s], t_eff // bucket_ms)
+        si[L.I_WIN_HEAD, s] = head
+
+        speaker = ti[L.T_SPEAKER, i]
+        event = ti[L.T_EVENT, i]
+        flags = ti[L.T_FLAGS, i]
+        has_text = (flags & L.TFLAG_HAS_TEXT) != 0
+        negative = (flags & L.TFLAG_NEGATIVE) != 0
+        n_keep = np.int64(pf[L.P_NEG_TURNS_N])
+        keep_mask = (np.int64(1) << n_keep) - 1
+        state_flags = sb[L.B_FLAGS, s]
+
+        if event == L.EVENT_TRANSFER:
+            sc[L.C_TRANSFERS, s] += 1
+        elif event == L.EVENT_HANDOFF:
+            sc[L.C_BOT_UNHANDLED, s] = 0
+            state_flags &= ~L.FLAG_BOT_MODE
+        elif event == L.EVENT_HOLD:
+            if si[L.I_WAIT_SINCE, s] == L.NO_WAIT:
+                si[L.I_WAIT_SINCE, s] = t_eff
+
+        if speaker == L.SPEAKER_CUSTOMER and has_text:
+            n_before = sc[L.C_CUSTOMER, s]
+            sent = tf[L.TF_SENTIMENT, i]
+            if n_before == 0:
+                sf[L.F_SENT_FAST, s] = sent
+                sf[L.F_SENT_SLOW, s] = sent
+                sf[L.F_INTENSITY, s] = tf[L.TF_INTENSITY, i]
+            else:
+                a = pf[L.P_ALPHA_FAST]
+                sf[L.F_SENT_FAST, s] = a * sent + (1.0 - a) * sf[L.F_SENT_FAST, s]
+                a = pf[L.P_ALPHA_SLOW]
+                sf[L.F_SENT_SLOW, s] = a * sent + (1.0 - a) * sf[L.F_SENT_SLOW, s]
+                a = pf[L.P_ALPHA_INTENSITY]
+                sf[L.F_INTENSITY, s] = a * tf[L.TF_INTENSITY, i] + (1.0 - a) * sf[L.F_INTENSITY, s]
+            negativity = -sent if sent < 0.0 else 0.0
+            if negativity > sf[L.F_PEAK_NEG, s]:
+                sf[L.F_PEAK_NEG, s] = negativity
+            bits = np.int64(sc[L.C_NEG_BITS, s])
+            bits = ((bits << 1) | (1 if negative else 0)) & keep_mask
+            sc[L.C_NEG_BITS, s] = bits
+            if negative:
+                sc[L.C_CONSEC_NEG, s] += 1
+            else:
+                sc[L.C_CONSEC_NEG, s] = 0
+            ring_add(sw, nb, s, head, ts // bucket_ms, negative, L.U16_MAX)
+
+            # Repeated complaint: a near-duplicate of one of the last texts, or the same
+            # complaint-category intent again; counted when the turn is negative or a complaint.
+            complaint = (flags & L.TFLAG_COMPLAINT) != 0
+            h = th[i]
+            similar = False
+            if ti[L.T_WORDS, i] >= np.int64(pf[L.P_REPEAT_MIN_WORDS]) and h != np.uint64(0):
+                seen = n_before if n_before < L.SIMHASH_RING else L.SIMHASH_RING
+                for k in range(seen):
+                    if popcount64(h ^ sh[k, s]) <= np.uint64(pf[L.P_NEAR_DUP_BITS]):
+                        similar = True
+            if complaint and n_before > 0 and ti[L.T_INTENT, i] == sc[L.C_LAST_INTENT, s]:
+                similar = True
+            repeat = similar and (negative or complaint)
+            rbits = np.int64(sc[L.C_REP_BITS, s])
+            rbits = ((rbits << 1) | (1 if repeat else 0)) & keep_mask
+            sc[L.C_REP_BITS, s] = rbits
+            sh[n_before % L.SIMHASH_RING, s] = h
+            sc[L.C_LAST_INTENT, s] = ti[L.T_INTENT, i]
+            sc[L.C_CUSTOMER, s] = n_before + 1
+
+            sf[L.F_RATE, s] += 1.0
+            lam = pf[L.P_NEGATION_DECAY]
+            sf[L.F_NEGATION_NUM, s] = lam * sf[L.F_NEGATION_NUM, s] + float(ti[L.T_NEG_WORDS, i])
+            sf[L.F_NEGATION_DEN, s] = lam * sf[L.F_NEGATION_DEN, s] + float(ti[L.T_WORDS, i])
+            if tf[L.TF_ESC_LEVEL, i] > sf[L.F_ESCALATION, s]:
+                sf[L.F_ESCALATION, s] = tf[L.TF_ESC_LEVEL, i]
+            sf[L.F_EXPOSURE, s] += tf[L.TF_INTENT_WEIGHT, i]
+            sb[L.B_ESC_MASK, s] |= ti[L.T_ESC_MASK, i]
+            if si[L.I_WAIT_SINCE, s] == L.NO_WAIT:
+                si[L.I_WAIT_SINCE, s] = t_eff
+        elif (speaker == L.SPEAKER_AGENT or speaker == L.SPEAKER_BOT) and has_text:
+            since = si[L.I_WAIT_SINCE, s]
+            if since != L.NO_WAIT:
+                delay = float(t_eff - since)
+                if (state_flags & L.FLAG_HAS_DELAY) != 0:
+                    a = pf[L.P_ALPHA_DELAY]
+                    sf[L.F_DELAY_EWMA, s] = a * delay + (1.0 - a) * sf[L.F_DELAY_EWMA, s]
+                else:
+                    sf[L.F_DELAY_EWMA, s] = delay
+                    state_flags |= L.FLAG_HAS_DELAY
+                si[L.I_WAIT_SINCE, s] = L.NO_WAIT
+            if speaker == L.SPEAKER_BOT:
+                sc[L.C_BOT_UNHANDLED, s] += 1
+                state_flags |= L.FLAG_BOT_MODE
+            else:
+                sc[L.C_BOT_UNHANDLED, s] = 0
+                state_flags &= ~L.FLAG_BOT_MODE
+        sb[L.B_FLAGS, s] = state_flags
+        if ti[L.T_RAISE, i] > sb[L.B_RAISE, s]:
+            sb[L.B_RAISE, s] = ti[L.T_RAISE, i]
+        if ti[L.T_FLOOR, i] > sb[L.B_FLOOR, s]:
+            sb[L.B_FLOOR, s] = ti[L.T_FLOOR, i]
+
+        # ---- indicators --------------------------------------------------------------
+        n_cust = sc[L.C_CUSTOMER, s]
+        sla = tf[L.TF_SLA_MS, i]
+        of[0, i] = sf[L.F_SENT_FAST, s]
+        n_window = n_cust if n_cust < n_keep else n_keep
+        of[1, i] = float(popcount64(np.uint64(sc[L.C_NEG_BITS, s]))) / n_window if n_window > 0 else 0.0
+        total = ring_sums(sw, nb, s, False)
+        of[2, i] = float(ring_sums(sw, nb, s, True)) / total if total > 0 else 0.0
+        of[3, i] = sf[L.F_SENT_FAST, s] - sf[L.F_SENT_SLOW, s]
+        of[4, i] = float(sc[L.C_CONSEC_NEG, s])
+        of[5, i] = sf[L.F_PEAK_NEG, s]
+        reps = popcount64(np.uint64(sc[L.C_REP_BITS, s]))
+        of[6, i] = float(reps) + 1.0 if reps > 0 else 0.0
+        of[7, i] = sf[L.F_RATE, s] * 60000.0 / pf[L.P_RATE_TAU_MS]
+        of[8, i] = sf[L.F_DELAY_EWMA, s] / sla
+        since = si[L.I_WAIT_SINCE, s]
+        of[9, i] = float(t_eff - since) / sla if since != L.NO_WAIT else 0.0
+        den = sf[L.F_NEGATION_DEN, s]
+        of[10, i] = sf[L.F_NEGATION_NUM, s] / den if den > 0.0 else 0.0
+        of[11, i] = sf[L.F_INTENSITY, s]
+        of[12, i] = sf[L.F_ESCALATION, s]
+        of[13, i] = sf[L.F_EXPOSURE, s]
+        of[14, i] = float(sc[L.C_TRANSFERS, s])
+        of[15, i] = float(t_eff - si[L.I_FIRST_TS, s]) / 60000.0
+        of[16, i] = float(sc[L.C_BOT_UNHANDLED, s])
+        of[17, i] = fatigue[i]
+
+        # ---- composite score and top reasons --------------------------------------
+        total_pts = 0.0
+        r0 = -1
+        r1 = -1
+        r2 = -1
+        p0 = 0.0
+        p1 = 0.0
+        p2 = 0.0
+        for j in range(L.N_INDICATORS):
+            v = of[j, i]
+            if j == 0 or j == 3:
+                v = -v
+            x = v / pf[L.P_SATURATION + j]
+            if x < 0.0:
+                x = 0.0
+            elif x > 1.0:
+                x = 1.0
+            pts = pf[L.P_WEIGHTS + j] * x
+            total_pts += pts
+            if pts > p0:
+                r2, p2, r1, p1, r0, p0 = r1, p1, r0, p0, j, pts
+            elif pts > p1:
+                r2, p2, r1, p1 = r1, p1, j, pts
+            elif pts > p2:
+                r2, p2 = j, pts
+        score = total_pts if total_pts < 100.0 else 100.0
+        sf[L.F_SCORE, s] = score
+        of[L.OF_SCORE, i] = score
+        of[L.OF_REASON_POINTS, i] = p0
+        of[L.OF_REASON_POINTS + 1, i] = p1
+        of[L.OF_REASON_POINTS + 2, i] = p2
+        of[L.OF_TOTAL_POINTS, i] = total_pts
+        oi[L.OI_REASON_IDX, i] = r0
+        oi[L.OI_REASON_IDX + 1, i] = r1
+        oi[L.OI_REASON_IDX + 2, i] = r2
+
+        # ---- level (with hysteresis), priority, actions ------------------------------
+        raw = 0
+        if score >= pf[L.P_TH_RED]:
+            raw = 3
+        elif score >= pf[L.P_TH_YELLOW]:
+            raw = 2
+        elif score >= pf[L.P_TH_BLUE]:
+            raw = 1
+        level = np.int64(sb[L.B_LEVEL, s])
+        if raw >= level:
+            level = raw
+        else:
+            margin = pf[L.P_HYSTERESIS]
+            while level > raw:
+                th_level = pf[L.P_TH_BLUE] if level == 1 else (pf[L.P_TH_YELLOW] if level == 2 else pf[L.P_TH_RED])
+                if score < th_level - margin:
+                    level -= 1
+                else:
+                    break
+        if sb[L.B_FLOOR, s] > level:
+            level = sb[L.B_FLOOR, s]
+        sb[L.B_LEVEL, s] = level
+        priority = 0
+        if level > 0:
+            lift = np.int64(sb[L.B_RAISE, s])
+            if ti[L.T_TIER_RAISE, i] > lift:
+                lift = ti[L.T_TIER_RAISE, i]
+            priority = level + lift
+            if priority > 4:
+                priority = 4
+        sb[L.B_PRIORITY, s] = priority
+        actions = 0
+        if (state_flags & L.FLAG_BOT_MODE) != 0 and level >= 2:
+            actions |= L.ACTION_HANDOFF
+        if level == 3:
+            actions |= L.ACTION_SUPERVISOR
+        oi[L.OI_LEVEL, i] = level
+        oi[L.OI_PRIORITY, i] = priority
+        oi[L.OI_ACTIONS, i] = actions
+        oi[L.OI_CUSTOMER, i] = n_cust
+        oi[L.OI_TURNS, i] = sc[L.C_TURNS, s]
+        oi[L.OI_SESSION_TIME, i] = t_eff
+
+    return agent_step, session_step

@@ -1,0 +1,50 @@
+"""CPU batch update: Numba ``@njit`` over a batch of turns, in arrival order.
+
+Same device functions as :mod:`kernels.update_gpu` (built from
+:mod:`kernels.turn_update`); the batch is folded turn by turn, agents first (they do
+not depend on sessions), then sessions, so every turn sees exactly the state left by
+the turns before it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernels import layout as L
+from kernels.turn_update import build
+
+_jit = njit(cache=True, nogil=True)
+agent_step, session_step = build(_jit)
+
+
+@njit(cache=True, nogil=True)
+def update_batch(sf, si, sh, sc, sb, sw, ai, aw, ti, tf, th, pf, fatigue, of, oi):
+    """Apply turns ``0..B-1`` (columns of ``ti``/``tf``/``th``) and score each one.
+
+    Writes the per-turn outputs into ``of`` (float64 [OF_ROWS, B]) and ``oi``
+    (int64 [OI_ROWS, B]); ``fatigue`` (float64 [B]) is scratch for the agent pass.
+    """
+    n = ti.shape[1]
+    for i in range(n):
+        agent_step(ai, aw, ti, i, pf, fatigue)
+    for i in range(n):
+        session_step(sf, si, sh, sc, sb, sw, ti, tf, th, i, pf, fatigue, of, oi)
+
+
+class CpuKernels:
+    """The ``cpu`` backend: state in NumPy arrays, updated in place by :func:`update_batch`."""
+
+    name = "cpu"
+    xp = np
+
+    def apply(self, s: dict, a: dict, ti, tf, th, pf):
+        n = ti.shape[1]
+        of = np.zeros((L.OF_ROWS, n), dtype=np.float64)
+        oi = np.zeros((L.OI_ROWS, n), dtype=np.int64)
+        fatigue = np.zeros(n, dtype=np.float64)
+        update_batch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], a["ai"], a["aw"],
+                     ti, tf, th, pf, fatigue, of, oi)
+        return of, oi
+
+    def to_host(self, arr):
+        return np.asarray(arr)

@@ -1,0 +1,95 @@
+"""GPU batch update: ``numba.cuda`` kernels, one thread per session and per agent.
+
+The turns of a batch are grouped by session slot (a stable sort keeps arrival order
+inside a group); thread ``g`` walks group ``g`` and folds its turns one after the
+other with the same device functions as the CPU kernel (:mod:`kernels.turn_update`).
+Two threads never touch the same session or agent, so there are no races and no
+atomics, and several turns of one session in a batch give exactly the sequential
+result. The agent pass runs first (a separate launch) because each session turn reads
+its agent's fatigue as of that turn.
+
+State arrays may be CuPy arrays (production) or NumPy arrays (tests under
+``NUMBA_ENABLE_CUDASIM=1``). CuPy is imported only by :class:`GpuKernels`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from kernels import layout as L
+from kernels.turn_update import build
+
+agent_step, session_step = build(cuda.jit(device=True))
+THREADS_PER_BLOCK = 128
+
+
+@cuda.jit
+def agent_kernel(ai, aw, ti, tf, pf, fatigue, order, starts, n_groups):
+    g = cuda.grid(1)
+    if g < n_groups:
+        for j in range(starts[g], starts[g + 1]):
+            agent_step(ai, aw, ti, order[j], pf, fatigue)
+
+
+@cuda.jit
+def session_kernel(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi, order, starts, n_groups):
+    g = cuda.grid(1)
+    if g < n_groups:
+        for j in range(starts[g], starts[g + 1]):
+            session_step(sf, si, sh, sc, sb, sw, ti, tf, th, order[j], pf, fatigue, of, oi)
+
+
+def group_by(keys, xp=np):
+    """Stable grouping of batch positions by key: ``(order, starts, n_groups)``.
+
+    ``order[starts[g]:starts[g+1]]`` are the positions of group ``g`` in arrival order.
+    Negative keys (no agent) are left out.
+    """
+    idx = xp.flatnonzero(keys >= 0)
+    order = idx[xp.argsort(keys[idx], kind="stable")]
+    k = keys[order]
+    if k.size == 0:
+        return order.astype(np.int64), xp.zeros(1, dtype=np.int64), 0
+    breaks = xp.flatnonzero(k[1:] != k[:-1]) + 1
+    starts = xp.concatenate([xp.zeros(1, dtype=np.int64), breaks.astype(np.int64),
+                             xp.asarray([k.size], dtype=np.int64)])
+    return order.astype(np.int64), starts, int(starts.size - 1)
+
+
+def update_batch(sf, si, sh, sc, sb, sw, ai, aw, ti, tf, th, pf, fatigue, of, oi, xp=np):
+    """Launch the agent then the session kernel on one batch (arrays on one device)."""
+    fatigue[:] = 0.0
+    order, starts, n = group_by(ti[L.T_AGENT], xp)
+    if n:
+        blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+        agent_kernel[blocks, THREADS_PER_BLOCK](ai, aw, ti, tf, pf, fatigue, order, starts, n)
+    order, starts, n = group_by(ti[L.T_SLOT], xp)
+    if n:
+        blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+        session_kernel[blocks, THREADS_PER_BLOCK](sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue,
+                                                  of, oi, order, starts, n)
+
+
+class GpuKernels:
+    """The ``gpu`` backend: state in CuPy arrays on the device; one batch per call."""
+
+    name = "gpu"
+
+    def __init__(self):
+        import cupy  # only on the GPU path
+
+        self.xp = cupy
+
+    def apply(self, s: dict, a: dict, ti, tf, th, pf):
+        cp = self.xp
+        n = ti.shape[1]
+        d_ti, d_tf, d_th, d_pf = (cp.asarray(x) for x in (ti, tf, th, pf))
+        of = cp.zeros((L.OF_ROWS, n), dtype=np.float64)
+        oi = cp.zeros((L.OI_ROWS, n), dtype=np.int64)
+        fatigue = cp.zeros(n, dtype=np.float64)
+        update_batch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], a["ai"], a["aw"],
+                     d_ti, d_tf, d_th, d_pf, fatigue, of, oi, xp=cp)
+        return cp.asnumpy(of), cp.asnumpy(oi)
+
+    def to_host(self, arr):
+        return self.xp.asnumpy(arr)
