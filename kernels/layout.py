@@ -5,14 +5,14 @@ kernels, the GPU kernels, the session table and the reference all index by these
 Session table (struct of arrays, one column per row of a 2-D array, capacity C):
 
     array  dtype    rows            bytes/session
-    sf     float64  F_* (11)        88
+    sf     float64  F_* (13)        104
     si     int64    I_* (5)         40
     sh     uint64   SIMHASH_RING    32
     sc     int32    C_* (8)         32
     sb     uint8    B_* (6)          6
     sw     uint16   2 * WINDOW_BUCKETS  40
                                     ---
-                                    238  (<= 256, asserted below)
+                                    254  (<= 256, asserted below)
 
 Row r of ``sf`` is the contiguous column ``sf[r, :]`` over all sessions, so a GPU warp
 touching 32 consecutive slots reads one 256-byte line per column.
@@ -38,7 +38,9 @@ F_INTENSITY = 7      # EWMA of per-turn intensity, alpha_intensity per customer 
 F_ESCALATION = 8     # decayed max escalation-cue level, half-life hl_escalation
 F_EXPOSURE = 9       # decayed sum of intent risk weights, half-life hl_exposure
 F_SCORE = 10         # the last composite score
-SF_ROWS = 11
+F_SLA_MS = 11        # the SLA (ms) of the latest turn's tier and channel
+F_FATIGUE = 12       # the agent fatigue seen by the latest turn
+SF_ROWS = 13
 
 # --- int64 rows --------------------------------------------------------------------------
 I_FIRST_TS = 0       # timestamp of the first turn

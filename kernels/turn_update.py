@@ -31,7 +31,7 @@ _S56 = np.uint64(56)
 
 
 def build(jit):
-    """Return ``(agent_step, session_step)`` compiled with ``jit``."""
+    """Return ``(agent_step, session_step, fill_indicators)`` compiled with ``jit``."""
 
     @jit
     def popcount64(x):
@@ -75,6 +75,39 @@ def build(jit):
         for k in range(nb):
             total += w[(nb if negatives else 0) + k, slot]
         return total
+
+    @jit
+    def fill_indicators(sf, si, sc, sw, s, pf, of, i):
+        """Write session ``s``'s indicators (at its own clock) into ``of[:N_INDICATORS, i]``."""
+        n_cust = sc[L.C_CUSTOMER, s]
+        sla = sf[L.F_SLA_MS, s]
+        t_eff = si[L.I_LAST_TS, s]
+        n_keep = np.int64(pf[L.P_NEG_TURNS_N])
+        nb = L.WINDOW_BUCKETS
+        of[0, i] = sf[L.F_SENT_FAST, s]
+        n_window = n_cust if n_cust < n_keep else n_keep
+        of[1, i] = float(popcount64(np.uint64(sc[L.C_NEG_BITS, s]))) / n_window if n_window > 0 else 0.0
+        total = ring_sums(sw, nb, s, False)
+        of[2, i] = float(ring_sums(sw, nb, s, True)) / total if total > 0 else 0.0
+        of[3, i] = sf[L.F_SENT_FAST, s] - sf[L.F_SENT_SLOW, s]
+        of[4, i] = float(sc[L.C_CONSEC_NEG, s])
+        of[5, i] = sf[L.F_PEAK_NEG, s]
+        reps = popcount64(np.uint64(sc[L.C_REP_BITS, s]))
+        of[6, i] = float(reps) + 1.0 if reps > 0 else 0.0
+        of[7, i] = sf[L.F_RATE, s] * 60000.0 / pf[L.P_RATE_TAU_MS]
+        of[8, i] = sf[L.F_DELAY_EWMA, s] / sla
+        since = si[L.I_WAIT_SINCE, s]
+        of[9, i] = float(t_eff - since) / sla if since != L.NO_WAIT else 0.0
+        den = sf[L.F_NEGATION_DEN, s]
+        of[10, i] = sf[L.F_NEGATION_NUM, s] / den if den > 0.0 else 0.0
+        of[11, i] = sf[L.F_INTENSITY, s]
+        of[12, i] = sf[L.F_ESCALATION, s]
+        of[13, i] = sf[L.F_EXPOSURE, s]
+        of[14, i] = float(sc[L.C_TRANSFERS, s])
+        of[15, i] = float(t_eff - si[L.I_FIRST_TS, s]) / 60000.0
+        of[16, i] = float(sc[L.C_BOT_UNHANDLED, s])
+        of[17, i] = sf[L.F_FATIGUE, s]
+
 
     @jit
     def agent_step(ai, aw, ti, i, pf, fatigue):
@@ -235,32 +268,10 @@ def build(jit):
         if ti[L.T_FLOOR, i] > sb[L.B_FLOOR, s]:
             sb[L.B_FLOOR, s] = ti[L.T_FLOOR, i]
 
-        # ---- indicators --------------------------------------------------------------
+        sf[L.F_SLA_MS, s] = tf[L.TF_SLA_MS, i]
+        sf[L.F_FATIGUE, s] = fatigue[i]
+        fill_indicators(sf, si, sc, sw, s, pf, of, i)
         n_cust = sc[L.C_CUSTOMER, s]
-        sla = tf[L.TF_SLA_MS, i]
-        of[0, i] = sf[L.F_SENT_FAST, s]
-        n_window = n_cust if n_cust < n_keep else n_keep
-        of[1, i] = float(popcount64(np.uint64(sc[L.C_NEG_BITS, s]))) / n_window if n_window > 0 else 0.0
-        total = ring_sums(sw, nb, s, False)
-        of[2, i] = float(ring_sums(sw, nb, s, True)) / total if total > 0 else 0.0
-        of[3, i] = sf[L.F_SENT_FAST, s] - sf[L.F_SENT_SLOW, s]
-        of[4, i] = float(sc[L.C_CONSEC_NEG, s])
-        of[5, i] = sf[L.F_PEAK_NEG, s]
-        reps = popcount64(np.uint64(sc[L.C_REP_BITS, s]))
-        of[6, i] = float(reps) + 1.0 if reps > 0 else 0.0
-        of[7, i] = sf[L.F_RATE, s] * 60000.0 / pf[L.P_RATE_TAU_MS]
-        of[8, i] = sf[L.F_DELAY_EWMA, s] / sla
-        since = si[L.I_WAIT_SINCE, s]
-        of[9, i] = float(t_eff - since) / sla if since != L.NO_WAIT else 0.0
-        den = sf[L.F_NEGATION_DEN, s]
-        of[10, i] = sf[L.F_NEGATION_NUM, s] / den if den > 0.0 else 0.0
-        of[11, i] = sf[L.F_INTENSITY, s]
-        of[12, i] = sf[L.F_ESCALATION, s]
-        of[13, i] = sf[L.F_EXPOSURE, s]
-        of[14, i] = float(sc[L.C_TRANSFERS, s])
-        of[15, i] = float(t_eff - si[L.I_FIRST_TS, s]) / 60000.0
-        of[16, i] = float(sc[L.C_BOT_UNHANDLED, s])
-        of[17, i] = fatigue[i]
 
         # ---- composite score and top reasons --------------------------------------
         total_pts = 0.0
@@ -341,4 +352,4 @@ def build(jit):
         oi[L.OI_TURNS, i] = sc[L.C_TURNS, s]
         oi[L.OI_SESSION_TIME, i] = t_eff
 
-    return agent_step, session_step
+    return agent_step, session_step, fill_indicators

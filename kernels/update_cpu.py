@@ -14,7 +14,7 @@ from kernels import layout as L
 from kernels.turn_update import build
 
 _jit = njit(cache=True, nogil=True)
-agent_step, session_step = build(_jit)
+agent_step, session_step, fill_indicators = build(_jit)
 
 
 @njit(cache=True, nogil=True)
@@ -48,3 +48,12 @@ class CpuKernels:
 
     def to_host(self, arr):
         return np.asarray(arr)
+
+
+@njit(cache=True, nogil=True)
+def session_indicators(sf, si, sc, sw, slot, pf, out):
+    """The indicators of session ``slot`` at its own clock, into ``out[:N_INDICATORS, 0]``.
+
+    Works on host arrays; the GPU backend passes a host copy of one slot's columns.
+    """
+    fill_indicators(sf, si, sc, sw, slot, pf, out, 0)

@@ -19,7 +19,7 @@ from numba import cuda
 from kernels import layout as L
 from kernels.turn_update import build
 
-agent_step, session_step = build(cuda.jit(device=True))
+agent_step, session_step, fill_indicators = build(cuda.jit(device=True))
 THREADS_PER_BLOCK = 128
 
 
