@@ -1,0 +1,280 @@
+"""The gRPC server: the RiskScorer handlers, health checking, reflection, and the
+start-up and graceful shutdown of everything behind them.
+
+    create_server(config) -> (YujingServer, port)    # started, listening; tests use port 0
+    serve(config)                                    # runs until SIGINT / SIGTERM
+
+Shutdown: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in flight finish
+within ``grace_s``, the batcher drains, then the model router and the embedded Triton
+server stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.batcher import MicroBatcher
+from service.config import Config
+from service.contract import SERVICE_NAME, pb, pb_grpc
+from service.engine import Engine
+from service.errors import InvalidTurn, ShuttingDown, YujingError
+from service.policy import load_policy
+from service.session_table import SessionTable
+from service.validate import session_key, validate_turn
+
+log = logging.getLogger("yujing")
+STREAM_WINDOW = 4096     # turns a stream may have in flight before its reader waits
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RiskScorer(pb_grpc.RiskScorerServicer):
+    def __init__(self, owner: "YujingServer"):
+        self.o = owner
+
+    async def _fail(self, context, err: YujingError):
+        await context.abort(err.code, err.message)
+
+    def _check_open(self):
+        if self.o.draining:
+            raise ShuttingDown("server is shutting down; retry on another replica")
+
+    async def _answer(self, item):
+        cached = self.o.engine.answers.get(item.idem)
+        if cached is not None:
+            return cached
+        return await self.o.batcher.submit(item)
+
+    async def Score(self, request, context):
+        try:
+            self._check_open()
+            ans = await self._answer(validate_turn(request, self.o.config, _now_ms()))
+        except YujingError as err:
+            return await self._fail(context, err)
+        if isinstance(ans, YujingError):
+            return await self._fail(context, ans)
+        return ans
+
+    async def ScoreStream(self, request_iterator, context):
+        queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
+        loop = asyncio.get_running_loop()
+
+        async def read():
+            try:
+                async for turn in request_iterator:
+                    try:
+                        self._check_open()
+                        item = validate_turn(turn, self.o.config, _now_ms())
+                    except YujingError as err:
+                        await queue.put(err)
+                        return
+                    cached = self.o.engine.answers.get(item.idem)
+                    if cached is not None:
+                        fut = loop.create_future()
+                        fut.set_result(cached)
+                    else:
+                        fut = self.o.batcher.submit(item)
+                    await queue.put(fut)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                x = await queue.get()
+                if x is None:
+                    break
+                if isinstance(x, YujingError):
+                    await self._fail(context, x)
+                ans = await x
+                if isinstance(ans, YujingError):
+                    await self._fail(context, ans)
+                yield ans
+        finally:
+            reader.cancel()
+
+    async def ScoreBatch(self, request, context):
+        cfg = self.o.config
+        if self.o.draining:
+            return await self._fail(context, ShuttingDown("server is shutting down"))
+        if len(request.turns) > cfg.max_batch_turns:
+            return await self._fail(context, InvalidTurn(
+                f"turns has {len(request.turns)} turns; the limit is {cfg.max_batch_turns}", "turns"))
+        now = _now_ms()
+        results: list = [None] * len(request.turns)
+        todo, pos = [], []
+        for k, turn in enumerate(request.turns):
+            try:
+                item = validate_turn(turn, cfg, now, prefix=f"turns[{k}].")
+            except InvalidTurn as err:
+                results[k] = err
+                continue
+            todo.append(item)
+            pos.append(k)
+        for k, ans in zip(pos, await asyncio.gather(*self.o.batcher.submit_many(todo))):
+            results[k] = ans
+        out = pb.TurnRiskBatch()
+        for r in results:
+            if isinstance(r, YujingError):
+                out.results.add(error=pb.TurnError(code=r.code.value[0], message=r.message, field=r.field))
+            else:
+                out.results.add(risk=r)
+        return out
+
+    async def GetSession(self, request, context):
+        try:
+            return self.o.engine.session_state(session_key(request, self.o.config))
+        except YujingError as err:
+            return await self._fail(context, err)
+
+    async def EndSession(self, request, context):
+        try:
+            return self.o.engine.session_state(session_key(request, self.o.config), end=True)
+        except YujingError as err:
+            return await self._fail(context, err)
+
+
+class YujingServer:
+    """Everything one running service owns."""
+
+    def __init__(self, config: Config):
+        self.config = config.validate()
+        self.policy = load_policy(config.policy)
+        self.triton = None
+        self.router = None
+        self.draining = False
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.table = SessionTable(capacity=config.capacity, agent_capacity=config.agent_capacity,
+                                  ttl_ms=int(config.ttl_s * 1000),
+                                  evict_min_idle_ms=int(config.evict_min_idle_s * 1000),
+                                  backend=config.backend)
+        self.engine: Engine | None = None
+        self.batcher: MicroBatcher | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    async def _start_models(self) -> None:
+        from service.triton.router import ModelRouter
+
+        cfg = self.config
+        url = None
+        if cfg.models == "embedded":
+            from service.triton.launcher import TritonServer
+
+            self.triton = TritonServer(cfg.model_repo, models=[cfg.sentiment_model, cfg.intent_model],
+                                       allow_http=False, allow_metrics=True)
+            await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
+            url = self.triton.grpc_url
+        elif cfg.models == "external":
+            url = cfg.triton_url
+        self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
+                                  intent_model=cfg.intent_model, deadline_s=cfg.triton_timeout_ms / 1000)
+        await self.router.start()
+
+    async def start(self) -> "YujingServer":
+        cfg = self.config
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._start_models()
+        self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
+        self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms)
+        self.batcher.start()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
+            ("grpc.so_reuseport", 0),
+        ])
+        pb_grpc.add_RiskScorerServicer_to_server(RiskScorer(self), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (pb.DESCRIPTOR.services_by_name["RiskScorer"].full_name, health.SERVICE_NAME,
+             reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+        await self.server.start()
+        await self._warm_up()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="yujing-ttl-sweeper")
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    async def _warm_up(self) -> None:
+        """Compile (or load from cache) the kernels on a scratch table before SERVING."""
+        from service.engine import Engine as _E
+
+        scratch = SessionTable(capacity=2, agent_capacity=2, backend=self.config.backend)
+        eng = _E(self.policy, scratch, self.router, 0)
+        t = pb.Turn(session_id="warm-up", turn_id="1", speaker=pb.CUSTOMER, text="warm up", agent_id="a")
+        await eng.score([validate_turn(t, self.config, _now_ms())])
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.config.ttl_s / 4))
+            self.table.sweep(_now_ms())
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            r = self.health.set(name, status)
+            if asyncio.iscoroutine(r):
+                await r
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.router is not None:
+            await self.router.close()
+        if self.triton is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.triton.stop)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def create_server(config: Config) -> tuple[YujingServer, int]:
+    """Start a service for ``config`` (port 0: a free port); returns it and its port."""
+    srv = YujingServer(config)
+    try:
+        await srv.start()
+    except BaseException:
+        await srv.stop(0)
+        raise
+    return srv, srv.port
+
+
+async def _serve(config: Config) -> None:
+    srv, port = await create_server(config)
+    c = config
+    models = {"embedded": f"embedded Triton at {srv.triton.grpc_url}" if srv.triton else "",
+              "external": f"Triton at {c.triton_url}", "in-process": "in-process models"}[c.models]
+    log.info("yujing serving on %s:%d (models: %s, sentiment %s v%s, intent %s v%s; kernels %s; "
+             "capacity %d sessions; policy %s)", c.host, port, models, c.sentiment_model,
+             srv.router.versions.get(c.sentiment_model), c.intent_model,
+             srv.router.versions.get(c.intent_model), srv.table.kernels.name, c.capacity, srv.policy.version)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("yujing: shutting down (grace %.1f s)", c.grace_s)
+    await srv.stop()
+    log.info("yujing: stopped")
+
+
+def serve(config: Config) -> None:
+    import uvloop
+
+    uvloop.run(_serve(config))

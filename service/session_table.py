@@ -1,0 +1,208 @@
+"""The session table: (tenant, session) -> slot in the struct-of-arrays state of
+:mod:`kernels.layout`, with TTL expiry, least-recently-active eviction, and the agent
+table beside it.
+
+Slot life: a new key takes a free slot and its first turn carries ``T_NEW`` (the kernel
+initialises the columns). A session idle for ``ttl_ms`` (server clock) expires: the
+next turn of the same key starts a new session. When no slot is free, expired sessions
+are swept; if none, the least recently active sessions idle for at least
+``evict_min_idle_ms`` are evicted (oldest first); if none can be, the turn is refused
+with RESOURCE_EXHAUSTED and changes nothing. Sessions already named in the batch being
+resolved are never evicted. ``EndSession`` frees the slot at once.
+
+    >>> t = SessionTable(capacity=4)
+    >>> slots, new, errors = t.resolve([("t", "a"), ("t", "a"), ("t", "b")], now_ms=1000)
+    >>> slots.tolist(), new.tolist(), errors
+    ([0, 0, 1], [1, 0, 1], {})
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from kernels import get_backend
+from kernels import layout as L
+from service.errors import SessionNotFound, TableFull
+
+log = logging.getLogger(__name__)
+
+
+class _SlotIndex:
+    """Key -> slot, with a free list and a host-side last-seen clock for eviction."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.slot_of: dict = {}
+        self.key_of: list = [None] * capacity
+        self.free = list(range(capacity - 1, -1, -1))
+        self.last_seen = np.zeros(capacity, np.int64)
+        self.occupied = np.zeros(capacity, bool)
+
+    def take(self, key, now_ms: int) -> int:
+        slot = self.free.pop()
+        self.slot_of[key] = slot
+        self.key_of[slot] = key
+        self.occupied[slot] = True
+        self.last_seen[slot] = now_ms
+        return slot
+
+    def release(self, slot: int) -> None:
+        key = self.key_of[slot]
+        if key is not None:
+            del self.slot_of[key]
+        self.key_of[slot] = None
+        self.occupied[slot] = False
+        self.free.append(slot)
+
+    def idle_slots(self, older_than_ms: int, exclude: set, limit: int | None = None) -> np.ndarray:
+        """Occupied slots last seen before ``older_than_ms``, oldest first."""
+        cand = np.flatnonzero(self.occupied & (self.last_seen < older_than_ms))
+        if exclude and cand.size:
+            cand = cand[~np.isin(cand, np.fromiter(exclude, np.int64, len(exclude)))]
+        if limit is not None and cand.size > limit:
+            part = np.argpartition(self.last_seen[cand], limit - 1)[:limit]
+            cand = cand[part]
+        return cand[np.argsort(self.last_seen[cand], kind="stable")]
+
+
+class SessionTable:
+    """Fixed-capacity session and agent tables on the chosen kernel backend."""
+
+    EVICT_BATCH = 64
+
+    def __init__(self, capacity: int = 1 << 20, agent_capacity: int = 1 << 16,
+                 ttl_ms: int = 30 * 60_000, evict_min_idle_ms: int = 60_000,
+                 agent_idle_ms: int = 2 * 3600_000, backend: str = "auto"):
+        self.kernels = get_backend(backend)
+        xp = self.kernels.xp
+        self.state = L.new_session_arrays(capacity, xp)
+        self.agents = L.new_agent_arrays(agent_capacity, xp)
+        self.sessions = _SlotIndex(capacity)
+        self.agent_index = _SlotIndex(agent_capacity)
+        self.ttl_ms = ttl_ms
+        self.evict_min_idle_ms = evict_min_idle_ms
+        self.agent_idle_ms = agent_idle_ms
+        self.expired = 0
+        self.evicted = 0
+        self._agents_full_warned = False
+
+    @property
+    def capacity(self) -> int:
+        return self.sessions.capacity
+
+    def __len__(self) -> int:
+        return len(self.sessions.slot_of)
+
+    # -- resolution, before a batch is applied ---------------------------------------
+    def resolve(self, keys, now_ms: int):
+        """Slots for a batch's session keys: ``(slots, new, errors)``; a refused
+        position has slot -1 and an entry in ``errors`` (position -> TableFull)."""
+        idx = self.sessions
+        n = len(keys)
+        slots = np.full(n, -1, np.int64)
+        new = np.zeros(n, np.int64)
+        errors: dict[int, TableFull] = {}
+        in_batch: set[int] = set()
+        for pos, key in enumerate(keys):
+            slot = idx.slot_of.get(key)
+            if slot is not None and slot not in in_batch and idx.last_seen[slot] < now_ms - self.ttl_ms:
+                idx.release(slot)        # expired: this turn starts a new session
+                self.expired += 1
+                slot = None
+            if slot is None:
+                if not idx.free and not self._make_room(now_ms, in_batch):
+                    errors[pos] = TableFull(
+                        f"session table full ({idx.capacity} sessions, none idle for "
+                        f"{self.evict_min_idle_ms // 1000} s); retry later", "session_id")
+                    continue
+                slot = idx.take(key, now_ms)
+                new[pos] = 1
+            idx.last_seen[slot] = now_ms
+            in_batch.add(slot)
+            slots[pos] = slot
+        return slots, new, errors
+
+    def resolve_agents(self, keys, now_ms: int):
+        """Agent slots (-1 for no agent, or when the agent table is full: no fatigue)."""
+        idx = self.agent_index
+        n = len(keys)
+        slots = np.full(n, -1, np.int64)
+        new = np.zeros(n, np.int64)
+        in_batch: set[int] = set()
+        for pos, key in enumerate(keys):
+            if key is None:
+                continue
+            slot = idx.slot_of.get(key)
+            if slot is None:
+                if not idx.free:
+                    for old in idx.idle_slots(now_ms - self.agent_idle_ms, in_batch, self.EVICT_BATCH):
+                        idx.release(int(old))
+                if not idx.free:
+                    if not self._agents_full_warned:
+                        self._agents_full_warned = True
+                        log.warning("agent table full (%d agents active in 2 h): new agents get no "
+                                    "fatigue indicator; raise --agent-capacity", idx.capacity)
+                    continue
+                slot = idx.take(key, now_ms)
+                new[pos] = 1
+            idx.last_seen[slot] = now_ms
+            in_batch.add(slot)
+            slots[pos] = slot
+        return slots, new
+
+    def _make_room(self, now_ms: int, in_batch: set) -> bool:
+        idx = self.sessions
+        for slot in idx.idle_slots(now_ms - self.ttl_ms, in_batch):
+            idx.release(int(slot))
+            self.expired += 1
+        if idx.free:
+            return True
+        victims = idx.idle_slots(now_ms - self.evict_min_idle_ms, in_batch, self.EVICT_BATCH)
+        for slot in victims:
+            idx.release(int(slot))
+            self.evicted += 1
+        return bool(idx.free)
+
+    def sweep(self, now_ms: int) -> int:
+        """Expire every session idle for the TTL; returns how many."""
+        idle = self.sessions.idle_slots(now_ms - self.ttl_ms, set())
+        for slot in idle:
+            self.sessions.release(int(slot))
+        self.expired += int(idle.size)
+        return int(idle.size)
+
+    # -- applying and reading -----------------------------------------------------------
+    def apply(self, ti, tf, th, pf):
+        """Run the update kernel on a resolved batch; returns host ``(of, oi)``."""
+        return self.kernels.apply(self.state, self.agents, ti, tf, th, pf)
+
+    def slot(self, key) -> int:
+        slot = self.sessions.slot_of.get(key)
+        if slot is None:
+            raise SessionNotFound(f"no live session {key[1]!r} for tenant {key[0]!r}", "session_id")
+        return slot
+
+    def snapshot(self, key, pf) -> dict:
+        """Indicators (at the session clock), score, level, priority and counters."""
+        from kernels.update_cpu import session_indicators
+
+        slot = self.slot(key)
+        host = {name: self.kernels.to_host(arr[:, slot:slot + 1]) for name, arr in self.state.items()}
+        out = np.zeros((L.OF_ROWS, 1))
+        session_indicators(host["sf"], host["si"], host["sc"], host["sw"], 0, pf, out)
+        return {
+            "indicators": {name: float(out[k, 0]) for k, name in enumerate(L.INDICATORS)},
+            "score": float(host["sf"][L.F_SCORE, 0]),
+            "level": int(host["sb"][L.B_LEVEL, 0]),
+            "priority": int(host["sb"][L.B_PRIORITY, 0]),
+            "started_ms": int(host["si"][L.I_FIRST_TS, 0]),
+            "last_turn_ms": int(host["si"][L.I_LAST_TS, 0]),
+            "turns": int(host["sc"][L.C_TURNS, 0]),
+            "customer_turns": int(host["sc"][L.C_CUSTOMER, 0]),
+        }
+
+    def end(self, key, pf) -> dict:
+        snap = self.snapshot(key, pf)
+        self.sessions.release(self.sessions.slot_of[key])
+        return snap
