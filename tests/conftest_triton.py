@@ -11,17 +11,23 @@ model.json of a ``test-keyword`` artifact::
      "keywords": {"negative": ["angry", "生气"], "positive": ["thanks", "谢谢"]},
      "bias": 1.0,              # added to every label's keyword count
      "fail_on": "BOOM",        # optional: predict_proba raises on a text containing it
-     "fail_load": false}       # optional: the loader refuses the artifact
+     "sleep_on": "SLOW",       # optional: predict_proba sleeps sleep_s on a text containing it
+     "fail_load": false,       # optional: the loader refuses the artifact
+     "fail_in_triton": false}  # optional: ... only inside Triton's Python stub
 """
 from __future__ import annotations
 
 import json
+import platform
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pytest
 
 from service.models.artifact import ArtifactError, register_loader
 
@@ -51,12 +57,16 @@ class KeywordModel:
     keywords: dict[str, list[str]] = field(default_factory=dict)
     bias: float = 1.0
     fail_on: str | None = None
+    sleep_on: str | None = None
+    sleep_s: float = 1.0
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         scores = np.full((len(texts), len(self.labels)), self.bias, dtype=np.float64)
         for i, text in enumerate(texts):
             if self.fail_on and self.fail_on in text:
                 raise RuntimeError(f"test-keyword model told to fail on {self.fail_on!r}")
+            if self.sleep_on and self.sleep_on in text:
+                time.sleep(self.sleep_s)
             low = text.lower()
             for j, label in enumerate(self.labels):
                 scores[i, j] += sum(low.count(w) for w in self.keywords.get(label, ()))
@@ -67,9 +77,12 @@ class KeywordModel:
 def _load_keyword(path: Path, meta: dict) -> KeywordModel:
     if meta.get("fail_load"):
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_load")
+    if meta.get("fail_in_triton") and "triton_python_backend_utils" in sys.modules:
+        raise ArtifactError(f"{path}: test-keyword artifact marked fail_in_triton")
     return KeywordModel(name=meta["name"], version=str(meta.get("version", "0")),
                         labels=tuple(meta["labels"]), keywords=dict(meta.get("keywords", {})),
-                        bias=float(meta.get("bias", 1.0)), fail_on=meta.get("fail_on"))
+                        bias=float(meta.get("bias", 1.0)), fail_on=meta.get("fail_on"),
+                        sleep_on=meta.get("sleep_on"), sleep_s=float(meta.get("sleep_s", 1.0)))
 
 
 def write_keyword_artifact(path: Path, name: str, labels: Sequence[str],
@@ -99,3 +112,47 @@ def make_model_repo(root: Path, models: dict[str, dict] | None = None) -> Path:
         write_keyword_artifact(model_dir / "1" / "artifact", name=name, **spec)
         (model_dir / "labels.txt").write_text("\n".join(spec["labels"]) + "\n", encoding="utf-8")
     return repo
+
+
+# -- pytest fixtures (imported by tests/functional/conftest.py) ------------------------
+def _triton_unavailable_reason() -> str | None:
+    if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
+        return f"the embedded Triton server runs on Linux x86-64 only, not {sys.platform}/{platform.machine()}"
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        return "nvidia-pytriton (the embedded tritonserver) is not installed: pip install 'yujing[triton]'"
+    return None
+
+
+TRITON_UNAVAILABLE = _triton_unavailable_reason()
+requires_triton = pytest.mark.skipif(TRITON_UNAVAILABLE is not None, reason=TRITON_UNAVAILABLE or "")
+
+
+def start_triton(repo: Path, models: Sequence[str] | None = None, **kwargs):
+    """A started TritonServer on ``repo`` that knows the test-only artifact kind."""
+    from service.triton.launcher import TritonServer
+    kwargs.setdefault("allow_http", False)
+    kwargs.setdefault("allow_metrics", False)
+    kwargs.setdefault("startup_timeout_s", 60.0)
+    server = TritonServer(repo, models, env={"YUJING_LOADER_MODULES": LOADER_MODULE},
+                          extra_pythonpath=[TESTS_DIR], **kwargs)
+    return server.start()
+
+
+@pytest.fixture
+def model_repo(tmp_path) -> Path:
+    """A fresh repository: sentiment and intent, version 1, test-keyword artifacts."""
+    return make_model_repo(tmp_path)
+
+
+@pytest.fixture
+def triton_server(model_repo):
+    """Triton serving ``model_repo``, stopped (and its run dir removed) after the test."""
+    if TRITON_UNAVAILABLE:
+        pytest.skip(TRITON_UNAVAILABLE)
+    server = start_triton(model_repo)
+    try:
+        yield server
+    finally:
+        server.close()

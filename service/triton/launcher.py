@@ -24,10 +24,12 @@ and sets ``PYTHONPATH`` (the repository root, site-packages, extras), which each
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import glob
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -35,8 +37,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import uuid
+import weakref
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -155,12 +160,52 @@ def model_pythonpath(extra: Iterable[str | Path] = ()) -> list[str]:
     return [p for p in paths if not (p in seen or seen.add(p))]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: own process group, and SIGKILL when the parent goes away.
+class _Spawner:
+    """The one thread that forks servers. PR_SET_PDEATHSIG fires when the *thread* that
+    forked exits, not the process; forking from this daemon thread, which lives as long as
+    the process, lets callers start servers from short-lived threads (an executor), and
+    leaves the graceful stop to the atexit hook."""
 
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so start the server from
-    a long-lived thread (the main thread, or a pool thread that lives as long as we do).
-    """
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="yujing-triton-spawner", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            fn, args, kwargs, fut = self._jobs.get()
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    fut.set_exception(exc)
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fn, args, kwargs, fut))
+        return fut
+
+
+_SPAWNER: _Spawner | None = None
+_SPAWNER_LOCK = threading.Lock()
+_RUNNING: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()
+
+
+def _spawner() -> _Spawner:
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = _Spawner()
+        return _SPAWNER
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop(grace_s=5.0)
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: own process group, and SIGKILL when the parent goes away."""
     os.setpgid(0, 0)
     libc_name = ctypes.util.find_library("c") or "libc.so.6"
     try:
@@ -295,9 +340,11 @@ class TritonServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_path, "ab", buffering=0)
         self._log_file.write(f"\n=== yujing: starting {' '.join(cmd)}\n".encode())
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-            env=env, cwd=run_dir, preexec_fn=_die_with_parent, close_fds=True)
+        self._proc = _spawner().submit(
+            subprocess.Popen, cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
+            stderr=subprocess.STDOUT, env=env, cwd=run_dir, preexec_fn=_die_with_parent,
+            close_fds=True).result()
+        _RUNNING.add(self)
         try:
             self.wait_ready(self.startup_timeout_s)
         except BaseException:
@@ -328,6 +375,7 @@ class TritonServer:
         """SIGTERM the server's process group, wait ``grace_s``, then SIGKILL it.
         Returns the exit code (None if it was not started)."""
         proc, self._proc = self._proc, None
+        _RUNNING.discard(self)
         code = None
         if proc is not None:
             code = proc.poll()

@@ -1,0 +1,263 @@
+"""Asyncio gRPC client for the text models served by Triton.
+
+    >>> client = TritonModelClient("127.0.0.1:8001", model_repository="model_repo")  # doctest: +SKIP
+    >>> probs, version = await client.infer("sentiment", ["我要投诉", "thanks!"], timeout_s=0.2)  # doctest: +SKIP
+    >>> probs.shape, client.labels("sentiment", version)  # doctest: +SKIP
+    ((2, 3), ('negative', 'neutral', 'positive'))
+
+Tensor contract (``service.models``): input ``TEXT`` BYTES [n, 1] (UTF-8), output
+``PROBABILITIES`` FP32 [n, n_labels]. A batch larger than the model's ``max_batch_size``
+is split into several requests sent concurrently.
+
+Labels never come from code: :func:`read_labels` reads them from the model repository,
+``<model>/<version>/artifact/model.json`` (the version's own label set), else
+``<model>/labels.txt`` beside the config.
+
+The underlying gRPC channel belongs to the event loop it was created on; the client
+creates it on first use, so construct the client anywhere but use it from one loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from service.models import TRITON_INPUT, TRITON_OUTPUT
+
+__all__ = [
+    "TritonModelClient", "TritonClientError", "read_labels", "repository_versions",
+    "serving_version", "set_serving_version", "SERVING_VERSION_FILE",
+]
+
+DEFAULT_MAX_BATCH_SIZE = 1024
+_MAX_MESSAGE = 2**31 - 1
+# Reconnect quickly after Triton comes back (gRPC's default backoff grows to 120 s).
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
+
+class TritonClientError(RuntimeError):
+    """A Triton call failed: unreachable, deadline exceeded, an error response, or an
+    answer that breaks the tensor contract. ``status`` is the gRPC status name when
+    there is one (``"UNAVAILABLE"``, ``"DEADLINE_EXCEEDED"``, ...)."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def repository_versions(model_repository: str | Path, model_name: str) -> list[int]:
+    """The numeric version folders of a model in the repository, ascending."""
+    model_dir = Path(model_repository) / model_name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+SERVING_VERSION_FILE = "serving_version"
+
+
+def _has_artifact(model_dir: Path, version: int | str) -> bool:
+    return (model_dir / str(version) / "artifact" / "model.json").is_file()
+
+
+def serving_version(model_repository: str | Path, model_name: str) -> str | None:
+    """The version the service should use: the one named in ``<model>/serving_version``
+    (written by ``yujing models deploy`` once the version passed its smoke check), else
+    the newest version folder holding an artifact; None if there is none."""
+    model_dir = Path(model_repository) / model_name
+    marker = model_dir / SERVING_VERSION_FILE
+    try:
+        named = marker.read_text(encoding="utf-8").strip()
+    except OSError:
+        named = ""
+    if named.isdigit() and _has_artifact(model_dir, named):
+        return str(int(named))
+    for version in reversed(repository_versions(model_repository, model_name)):
+        if _has_artifact(model_dir, version):
+            return str(version)
+    return None
+
+
+def set_serving_version(model_repository: str | Path, model_name: str, version: str | int | None) -> None:
+    """Atomically name the version the service should use (None: back to "the newest")."""
+    marker = Path(model_repository) / model_name / SERVING_VERSION_FILE
+    if version is None:
+        marker.unlink(missing_ok=True)
+        return
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(f"{int(version)}\n", encoding="utf-8")
+    tmp.replace(marker)
+
+
+def read_labels(model_repository: str | Path, model_name: str,
+                version: str | int | None = None) -> tuple[str, ...]:
+    """A model's labels from the repository: the version's ``artifact/model.json``, else
+    ``labels.txt`` beside the config, else the newest version's ``model.json``."""
+    model_dir = Path(model_repository) / model_name
+    candidates = []
+    if version not in (None, ""):
+        candidates.append(model_dir / str(version) / "artifact" / "model.json")
+    candidates.append(model_dir / "labels.txt")
+    candidates.extend(model_dir / str(v) / "artifact" / "model.json"
+                      for v in reversed(repository_versions(model_repository, model_name)))
+    for path in candidates:
+        if not path.is_file():
+            continue
+        if path.suffix == ".txt":
+            labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        else:
+            labels = tuple(json.loads(path.read_text(encoding="utf-8")).get("labels", ()))
+        if labels:
+            return labels
+    raise FileNotFoundError(f"no labels for model {model_name!r} (version {version}) in {model_repository}")
+
+
+class TritonModelClient:
+    """Talks to one Triton server over gRPC (``tritonclient.grpc.aio``).
+
+    Args:
+        url: ``host:port`` of Triton's gRPC endpoint.
+        model_repository: the repository Triton serves, for :meth:`labels` (optional).
+        max_batch_size: the models' ``max_batch_size``; bigger batches are split.
+        default_timeout_s: the deadline of calls that give none.
+    """
+
+    def __init__(self, url: str, model_repository: str | Path | None = None, *,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, default_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.model_repository = Path(model_repository) if model_repository is not None else None
+        self.max_batch_size = max_batch_size
+        self.default_timeout_s = default_timeout_s
+        self._client = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- connection -------------------------------------------------------------------
+    def _grpc(self):
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            import tritonclient.grpc.aio as grpcclient
+            self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
+            self._loop = loop
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def __aenter__(self) -> "TritonModelClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _call(self, what: str, coro):
+        from tritonclient.utils import InferenceServerException
+        try:
+            return await coro
+        except InferenceServerException as exc:
+            status = (exc.status() or "").replace("StatusCode.", "") or None
+            raise TritonClientError(f"{what}: {exc.message() or exc}", status) from exc
+
+    # -- inference --------------------------------------------------------------------
+    async def infer(self, model_name: str, texts: Sequence[str], timeout_s: float | None = None,
+                    model_version: str | int = "") -> tuple[np.ndarray, str]:
+        """Class probabilities of ``texts``: ``(float32 [len(texts), n_labels], version)``.
+
+        ``model_version`` "" lets Triton pick (the newest it serves)."""
+        timeout = self.default_timeout_s if timeout_s is None else timeout_s
+        n = len(texts)
+        if n == 0:
+            return np.zeros((0, 0), dtype=np.float32), str(model_version)
+        step = self.max_batch_size
+        chunks = [texts[i:i + step] for i in range(0, n, step)]
+        parts = await asyncio.gather(*(self._infer_chunk(model_name, c, timeout, str(model_version))
+                                       for c in chunks))
+        versions = {v for _, v in parts}
+        if len(versions) != 1:  # a new version came up between chunks
+            raise TritonClientError(f"{model_name}: one batch answered by versions {sorted(versions)}")
+        probs = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
+        return probs, versions.pop()
+
+    async def _infer_chunk(self, model_name: str, texts: Sequence[str], timeout: float,
+                           model_version: str) -> tuple[np.ndarray, str]:
+        import tritonclient.grpc.aio as grpcclient
+        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+        tensor = grpcclient.InferInput(TRITON_INPUT, list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        result = await self._call(
+            f"infer {model_name}",
+            self._grpc().infer(model_name, [tensor], model_version=model_version,
+                               outputs=[grpcclient.InferRequestedOutput(TRITON_OUTPUT)],
+                               client_timeout=timeout))
+        probs = result.as_numpy(TRITON_OUTPUT)
+        if probs is None or probs.ndim != 2 or probs.shape[0] != len(texts) or probs.shape[1] < 1:
+            shape = None if probs is None else probs.shape
+            raise TritonClientError(f"{model_name}: output {TRITON_OUTPUT} has shape {shape}, "
+                                    f"expected ({len(texts)}, n_labels)")
+        return np.asarray(probs, dtype=np.float32), result.get_response().model_version
+
+    # -- health and metadata ----------------------------------------------------------
+    async def is_server_ready(self, timeout_s: float = 1.0) -> bool:
+        """True if the server answers and is ready; never raises."""
+        try:
+            return bool(await self._grpc().is_server_ready(client_timeout=timeout_s))
+        except Exception:
+            return False
+
+    async def is_model_ready(self, model_name: str, model_version: str | int = "",
+                             timeout_s: float = 1.0) -> bool:
+        """True if that model (version) is loaded and ready; never raises."""
+        try:
+            return bool(await self._grpc().is_model_ready(model_name, str(model_version),
+                                                          client_timeout=timeout_s))
+        except Exception:
+            return False
+
+    async def model_metadata(self, model_name: str, model_version: str | int = "",
+                             timeout_s: float | None = None) -> dict:
+        """Triton's metadata: name, versions, platform, inputs, outputs (as a dict)."""
+        return await self._call(f"metadata {model_name}", self._grpc().get_model_metadata(
+            model_name, str(model_version), as_json=True,
+            client_timeout=timeout_s or self.default_timeout_s))
+
+    async def model_config(self, model_name: str, timeout_s: float | None = None) -> dict:
+        reply = await self._call(f"config {model_name}", self._grpc().get_model_config(
+            model_name, as_json=True, client_timeout=timeout_s or self.default_timeout_s))
+        return reply.get("config", reply)
+
+    async def ready_versions(self, model_name: str, timeout_s: float | None = None) -> list[str]:
+        """Versions of ``model_name`` that Triton reports READY, ascending."""
+        index = await self._call("repository index", self._grpc().get_model_repository_index(
+            as_json=True, client_timeout=timeout_s or self.default_timeout_s))
+        versions = [m.get("version", "") for m in index.get("models", [])
+                    if m.get("name") == model_name and m.get("state") == "READY"]
+        return sorted(versions, key=lambda v: (len(v), v))
+
+    def labels(self, model_name: str, version: str | int | None = None) -> tuple[str, ...]:
+        """The model's labels from the repository (see :func:`read_labels`)."""
+        if self.model_repository is None:
+            raise ValueError("labels need the client's model_repository")
+        return read_labels(self.model_repository, model_name, version)
+
+    # -- repository API (explicit model-control mode) ---------------------------------
+    async def load_model(self, model_name: str, timeout_s: float = 120.0) -> None:
+        """(Re)load a model: Triton rescans its folder and serves the versions its
+        version_policy selects. Raises :class:`TritonClientError` if the load fails."""
+        await self._call(f"load {model_name}",
+                         self._grpc().load_model(model_name, client_timeout=timeout_s))
+
+    async def unload_model(self, model_name: str, timeout_s: float = 60.0) -> None:
+        await self._call(f"unload {model_name}",
+                         self._grpc().unload_model(model_name, client_timeout=timeout_s))
