@@ -86,6 +86,7 @@ class SessionTable:
         self.expired = 0
         self.evicted = 0
         self._agents_full_warned = False
+        self._victims: list = []     # eviction candidates, oldest last
 
     @property
     def capacity(self) -> int:
@@ -152,17 +153,28 @@ class SessionTable:
         return slots, new
 
     def _make_room(self, now_ms: int, in_batch: set) -> bool:
+        """Free one slot: an expired session, else the least recently active idle one.
+
+        The scan for eviction candidates is amortised: it keeps the EVICT_BATCH oldest
+        idle sessions and takes one per call, re-checking that each is still idle."""
         idx = self.sessions
         for slot in idx.idle_slots(now_ms - self.ttl_ms, in_batch):
             idx.release(int(slot))
             self.expired += 1
         if idx.free:
             return True
-        victims = idx.idle_slots(now_ms - self.evict_min_idle_ms, in_batch, self.EVICT_BATCH)
-        for slot in victims:
-            idx.release(int(slot))
-            self.evicted += 1
-        return bool(idx.free)
+        cutoff = now_ms - self.evict_min_idle_ms
+        for attempt in range(2):
+            while self._victims:
+                slot, key = self._victims.pop()
+                if idx.key_of[slot] == key and idx.last_seen[slot] < cutoff and slot not in in_batch:
+                    idx.release(slot)
+                    self.evicted += 1
+                    return True
+            if attempt == 0:
+                oldest = idx.idle_slots(cutoff, in_batch, self.EVICT_BATCH)
+                self._victims = [(int(s), idx.key_of[int(s)]) for s in oldest[::-1]]
+        return False
 
     def sweep(self, now_ms: int) -> int:
         """Expire every session idle for the TTL; returns how many."""
