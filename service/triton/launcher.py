@@ -328,6 +328,8 @@ class TritonServer:
         ``startup_timeout_s``."""
         if self.is_running():
             return self
+        if self._proc is not None:  # it died (or was killed): tidy up before the new one
+            self.stop()
         self._installation = self._installation or find_installation(self._tritonserver_root)
         run_dir = self._ensure_run_dir()
         backends = self._prepare_backends(run_dir)
