@@ -70,3 +70,53 @@ class ServiceThread:
 
 def turn(session="s1", turn_id="1", text="hello", speaker=pb.CUSTOMER, ts=0, **kw) -> pb.Turn:
     return pb.Turn(session_id=session, turn_id=turn_id, text=text, speaker=speaker, timestamp_ms=ts, **kw)
+
+
+class ServeProcess:
+    """``yujing serve`` as a child process on a free port (the port read from its
+    ready line), for tests that need the real command with its embedded Triton."""
+
+    def __init__(self, *args: str, timeout_s: float = 240.0):
+        import os
+        import re
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="yujing-serve-", suffix=".log", delete=False)
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        deadline = time.monotonic() + timeout_s
+        self.port = None
+        while time.monotonic() < deadline:
+            text = open(self.log.name).read()
+            m = re.search(r"yujing serving on [\d.]+:(\d+)", text)
+            if m:
+                self.port = int(m.group(1))
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"yujing serve exited {self.proc.returncode}:\n{text[-4000:]}")
+            time.sleep(0.2)
+        if self.port is None:
+            self.stop()
+            raise TimeoutError(f"yujing serve not ready in {timeout_s} s:\n{open(self.log.name).read()[-4000:]}")
+
+    def stub(self) -> pb_grpc.RiskScorerStub:
+        return pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+
+    def output(self) -> str:
+        return open(self.log.name).read()
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
