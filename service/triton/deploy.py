@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import os
 import shutil
 import sys
 import uuid
@@ -71,7 +72,8 @@ sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if
 from service.models.triton_backend import TritonPythonModel  # noqa: E402,F401
 '''
 
-DEFAULT_TRITON_URL = "127.0.0.1:8001"
+# The Triton beside the service (Dockerfile.gpu sets $YUJING_TRITON_URL).
+DEFAULT_TRITON_URL = os.environ.get("YUJING_TRITON_URL", "127.0.0.1:8001")
 
 
 class DeployError(RuntimeError):
