@@ -1,0 +1,153 @@
+"""``yujing models train`` and ``yujing models eval``.
+
+The main CLI calls :func:`add_subcommands` with its ``models`` sub-parsers; until then (or
+standalone) ``python -m service.models.cli train|eval ...`` does the same.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from service.models.data import MODEL_NAMES, REPO_ROOT
+
+DEFAULT_REPO = REPO_ROOT / "model_repo"
+
+
+def _models(arg: str) -> list[str]:
+    return list(MODEL_NAMES) if arg == "all" else [arg]
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from service.models.train import train_and_write
+
+    if args.threads:
+        _pin_threads()
+    command = "yujing models train --model {m} --version {v}".format(m="{m}", v=args.version)
+    summary = {}
+    t0 = time.time()
+    for m in _models(args.model):
+        res = train_and_write(m, data=args.data_dir, out_repo=args.out, version=str(args.version),
+                              command=command.format(m=m))
+        summary[m] = {"artifact": res["artifact"], "size_bytes": res["size_bytes"],
+                      "train_seconds": res["training"]["train_seconds"],
+                      "accuracy": {r["name"]: round(r["accuracy"], 4) for r in res["metrics"]["subsets"]}}
+    _err(f"[train] done in {time.time() - t0:.0f}s")
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _pin_threads() -> None:
+    import os
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def _latest_artifact(repo: Path, model: str) -> Path:
+    mdir = repo / model
+    versions = sorted((int(p.name) for p in mdir.iterdir() if p.name.isdigit()
+                       and (p / "artifact" / "model.json").is_file()), reverse=True) if mdir.is_dir() else []
+    if not versions:
+        raise SystemExit(f"no trained artifact under {mdir} (run `yujing models train --model {model}`)")
+    return mdir / str(versions[0]) / "artifact"
+
+
+def _fmt_report(rep: dict) -> str:
+    lines = [f"== {rep['model']} ({rep['source']})"]
+    for r in rep["subsets"]:
+        extra = ""
+        if "neutral_rate" in r:
+            extra = f"  [binary decision; 3-way acc {r['accuracy_3way']:.4f}, neutral {r['neutral_rate']:.3f}]"
+        lines.append(f"  {r['name']:<22} {r['lang']}  n={r['n']:<6} acc={r['accuracy']:.4f}  "
+                     f"macro-F1={r['macro_f1']:.4f}{extra}")
+        conf = ", ".join(f"{c['true']}->{c['pred']} {c['count']}" for c in r["top_confusions"][:3])
+        if conf:
+            lines.append(f"  {'':<22}     top confusions: {conf}")
+    for lg, a in rep["languages"].items():
+        lines.append(f"  [{lg}] n={a['n']} acc={a['accuracy']:.4f} mean macro-F1={a['macro_f1_mean']:.4f}")
+    tp = rep.get("throughput_texts_per_s")
+    if tp:
+        lines.append(f"  throughput ({rep.get('throughput_note', '')}): " +
+                     ", ".join(f"batch {k}: {v:,.0f}/s" for k, v in tp.items()))
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from service.models import evaluate as ev
+    from service.models.artifact import load_model
+    from service.models.data import load_dataset
+
+    ev.limit_threads()
+    reports = {}
+    for m in _models(args.model):
+        ds = load_dataset(m, args.data_dir)
+        tp_texts = [t for s in ds.test for t in s.texts]
+        tp_texts = tp_texts[::max(1, len(tp_texts) // 4000)]
+        if args.triton_url:
+            scorer, _ = ev.triton_scorer(args.triton_url, m)
+            from service.triton.client import read_labels  # labels from the model repository
+            labels = read_labels(args.repo, m)
+            source = f"triton {args.triton_url}"
+            note = "Triton, client on one thread, server-side cores as configured"
+        else:
+            art = Path(args.artifact) if args.artifact else _latest_artifact(Path(args.repo), m)
+            model = load_model(art)
+            scorer, labels = model.predict_proba, model.labels
+            source = f"in-process {art}"
+            note = "in-process, 1 thread"
+        t0 = time.time()
+        rep = ev.evaluate(scorer, ds, labels=tuple(labels))
+        rep["eval_seconds"] = round(time.time() - t0, 2)
+        rep["source"] = source
+        if not args.no_throughput:
+            rep["throughput_texts_per_s"] = ev.throughput(scorer, tp_texts, tuple(args.batch_sizes))
+            rep["throughput_note"] = note
+        reports[m] = rep
+        print(_fmt_report(rep))
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _err(f"[eval] wrote {args.json}")
+    return 0
+
+
+def add_subcommands(models_subparsers) -> None:
+    """Add ``train`` and ``eval`` to the ``yujing models`` sub-parsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=None,
+                        help="data sets folder (default: $YUJING_DATA_DIR, else <repo>/../shared/data)")
+    common.add_argument("--model", default="all", choices=[*MODEL_NAMES, "all"])
+
+    p = models_subparsers.add_parser("train", parents=[common], help="train the default text models")
+    p.add_argument("--out", default=str(DEFAULT_REPO), help="model repository to write (default: model_repo)")
+    p.add_argument("--version", default="1", help="version folder to write (default: 1)")
+    p.add_argument("--threads", action="store_true", default=True, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_train)
+
+    p = models_subparsers.add_parser("eval", parents=[common], help="evaluate models on the test splits")
+    p.add_argument("--repo", default=str(DEFAULT_REPO), help="model repository (default: model_repo)")
+    p.add_argument("--artifact", default=None, help="evaluate this artifact dir instead (one --model)")
+    p.add_argument("--triton-url", default=None, help="host:port of a running Triton (gRPC)")
+    p.add_argument("--json", default=None, help="also write the full report as JSON")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256])
+    p.add_argument("--no-throughput", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.models.cli",
+                                     description="train and evaluate yujing's text models")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

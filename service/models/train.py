@@ -1,0 +1,162 @@
+"""Training of the default text models (sentiment, intent, intent_banking77).
+
+Needs the optional ``train`` extra (scikit-learn, SciPy) -- serving does not. Every step
+is deterministic: fixed hashing, fixed seeds, single-threaded solvers.
+
+Recipe per model (see :data:`RECIPES`): hashed n-gram TF-IDF features (textclf), buckets
+seen fewer than ``min_df`` times dropped, then one or more heads fitted on them; the
+artifact stores the heads' weights and their mixing weights.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from service.models import evaluate as ev
+from service.models.data import Dataset, data_dir, file_sha256, load_dataset
+from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
+
+SEED = 20240611
+
+RECIPES: dict[str, dict] = {
+    "sentiment": {
+        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "min_df": 2,
+        "heads": [{"kind": "linear", "C": 8.0, "weight": 1.0}],
+    },
+    "intent": {
+        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "min_df": 1,
+        "heads": [{"kind": "linear", "C": 20.0, "weight": 1.0}],
+    },
+    "intent_banking77": {
+        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "min_df": 1,
+        "heads": [{"kind": "linear", "C": 20.0, "weight": 1.0}],
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def build_vocab(texts, cfg: FeatureConfig, min_df: int):
+    ptr, idx, cnt = hash_features(texts, cfg)
+    df = np.bincount(idx, minlength=1 << cfg.hash_bits)
+    buckets = np.flatnonzero(df >= min_df).astype(np.int64)
+    n = len(texts)
+    idf = (np.log((1.0 + n) / (1.0 + df[buckets])) + 1.0).astype(np.float32)
+    return (ptr, idx, cnt), buckets, idf
+
+
+def to_csr(raw, remap, idf, cfg: FeatureConfig, n_cols: int):
+    import scipy.sparse as sp
+    ptr, cols, vals = _tfidf_remap(*raw, remap, idf, cfg.sublinear_tf)
+    return sp.csr_matrix((vals, cols, ptr), shape=(len(ptr) - 1, n_cols))
+
+
+def fit_linear(X, y: np.ndarray, n_classes: int, C: float, sample_weight=None, max_iter: int = 300):
+    from sklearn.linear_model import LogisticRegression
+    clf = LogisticRegression(C=C, max_iter=max_iter, tol=1e-4, solver="lbfgs")
+    clf.fit(X, y, sample_weight=sample_weight)
+    W = np.zeros((X.shape[1], n_classes), np.float32)
+    b = np.zeros(n_classes, np.float32)
+    # classes absent from y keep a large negative bias
+    b[:] = -20.0
+    W[:, clf.classes_] = clf.coef_.T if len(clf.classes_) > 2 else np.c_[-clf.coef_[0], clf.coef_[0]]
+    if len(clf.classes_) > 2:
+        b[clf.classes_] = clf.intercept_
+    else:
+        b[clf.classes_] = [-clf.intercept_[0] / 2, clf.intercept_[0] / 2]
+        W[:, clf.classes_] /= 2
+    return Head("linear", 1.0, {"W": W, "b": b})
+
+
+HEAD_FITTERS: dict[str, Callable] = {"linear": fit_linear}
+
+
+def sample_weights(ds: Dataset, recipe: dict) -> np.ndarray | None:
+    """Per-example weights so each subset gets its recipe weight (default: 1 per example)."""
+    sw = recipe.get("subset_weight")
+    if not sw:
+        return None
+    out = []
+    for s in ds.train:
+        out.append(np.full(len(s.texts), float(sw.get(s.name, 1.0)), np.float64))
+    w = np.concatenate(out)
+    return w * (len(w) / w.sum())
+
+
+def train_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
+                version: str = "1") -> tuple[HashedNgramClassifier, Dataset, dict]:
+    recipe = recipe or RECIPES[model]
+    t0 = time.time()
+    ds = load_dataset(model, data)
+    texts, labels = ds.train_texts()
+    y = np.array([ds.labels.index(l) for l in labels], np.int64)
+    log(f"{model}: {len(texts)} training texts, {len(ds.labels)} labels")
+    cfg = FeatureConfig.from_dict(recipe["features"])
+    raw, buckets, idf = build_vocab(texts, cfg, recipe.get("min_df", 1))
+    remap = np.full(1 << cfg.hash_bits, -1, np.int32)
+    remap[buckets] = np.arange(len(buckets), dtype=np.int32)
+    X = to_csr(raw, remap, idf, cfg, len(buckets))
+    log(f"{model}: {len(buckets)} features kept (min_df={recipe.get('min_df', 1)}), nnz/row "
+        f"{X.nnz / max(1, X.shape[0]):.0f}; {time.time() - t0:.1f}s")
+    sw = sample_weights(ds, recipe)
+    heads = []
+    for hr in recipe["heads"]:
+        t1 = time.time()
+        args = {k: v for k, v in hr.items() if k not in ("kind", "weight")}
+        head = HEAD_FITTERS[hr["kind"]](X, y, len(ds.labels), sample_weight=sw, **args)
+        head.weight = float(hr.get("weight", 1.0))
+        heads.append(head)
+        log(f"{model}: head {hr['kind']} {args} fitted in {time.time() - t1:.1f}s")
+    clf = HashedNgramClassifier(model, ds.labels, cfg, buckets, idf, heads, version=version)
+    info = {"train_seconds": round(time.time() - t0, 1), "n_train": len(texts)}
+    return clf, ds, info
+
+
+def write_artifact(clf: HashedNgramClassifier, ds: Dataset, info: dict, out_repo: str | Path,
+                   version: str, recipe: dict, data: str | Path | None, command: str,
+                   metrics: dict | None = None, dtype: str = "float16") -> Path:
+    root = data_dir(data)
+    art = Path(out_repo) / clf.name / str(version) / "artifact"
+    meta = {
+        "version": str(version),
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "training_command": command,
+        "recipe": recipe,
+        "data_files": [{"path": rel, "sha256": file_sha256(root / rel)} for rel in ds.files],
+        "split_rule": ds.split_rule,
+        "training": info,
+        "metrics": metrics or {},
+    }
+    clf.save(art, meta, dtype=dtype)
+    (Path(out_repo) / clf.name / "labels.txt").write_text("\n".join(clf.labels) + "\n", encoding="utf-8")
+    return art
+
+
+def train_and_write(model: str, data=None, out_repo="model_repo", version: str = "1",
+                    command: str = "", recipe: dict | None = None) -> dict:
+    recipe = recipe or RECIPES[model]
+    clf, ds, info = train_model(model, data, recipe, version)
+    t0 = time.time()
+    metrics = ev.evaluate(clf.predict_proba, ds)
+    log(f"{model}: test " + ", ".join(f"{r['name']} acc={r['accuracy']:.4f} F1={r['macro_f1']:.4f}"
+                                    for r in metrics["subsets"]) + f" ({time.time() - t0:.1f}s)")
+    dtype = recipe.get("dtype", "float16")
+    art = write_artifact(clf, ds, info, out_repo, version, recipe, data, command,
+                         metrics={"test": {r["name"]: {k: r[k] for k in
+                                                       ("n", "accuracy", "macro_f1", "accuracy_3way",
+                                                        "neutral_rate") if k in r}
+                                           for r in metrics["subsets"]}}, dtype=dtype)
+    size = sum(p.stat().st_size for p in art.iterdir())
+    log(f"{model}: wrote {art} ({size / 1e6:.2f} MB)")
+    return {"artifact": str(art), "size_bytes": size, "metrics": metrics, "training": info}

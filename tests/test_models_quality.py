@@ -1,0 +1,49 @@
+"""Quality regression test: each committed model, on the real test splits, reaches at least
+the accuracy recorded in its model.json (measured at training time) minus 0.01.
+
+Needs the reference data sets (``$YUJING_DATA_DIR``, else ``<repo>/../shared/data``);
+skipped when they are absent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.models import evaluate as ev
+from service.models.artifact import load_model, read_meta
+from service.models.data import DataMissing, data_dir, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = 0.01
+
+# the targets of the task, reported (not asserted) for information
+TARGETS = {"en_airline": 0.85, "zh_online_shopping": 0.92, "zh_waimai": 0.92,
+           "zh_chnsenticorp_htl": 0.92, "en_bitext": 0.99, "en_banking77": 0.93}
+
+
+def _dataset(model: str):
+    if not data_dir().is_dir():
+        pytest.skip(f"reference data sets not found at {data_dir()} (set $YUJING_DATA_DIR)")
+    try:
+        return load_dataset(model)
+    except DataMissing as exc:
+        pytest.skip(f"reference data incomplete: {exc}")
+
+
+@pytest.mark.parametrize("name", ["sentiment", "intent", "intent_banking77"])
+def test_no_regression_on_test_split(name):
+    ds = _dataset(name)
+    art = REPO / "model_repo" / name / "1" / "artifact"
+    recorded = read_meta(art)["metrics"]["test"]
+    model = load_model(art)
+    rep = ev.evaluate(model.predict_proba, ds, labels=model.labels)
+    assert {r["name"] for r in rep["subsets"]} == set(recorded)
+    for r in rep["subsets"]:
+        floor = recorded[r["name"]]["accuracy"] - TOLERANCE
+        assert r["accuracy"] >= floor, (
+            f"{name}/{r['name']}: accuracy {r['accuracy']:.4f} < recorded "
+            f"{recorded[r['name']]['accuracy']:.4f} - {TOLERANCE}")
+        if r["lang"] == "zh" and name == "sentiment":
+            # binary data: the 3-way argmax must not drift into 'neutral'
+            assert r["neutral_rate"] < 0.05
