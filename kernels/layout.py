@@ -127,7 +127,7 @@ TFL_ROWS = 5
 
 TFLAG_HAS_TEXT = 1   # the turn carries text (a message, not only an event)
 TFLAG_NEGATIVE = 2   # the sentiment model's label is negative
-TFLAG_COMPLAINT = 4  # the intent's category counts as a complaint (repeat detection)
+TFLAG_COMPLAINT = 4  # the intent's category counts as a complaint (a same-intent repeat counts)
 
 SPEAKER_CUSTOMER = 1
 SPEAKER_AGENT = 2

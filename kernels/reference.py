@@ -97,7 +97,7 @@ def reference(ti, tf, th, pf):
                     if _popcount(h ^ int(th[prev])) <= pf[L.P_NEAR_DUP_BITS]:
                         similar = True
             complaint = bool(ti[L.T_FLAGS, j] & L.TFLAG_COMPLAINT)
-            if complaint and k > 0 and ti[L.T_INTENT, j] == ti[L.T_INTENT, cust[k - 1]]:
+            if k > 0 and ti[L.T_INTENT, j] >= 0 and ti[L.T_INTENT, j] == ti[L.T_INTENT, cust[k - 1]]:
                 similar = True
             repeats.append(similar and (neg[k] or complaint))
         r = sum(repeats[-N:])

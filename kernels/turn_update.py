@@ -216,7 +216,8 @@ def build(jit):
             ring_add(sw, nb, s, head, ts // bucket_ms, negative, L.U16_MAX)
 
             # Repeated complaint: a near-duplicate of one of the last texts, or the same
-            # complaint-category intent again; counted when the turn is negative or a complaint.
+            # intent as the previous customer turn; counted when the turn is negative or
+            # its intent is in a complaint category.
             complaint = (flags & L.TFLAG_COMPLAINT) != 0
             h = th[i]
             similar = False
@@ -225,7 +226,7 @@ def build(jit):
                 for k in range(seen):
                     if popcount64(h ^ sh[k, s]) <= np.uint64(pf[L.P_NEAR_DUP_BITS]):
                         similar = True
-            if complaint and n_before > 0 and ti[L.T_INTENT, i] == sc[L.C_LAST_INTENT, s]:
+            if n_before > 0 and ti[L.T_INTENT, i] >= 0 and ti[L.T_INTENT, i] == sc[L.C_LAST_INTENT, s]:
                 similar = True
             repeat = similar and (negative or complaint)
             rbits = np.int64(sc[L.C_REP_BITS, s])
