@@ -1,0 +1,318 @@
+"""Prometheus metrics for the service, on their own registry and HTTP port.
+
+    m = Metrics()
+    port = m.start_http("127.0.0.1", 0)          # 0: a free port; GET /metrics
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(m)])
+    MicroBatcher(..., on_batch=m.observe_batch)
+    m.instrument_router(router)                  # model call latency / errors, fallback gauge
+    m.watch(table=table, router=router)          # live sessions, evictions, expirations at scrape
+
+Metric names (all prefixed ``yujing_``):
+
+    rpc_requests_total{method,code}            counter   every RPC, by final gRPC status
+    rpc_latency_seconds{method,code}           histogram whole call (streams: open to close)
+    stream_messages_total{method,direction}    counter   messages on streaming RPCs
+    batch_size                                 histogram turns per micro-batch
+    batch_latency_seconds                      histogram engine time per micro-batch
+    model_call_latency_seconds{served_by}      histogram one router.classify (Triton or in-process)
+    model_call_errors_total{kind}              counter   failed model calls / Triton trips
+    fallback_active                            gauge     1 when answers come from the in-process fallback
+    live_sessions                              gauge     sessions in the table
+    session_evictions_total                    counter   idle sessions evicted to make room
+    session_expirations_total                  counter   sessions expired by the TTL
+
+A dedicated :class:`prometheus_client.CollectorRegistry` is used, so several services in
+one process (tests) never share or collide on metrics.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                   0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+
+
+def _method_name(full: str) -> str:
+    """'/yujing.v1.RiskScorer/Score' -> 'Score' (other services keep 'Service/Method')."""
+    full = full or "unknown"
+    svc, _, meth = full.lstrip("/").rpartition("/")
+    if svc.endswith("RiskScorer"):
+        return meth
+    return f"{svc.rsplit('.', 1)[-1]}/{meth}" if svc else meth
+
+
+class _TableCollector:
+    """Reads live sessions, evictions and expirations from the session table at scrape time."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.m = metrics
+
+    def collect(self):
+        table = self.m._table
+        live = GaugeMetricFamily("yujing_live_sessions", "Sessions held in the session table")
+        ev = CounterMetricFamily("yujing_session_evictions", "Idle sessions evicted to make room")
+        ex = CounterMetricFamily("yujing_session_expirations", "Sessions expired by the idle TTL")
+        if table is not None:
+            try:
+                self.m._live = int(len(table))
+                self.m._evicted = int(getattr(table, "evicted", self.m._evicted))
+                self.m._expired = int(getattr(table, "expired", self.m._expired))
+            except Exception:  # never fail a scrape
+                log.debug("session table read failed", exc_info=True)
+        live.add_metric([], self.m._live)
+        ev.add_metric([], self.m._evicted)
+        ex.add_metric([], self.m._expired)
+        yield live
+        yield ev
+        yield ex
+        router = self.m._router
+        fb = GaugeMetricFamily("yujing_fallback_active",
+                               "1 when answers are scored by the in-process fallback (degraded or in-process mode)")
+        if router is not None:
+            try:
+                self.m._fallback = 0 if router.served_by == "triton" else 1
+            except Exception:
+                log.debug("router read failed", exc_info=True)
+        fb.add_metric([], self.m._fallback)
+        yield fb
+
+    def describe(self):
+        return []
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.rpc_requests = Counter("yujing_rpc_requests", "RPCs by method and final gRPC status code",
+                                    ["method", "code"], registry=r)
+        self.rpc_latency = Histogram("yujing_rpc_latency_seconds", "RPC latency (streams: open to close)",
+                                     ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stream_messages = Counter("yujing_stream_messages", "Messages on streaming RPCs",
+                                       ["method", "direction"], registry=r)
+        self.batch_size = Histogram("yujing_batch_size", "Turns per micro-batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_latency = Histogram("yujing_batch_latency_seconds", "Engine time per micro-batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.model_latency = Histogram("yujing_model_call_latency_seconds",
+                                       "Latency of one model call (sentiment + intent for a batch)",
+                                       ["served_by"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_errors = Counter("yujing_model_call_errors", "Failed model calls (Triton errors, timeouts)",
+                                    ["kind"], registry=r)
+        self._table = None
+        self._router = None
+        self._live = 0
+        self._evicted = 0
+        self._expired = 0
+        self._fallback = 0
+        r.register(_TableCollector(self))
+        self._http = None
+        self._http_thread = None
+        self.port: int | None = None
+
+    # ---- HTTP -------------------------------------------------------------------------
+    def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0: a free port) in a daemon thread; the port."""
+        from prometheus_client import start_http_server
+
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http, self._http_thread = server, thread
+        self.port = int(server.server_address[1])
+        return self.port
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def render(self) -> bytes:
+        """The exposition text (what /metrics answers)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    # ---- observations -----------------------------------------------------------------
+    def observe_rpc(self, method: str, code, seconds: float) -> None:
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self.rpc_requests.labels(method, name).inc()
+        self.rpc_latency.labels(method, name).observe(seconds)
+
+    def observe_stream_message(self, method: str, direction: str) -> None:
+        self.stream_messages.labels(method, direction).inc()
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Matches MicroBatcher's ``on_batch(size, seconds)`` callback."""
+        self.batch_size.observe(size)
+        self.batch_latency.observe(seconds)
+
+    def observe_model_call(self, served_by: str, seconds: float, error: str | None = None) -> None:
+        self.model_latency.labels(served_by).observe(seconds)
+        if error:
+            self.model_errors.labels(error).inc()
+
+    def model_error(self, kind: str) -> None:
+        self.model_errors.labels(kind).inc()
+
+    def set_fallback(self, active: bool) -> None:
+        self._fallback = 1 if active else 0
+
+    def set_live_sessions(self, n: int) -> None:
+        self._live = int(n)
+
+    def inc_evictions(self, n: int = 1) -> None:
+        self._evicted += n
+
+    def inc_expirations(self, n: int = 1) -> None:
+        self._expired += n
+
+    # ---- wiring helpers ---------------------------------------------------------------
+    def watch(self, table=None, router=None) -> None:
+        """Read the table's size / evicted / expired and the router's state at each scrape."""
+        self._table = table
+        self._router = router
+
+    def instrument_router(self, router) -> None:
+        """Time every ``router.classify`` and count Triton failures (wraps the bound method)."""
+        if router is None or getattr(router, "_yujing_metrics", None) is self:
+            return
+        inner = router.classify
+        metrics = self
+        stats = getattr(router, "stats", None)
+
+        async def classify(texts):
+            fails0 = getattr(stats, "triton_failures", 0)
+            t0 = time.perf_counter()
+            try:
+                result = await inner(texts)
+            except BaseException as exc:
+                metrics.observe_model_call("error", time.perf_counter() - t0, type(exc).__name__)
+                raise
+            dt = time.perf_counter() - t0
+            metrics.observe_model_call(getattr(result, "served_by", "unknown"), dt)
+            trips = getattr(stats, "triton_failures", 0) - fails0
+            if trips > 0:
+                metrics.model_errors.labels("triton").inc(trips)
+            metrics._fallback = 0 if getattr(result, "served_by", "") == "triton" else 1
+            return result
+
+        router.classify = classify
+        router._yujing_metrics = self
+        self._router = router
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Times every RPC (unary and streaming) and records its final status code."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = _method_name(handler_call_details.method)
+        m = self.metrics
+
+        def code_of(context, exc: BaseException | None):
+            try:
+                c = context.code()
+            except Exception:
+                c = None
+            if isinstance(c, grpc.StatusCode):
+                return c
+            if isinstance(c, int):
+                for sc in grpc.StatusCode:
+                    if sc.value[0] == c:
+                        return sc
+            if exc is None:
+                return grpc.StatusCode.OK
+            import asyncio
+            if isinstance(exc, asyncio.CancelledError):
+                return grpc.StatusCode.CANCELLED
+            return grpc.StatusCode.UNKNOWN
+
+        def finish(context, t0, exc):
+            try:
+                m.observe_rpc(method, code_of(context, exc), time.perf_counter() - t0)
+            except Exception:
+                log.debug("metrics observe failed", exc_info=True)
+
+        def counted_requests(request_iterator):
+            async def gen():
+                async for req in request_iterator:
+                    m.observe_stream_message(method, "received")
+                    yield req
+            return gen()
+
+        if not handler.response_streaming:
+            fn = handler.unary_unary if not handler.request_streaming else handler.stream_unary
+
+            async def unary_resp(request_or_iter, context):
+                t0 = time.perf_counter()
+                exc = None
+                try:
+                    if handler.request_streaming:
+                        request_or_iter = counted_requests(request_or_iter)
+                    r = fn(request_or_iter, context)
+                    if inspect.isawaitable(r):
+                        r = await r
+                    return r
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(context, t0, exc)
+
+            if handler.request_streaming:
+                return grpc.stream_unary_rpc_method_handler(
+                    unary_resp, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                unary_resp, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+        fn = handler.unary_stream if not handler.request_streaming else handler.stream_stream
+
+        async def stream_resp(request_or_iter, context):
+            t0 = time.perf_counter()
+            exc = None
+            try:
+                if handler.request_streaming:
+                    request_or_iter = counted_requests(request_or_iter)
+                r = fn(request_or_iter, context)
+                if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
+                    r = await r
+                if r is not None and hasattr(r, "__aiter__"):
+                    async for item in r:
+                        m.observe_stream_message(method, "sent")
+                        yield item
+                elif r is not None:
+                    for item in r:
+                        m.observe_stream_message(method, "sent")
+                        yield item
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                finish(context, t0, exc)
+
+        if handler.request_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                stream_resp, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            stream_resp, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+__all__ = ["Metrics", "MetricsInterceptor", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
