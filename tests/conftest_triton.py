@@ -12,6 +12,7 @@ model.json of a ``test-keyword`` artifact::
      "bias": 1.0,              # added to every label's keyword count
      "fail_on": "BOOM",        # optional: predict_proba raises on a text containing it
      "sleep_on": "SLOW",       # optional: predict_proba sleeps sleep_s on a text containing it
+     "sleep_in_triton_only": false,  # optional: ... only inside Triton's Python stub
      "fail_load": false,       # optional: the loader refuses the artifact
      "fail_in_triton": false}  # optional: ... only inside Triton's Python stub
 """
@@ -59,13 +60,15 @@ class KeywordModel:
     fail_on: str | None = None
     sleep_on: str | None = None
     sleep_s: float = 1.0
+    sleep_in_triton_only: bool = False
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         scores = np.full((len(texts), len(self.labels)), self.bias, dtype=np.float64)
         for i, text in enumerate(texts):
             if self.fail_on and self.fail_on in text:
                 raise RuntimeError(f"test-keyword model told to fail on {self.fail_on!r}")
-            if self.sleep_on and self.sleep_on in text:
+            if self.sleep_on and self.sleep_on in text and (
+                    not self.sleep_in_triton_only or _in_triton()):
                 time.sleep(self.sleep_s)
             low = text.lower()
             for j, label in enumerate(self.labels):
@@ -73,16 +76,21 @@ class KeywordModel:
         return (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _in_triton() -> bool:
+    return "triton_python_backend_utils" in sys.modules  # only Triton's Python stub has it
+
+
 @register_loader("test-keyword")
 def _load_keyword(path: Path, meta: dict) -> KeywordModel:
     if meta.get("fail_load"):
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_load")
-    if meta.get("fail_in_triton") and "triton_python_backend_utils" in sys.modules:
+    if meta.get("fail_in_triton") and _in_triton():
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_in_triton")
     return KeywordModel(name=meta["name"], version=str(meta.get("version", "0")),
                         labels=tuple(meta["labels"]), keywords=dict(meta.get("keywords", {})),
                         bias=float(meta.get("bias", 1.0)), fail_on=meta.get("fail_on"),
-                        sleep_on=meta.get("sleep_on"), sleep_s=float(meta.get("sleep_s", 1.0)))
+                        sleep_on=meta.get("sleep_on"), sleep_s=float(meta.get("sleep_s", 1.0)),
+                        sleep_in_triton_only=bool(meta.get("sleep_in_triton_only", False)))
 
 
 def write_keyword_artifact(path: Path, name: str, labels: Sequence[str],

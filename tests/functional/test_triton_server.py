@@ -84,13 +84,13 @@ def test_bad_utf8_request_is_answered_with_an_error_not_a_crash(triton_server):
 def test_model_failure_on_one_request_spares_the_others(tmp_path):
     from conftest_triton import SENTIMENT_KEYWORDS, make_model_repo
     repo = make_model_repo(tmp_path, {"sentiment": dict(labels=SENTIMENT_LABELS, keywords=SENTIMENT_KEYWORDS,
-                                                        fail_on="BOOM", sleep_on="WAIT", sleep_s=0.3)})
+                                                        fail_on="BOOM", sleep_on="WAIT", sleep_s=1.0)})
     with start_triton(repo) as server:
         async def go():
             async with TritonModelClient(server.grpc_url) as client:
                 # "WAIT" holds the model instance so the next requests queue into one batch.
                 first = asyncio.create_task(client.infer("sentiment", ["WAIT"], timeout_s=5))
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
                 rest = [client.infer("sentiment", [t], timeout_s=5) for t in ("ok", "BOOM", "谢谢", "fine")]
                 return [await first, *await asyncio.gather(*rest, return_exceptions=True)]
 
