@@ -13,11 +13,11 @@ from numba import njit
 from kernels import layout as L
 from kernels.turn_update import build
 
-_jit = njit(cache=True, nogil=True)
+_jit = njit(cache=True, nogil=True, error_model="numpy")
 agent_step, session_step, fill_indicators = build(_jit)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def update_batch(sf, si, sh, sc, sb, sw, ai, aw, ti, tf, th, pf, fatigue, of, oi):
     """Apply turns ``0..B-1`` (columns of ``ti``/``tf``/``th``) and score each one.
 
