@@ -155,7 +155,10 @@ def plot_run(rep: dict, path) -> Path:
     ax1.set_title(f"yujing loadtest {rep['mode']} @ {rep['target_rate']:g}/s: p50 {lat['p50']} ms, "
                   f"p99 {lat['p99']} ms, p99.9 {lat['p99.9']} ms, max {lat['max']} ms")
     ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(loc="upper left")
+    if ax1.get_lines():
+        ax1.legend(loc="upper left")
+    else:
+        ax1.text(0.5, 0.5, "no answers", transform=ax1.transAxes, ha="center", color="red")
     ax2.plot(xs, [p["sent"] for p in ps], "-", marker=".", label="sent/s")
     ax2.plot(xs, [p["answered"] for p in ps], "-", marker=".", label="answered/s")
     ax2.plot(xs, [p["errors"] for p in ps], "-", marker=".", label="errors/s", color="red")
