@@ -204,15 +204,26 @@ def _stop_all() -> None:
         server.stop(grace_s=5.0)
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: own process group, and SIGKILL when the parent goes away."""
-    os.setpgid(0, 0)
-    libc_name = ctypes.util.find_library("c") or "libc.so.6"
+def _load_prctl():
+    # Resolved in the parent: loading a library between fork and exec can deadlock.
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent_fn():
+    """A preexec_fn: SIGKILL this child when the forking thread (the spawner) goes away."""
+    prctl = _load_prctl()
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
 
 
 class TritonServer:
@@ -344,8 +355,8 @@ class TritonServer:
         self._log_file.write(f"\n=== yujing: starting {' '.join(cmd)}\n".encode())
         self._proc = _spawner().submit(
             subprocess.Popen, cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-            stderr=subprocess.STDOUT, env=env, cwd=run_dir, preexec_fn=_die_with_parent,
-            close_fds=True).result()
+            stderr=subprocess.STDOUT, env=env, cwd=run_dir, process_group=0,
+            preexec_fn=_die_with_parent_fn(), close_fds=True).result()
         _RUNNING.add(self)
         try:
             self.wait_ready(self.startup_timeout_s)
