@@ -40,10 +40,17 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
     def __init__(self, owner: "YujingServer"):
         self.o = owner
 
-    async def _fail(self, context, err: YujingError):
-        await context.abort(err.code, err.message)
+    @staticmethod
+    def _fail(context, err: YujingError, empty=None):
+        """End the call with ``err``'s status. Not ``context.abort()``: an aborted call
+        counts as finished to gRPC core before its coroutine is, and a graceful stop
+        would then cancel the calls still in flight (grpc/grpc#37239)."""
+        context.set_code(err.code)
+        context.set_details(err.message)
+        return empty
 
     def _check_open(self):
+        self.o.last_call = time.monotonic()
         if self.o.draining:
             raise ShuttingDown("server is shutting down; retry on another replica")
 
@@ -58,9 +65,9 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
             self._check_open()
             ans = await self._answer(validate_turn(request, self.o.config, _now_ms()))
         except YujingError as err:
-            return await self._fail(context, err)
+            return self._fail(context, err)
         if isinstance(ans, YujingError):
-            return await self._fail(context, ans)
+            return self._fail(context, ans)
         return ans
 
     async def ScoreStream(self, request_iterator, context):
@@ -93,20 +100,24 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 if x is None:
                     break
                 if isinstance(x, YujingError):
-                    await self._fail(context, x)
+                    self._fail(context, x)
+                    return
                 ans = await x
                 if isinstance(ans, YujingError):
-                    await self._fail(context, ans)
+                    self._fail(context, ans)
+                    return
                 yield ans
         finally:
             reader.cancel()
 
     async def ScoreBatch(self, request, context):
         cfg = self.o.config
-        if self.o.draining:
-            return await self._fail(context, ShuttingDown("server is shutting down"))
+        try:
+            self._check_open()
+        except ShuttingDown as err:
+            return self._fail(context, err)
         if len(request.turns) > cfg.max_batch_turns:
-            return await self._fail(context, InvalidTurn(
+            return self._fail(context, InvalidTurn(
                 f"turns has {len(request.turns)} turns; the limit is {cfg.max_batch_turns}", "turns"))
         now = _now_ms()
         results: list = [None] * len(request.turns)
@@ -133,13 +144,13 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         try:
             return self.o.engine.session_state(session_key(request, self.o.config))
         except YujingError as err:
-            return await self._fail(context, err)
+            return self._fail(context, err)
 
     async def EndSession(self, request, context):
         try:
             return self.o.engine.session_state(session_key(request, self.o.config), end=True)
         except YujingError as err:
-            return await self._fail(context, err)
+            return self._fail(context, err)
 
 
 class YujingServer:
@@ -151,6 +162,7 @@ class YujingServer:
         self.triton = None
         self.router = None
         self.draining = False
+        self.last_call = 0.0          # time.monotonic() of the latest call (drain)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -225,11 +237,24 @@ class YujingServer:
             if asyncio.iscoroutine(r):
                 await r
 
+    async def _drain(self, limit_s: float) -> None:
+        """Refuse new calls with UNAVAILABLE until no call has arrived for a moment and
+        the batcher is empty. gRPC core cancels calls it holds that the application
+        has not picked up yet when the server stops; draining first answers them."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while loop.time() < end:
+            quiet = time.monotonic() - self.last_call > 0.1
+            if quiet and (self.batcher is None or self.batcher.in_flight == 0):
+                return
+            await asyncio.sleep(0.02)
+
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s
         self.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.server is not None:
+            await self._drain(grace)
             await self.server.stop(grace)
         if self.batcher is not None:
             await self.batcher.close()
