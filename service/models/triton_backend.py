@@ -7,6 +7,8 @@ Each ``model_repo/<model>/<version>/model.py`` is one line,
   instance (``KIND_CPU`` here, ``KIND_GPU`` in the GPU image), and loads the artifact at
   ``<model dir>/<version>/artifact`` with :func:`service.models.artifact.load_model`,
   the same loader the in-process fallback uses.
+* ``initialize`` then scores a two-text warm-up batch, so JIT compilation happens at
+  load time and a model that cannot score fails its load instead of its first request.
 * ``execute`` gets the requests the dynamic batcher gathered, scores all their texts in
   one ``predict_proba`` call and returns exactly one response per request. A request that
   cannot be served (no TEXT, bad UTF-8, the model fails on it) gets an error response;
@@ -34,6 +36,7 @@ import numpy as np
 from service.models import TRITON_INPUT, TRITON_OUTPUT
 
 LOADER_MODULES_ENV = "YUJING_LOADER_MODULES"
+WARM_UP_TEXTS = ("warm-up, thanks", "预热一下，谢谢")
 
 
 def _pb_utils():
@@ -72,6 +75,9 @@ class TritonPythonModel:
             use_device(self.device_kind, self.device_id)
         self.n_labels = len(self.model.labels)
         self._logger = getattr(pb, "Logger", None)
+        # Score once now: JIT compilation and lazy set-up happen at load, not on the first
+        # request, and a model that cannot score never becomes READY.
+        self._predict(list(WARM_UP_TEXTS))
         self._log(f"loaded {artifact_dir} ({self.model.name} v{version}, {self.n_labels} labels, "
                   f"{self.device_kind}:{self.device_id})")
 

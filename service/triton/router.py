@@ -88,6 +88,14 @@ class RouterStats:
     last_change_monotonic: float = field(default_factory=time.monotonic)
 
 
+def _load_and_warm_up(path: Path, version: str):
+    from service.models.artifact import load_model
+    from service.models.triton_backend import WARM_UP_TEXTS
+    model = load_model(path, version)
+    model.predict_proba(list(WARM_UP_TEXTS))  # JIT compilation now, not in a degraded batch
+    return model
+
+
 class ModelRouter:
     """Sentiment + intent for a batch, from Triton or in-process (see the module doc).
 
@@ -308,11 +316,10 @@ class ModelRouter:
         lock = self._local_locks.setdefault(key, asyncio.Lock())
         async with lock:
             if key not in self._local:
-                from service.models.artifact import load_model
                 path = self.model_repository / model / version / "artifact"
                 loop = asyncio.get_running_loop()
                 try:
-                    loaded = await loop.run_in_executor(self._executor, load_model, path, version)
+                    loaded = await loop.run_in_executor(self._executor, _load_and_warm_up, path, version)
                 except Exception as exc:
                     raise RouterError(f"cannot load {model} v{version} in-process from {path}: {exc}") from exc
                 if self._versions.get(model) == version:

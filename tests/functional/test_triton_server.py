@@ -156,7 +156,7 @@ def test_committed_repository_serves_the_trainers_artifacts():
                       startup_timeout_s=120) as server:
         async def go():
             async with TritonModelClient(server.grpc_url, COMMITTED_REPO) as client:
-                return {m: (await client.infer(m, TEXTS, timeout_s=30), client) for m in models}
+                return {m: (await client.infer(m, TEXTS, timeout_s=60), client) for m in models}
 
         answers = asyncio.run(go())
     for model, ((probs, version), client) in answers.items():
