@@ -23,6 +23,7 @@ from service.batcher import MicroBatcher
 from service.config import Config
 from service.contract import SERVICE_NAME, pb, pb_grpc
 from service.engine import Engine
+from service.metrics import Metrics, MetricsInterceptor
 from service.errors import InvalidTurn, ShuttingDown, YujingError
 from service.policy import load_policy
 from service.session_table import SessionTable
@@ -165,6 +166,7 @@ class YujingServer:
         self.last_call = 0.0          # time.monotonic() of the latest call (drain)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.table = SessionTable(capacity=config.capacity, agent_capacity=config.agent_capacity,
                                   ttl_ms=int(config.ttl_s * 1000),
@@ -173,6 +175,7 @@ class YujingServer:
         self.engine: Engine | None = None
         self.batcher: MicroBatcher | None = None
         self._sweeper: asyncio.Task | None = None
+        self.metrics = Metrics()
 
     async def _start_models(self) -> None:
         from service.triton.router import ModelRouter
@@ -196,10 +199,13 @@ class YujingServer:
         cfg = self.config
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._start_models()
+        self.metrics.instrument_router(self.router)
+        self.metrics.watch(table=self.table, router=self.router)
         self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
-        self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms)
+        self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
+                                    on_batch=self.metrics.observe_batch)
         self.batcher.start()
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)], options=[
             ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
             ("grpc.so_reuseport", 0),
         ])
@@ -212,6 +218,8 @@ class YujingServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
         await self.server.start()
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.start_http(cfg.host, cfg.metrics_port)
         await self._warm_up()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="yujing-ttl-sweeper")
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -264,6 +272,7 @@ class YujingServer:
             await self.router.close()
         if self.triton is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.triton.stop)
+        self.metrics.stop_http()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -289,6 +298,8 @@ async def _serve(config: Config) -> None:
              "capacity %d sessions; policy %s)", c.host, port, models, c.sentiment_model,
              srv.router.versions.get(c.sentiment_model), c.intent_model,
              srv.router.versions.get(c.intent_model), srv.table.kernels.name, c.capacity, srv.policy.version)
+    if srv.metrics_port is not None:
+        log.info("yujing metrics on http://%s:%d/metrics", c.host, srv.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
