@@ -28,6 +28,9 @@ def _add_serve(sub) -> None:
                    help="where the models run: an embedded Triton server (default), an external "
                         "one (--triton-url), or in-process only")
     p.add_argument("--triton-url", default=None, help="host:port of an external Triton (implies --models external)")
+    p.add_argument("--triton-port", type=int, default=d.triton_port,
+                   help="gRPC port of the embedded Triton (default %(default)s, what `yujing models deploy` "
+                        "talks to; 0 = any free port)")
     p.add_argument("--model-repo", type=Path, default=d.model_repo, help="Triton model repository")
     p.add_argument("--sentiment-model", default=d.sentiment_model)
     p.add_argument("--intent-model", default=d.intent_model,
@@ -54,7 +57,7 @@ def _serve(args) -> int:
 
     models = args.models or ("external" if args.triton_url else "embedded")
     cfg = Config(host=args.host, port=args.port, metrics_port=args.metrics_port, models=models,
-                 triton_url=args.triton_url, model_repo=args.model_repo,
+                 triton_url=args.triton_url, triton_port=args.triton_port, model_repo=args.model_repo,
                  sentiment_model=args.sentiment_model, intent_model=args.intent_model,
                  triton_timeout_ms=args.triton_timeout_ms, policy=args.policy, backend=args.backend,
                  capacity=args.capacity, agent_capacity=args.agent_capacity, ttl_s=args.ttl_s,

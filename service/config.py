@@ -40,6 +40,7 @@ class Config:
     # models
     models: str = "embedded"               # embedded (start Triton) | external (--triton-url) | in-process
     triton_url: str | None = None
+    triton_port: int = 8001                # the embedded Triton's gRPC port (0: a free one)
     model_repo: Path = DEFAULT_MODEL_REPO
     sentiment_model: str = "sentiment"
     intent_model: str = "intent"
@@ -71,6 +72,7 @@ class Config:
              f"{self.models!r}: expected embedded, external or in-process")
         need(self.models != "external" or bool(self.triton_url), "triton_url",
              "external models need --triton-url host:port")
+        need(0 <= self.triton_port <= 65535, "triton_port", f"{self.triton_port} is not a TCP port")
         need(self.triton_timeout_ms > 0, "triton_timeout_ms", "must be > 0")
         need(Path(self.model_repo).is_dir(), "model_repo", f"{self.model_repo} is not a directory")
         need(self.policy is None or Path(self.policy).is_file(), "policy", f"{self.policy} does not exist")

@@ -33,6 +33,17 @@ log = logging.getLogger("yujing")
 STREAM_WINDOW = 4096     # turns a stream may have in flight before its reader waits
 
 
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -175,6 +186,7 @@ class YujingServer:
         self.engine: Engine | None = None
         self.batcher: MicroBatcher | None = None
         self._sweeper: asyncio.Task | None = None
+        self._supervisor: asyncio.Task | None = None
         self.metrics = Metrics()
 
     async def _start_models(self) -> None:
@@ -185,15 +197,39 @@ class YujingServer:
         if cfg.models == "embedded":
             from service.triton.launcher import TritonServer
 
+            port = cfg.triton_port
+            if port and not _port_free(port):
+                log.warning("port %d is taken: the embedded Triton takes a free port instead", port)
+                port = 0
             self.triton = TritonServer(cfg.model_repo, models=[cfg.sentiment_model, cfg.intent_model],
-                                       allow_http=False, allow_metrics=True)
+                                       grpc_port=port, allow_http=False, allow_metrics=True)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
             url = self.triton.grpc_url
+            self._supervisor = asyncio.create_task(self._supervise_triton(), name="yujing-triton-supervisor")
         elif cfg.models == "external":
             url = cfg.triton_url
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
                                   intent_model=cfg.intent_model, deadline_s=cfg.triton_timeout_ms / 1000)
         await self.router.start()
+
+    async def _supervise_triton(self) -> None:
+        """Restart the embedded Triton if it dies (same ports); the router scores
+        in-process, degraded, meanwhile and goes back to Triton by itself."""
+        loop = asyncio.get_running_loop()
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(backoff)
+            if self.draining or self.triton.is_running():
+                backoff = 1.0
+                continue
+            log.error("embedded Triton exited; restarting it (log %s)", self.triton.log_path)
+            try:
+                await loop.run_in_executor(None, self.triton.restart)
+                log.info("embedded Triton restarted at %s", self.triton.grpc_url)
+                backoff = 1.0
+            except Exception as exc:  # keep serving in-process; try again later
+                log.error("embedded Triton restart failed: %s", str(exc).splitlines()[0])
+                backoff = min(30.0, backoff * 2)
 
     async def start(self) -> "YujingServer":
         cfg = self.config
@@ -266,8 +302,9 @@ class YujingServer:
             await self.server.stop(grace)
         if self.batcher is not None:
             await self.batcher.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._supervisor):
+            if task is not None:
+                task.cancel()
         if self.router is not None:
             await self.router.close()
         if self.triton is not None:

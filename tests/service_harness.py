@@ -85,7 +85,7 @@ class ServeProcess:
         import time
 
         self.log = tempfile.NamedTemporaryFile("w+", prefix="yujing-serve-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", "0", *args]
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--triton-port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         deadline = time.monotonic() + timeout_s
