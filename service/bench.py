@@ -1,11 +1,17 @@
 """``yujing bench``: the benchmark suites that write the JSON behind BENCHMARKS.md.
 
-    yujing bench kernels [--sessions 10000 1048576 4194304] [--batch 4096] [--out FILE]
+    yujing bench kernels [--sessions 10000 1048576 4194304] [--batch 256 ... 65536] [--out FILE]
+    yujing bench peer    [--turns 1000000] [--sessions 20000] [--out FILE]      (service/bench_peer.py)
+    yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (service/bench_models.py)
+    yujing bench e2e     [--rate ...] [--out FILE]                              (service/bench_e2e.py)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
-each size, turns spread uniformly over the live sessions, and in the same run a
-STREAM-like copy measuring this machine's memory bandwidth, so the kernel's
-bytes-per-update can be put against the ceiling as a ratio.
+each size and for each batch size, turns spread uniformly over the live sessions, and
+in the same run (a) a STREAM-like copy measuring this machine's memory bandwidth and
+(b) a "layout touch" loop that only reads and writes the cache lines one update of a
+random slot touches in this layout (one line per row of every column array), so the
+kernel can be put against two ceilings as ratios: the bytes it needs, and the lines
+it cannot avoid touching.
 """
 from __future__ import annotations
 
@@ -23,6 +29,11 @@ from kernels import layout as L
 # turn's inputs and outputs. The agent table is small and stays in cache.
 BYTES_PER_UPDATE = (2 * L.BYTES_PER_SESSION + 8 * (L.TI_ROWS + L.TFL_ROWS + 1)
                     + 8 * (L.OF_ROWS + L.OI_ROWS))
+# The state is struct-of-arrays ([row, slot]): one update of a random slot touches one
+# 64-byte line per row of every session array (read, then written back).
+STATE_ROWS = sum(rows for _, _, rows in L.SESSION_DTYPES)
+LINES_PER_UPDATE = STATE_ROWS
+LINE_BYTES_PER_UPDATE = 2 * 64 * LINES_PER_UPDATE
 
 
 def stream_copy_gbps(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
@@ -59,63 +70,216 @@ def make_batch(rng: np.random.Generator, n_sessions: int, batch: int, t_ms: int,
     return ti, tf, th
 
 
-def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batch: int = 4096, seconds: float = 3.0,
-                  seed: int = 0) -> dict:
+def _touch_kernel():
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def touch(sf, si, sh, sc, sb, sw, slots):
+        """Read-modify-write one element of every row of every session array, per slot."""
+        for i in range(slots.size):
+            s = slots[i]
+            for r in range(sf.shape[0]):
+                sf[r, s] += 1.0
+            for r in range(si.shape[0]):
+                si[r, s] += 1
+            for r in range(sh.shape[0]):
+                sh[r, s] ^= np.uint64(1)
+            for r in range(sc.shape[0]):
+                sc[r, s] += 1
+            for r in range(sb.shape[0]):
+                sb[r, s] += 1
+            for r in range(sw.shape[0]):
+                sw[r, s] += 1
+
+    @njit(cache=True, nogil=True)
+    def touch_rows(table, slots):
+        """The same bytes kept contiguous per session (a row-major [slot, 32] float64
+        table, 256 bytes = 4 lines): the ceiling of a CPU-friendly layout."""
+        for i in range(slots.size):
+            s = slots[i]
+            for r in range(table.shape[1]):
+                table[s, r] += 1.0
+
+    return touch, touch_rows
+
+
+def _phase_kernels():
+    """The CPU kernel's three phases as separate loops (the same compiled device
+    functions), so a run can say where an update's time goes."""
+    from numba import njit
+
+    from kernels.update_cpu import agent_step, fill_indicators, session_step
+
+    @njit(cache=True, nogil=True)
+    def agents_only(ai, aw, ti, pf, fatigue):
+        for i in range(ti.shape[1]):
+            agent_step(ai, aw, ti, i, pf, fatigue)
+
+    @njit(cache=True, nogil=True)
+    def sessions_only(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi):
+        for i in range(ti.shape[1]):
+            session_step(sf, si, sh, sc, sb, sw, ti, tf, th, i, pf, fatigue, of, oi)
+
+    @njit(cache=True, nogil=True)
+    def indicators_only(sf, si, sc, sw, ti, pf, of):
+        for i in range(ti.shape[1]):
+            fill_indicators(sf, si, sc, sw, ti[L.T_SLOT, i], pf, of, i)
+
+    return agents_only, sessions_only, indicators_only
+
+
+def phase_profile(k, s, a, batches, pf, seconds: float = 0.5) -> dict:
+    """ns per turn of the agent pass, the session pass (fold + indicators + score) and
+    of the indicator read alone, on prepared batches."""
+    agents_only, sessions_only, indicators_only = _phase_kernels()
+    n = batches[0][0].shape[1]
+    of = np.zeros((L.OF_ROWS, n))
+    oi = np.zeros((L.OI_ROWS, n), np.int64)
+    fat = np.zeros(n)
+    calls = {
+        "agent_pass": lambda ti, tf, th: agents_only(a["ai"], a["aw"], ti, pf, fat),
+        "session_pass": lambda ti, tf, th: sessions_only(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"],
+                                                         ti, tf, th, pf, fat, of, oi),
+        "indicators_only": lambda ti, tf, th: indicators_only(s["sf"], s["si"], s["sc"], s["sw"], ti, pf, of),
+        "apply_total": lambda ti, tf, th: k.apply(s, a, ti, tf, th, pf),
+    }
+    out = {}
+    for name, fn in calls.items():
+        fn(*batches[0])
+        done, j, t0 = 0, 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn(*batches[j % len(batches)])
+            done += n
+            j += 1
+        out[name + "_ns_per_turn"] = 1e9 * (time.perf_counter() - t0) / done
+    return out
+
+
+def _init_table(k, n, rng, pf, t_ms):
+    s = L.new_session_arrays(n)
+    a = L.new_agent_arrays(1024)
+    for lo in range(0, n, 65536):
+        slots = np.arange(lo, min(n, lo + 65536))
+        ti, tf, th = make_batch(rng, n, slots.size, t_ms, pf)
+        ti[L.T_SLOT], ti[L.T_NEW], ti[L.T_AGENT] = slots, 1, -1
+        k.apply(s, a, ti, tf, th, pf)
+    return s, a
+
+
+def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096, 16384, 65536),
+                  seconds: float = 1.5, seed: int = 0) -> dict:
     from kernels.update_cpu import CpuKernels
     from service.policy import load_policy
 
+    if isinstance(batches, int):
+        batches = (batches,)
     pf = load_policy().pf
     k = CpuKernels()
+    touch, touch_rows = _touch_kernel()
     rng = np.random.default_rng(seed)
-    out = {"batch": batch, "bytes_per_update": BYTES_PER_UPDATE, "results": []}
+    out = {"batches": list(batches), "bytes_per_update": BYTES_PER_UPDATE,
+           "lines_per_update": LINES_PER_UPDATE, "line_bytes_per_update": LINE_BYTES_PER_UPDATE,
+           "threads": 1, "results": [], "touch": []}
+    t_ms = 1_700_000_000_000
     for n in sessions:
-        s = L.new_session_arrays(n)
-        a = L.new_agent_arrays(1024)
-        t_ms = 1_700_000_000_000
-        # every session gets its first turn (initialised) before timing
-        for lo in range(0, n, 65536):
-            slots = np.arange(lo, min(n, lo + 65536))
-            ti, tf, th = make_batch(rng, n, slots.size, t_ms, pf)
-            ti[L.T_SLOT], ti[L.T_NEW], ti[L.T_AGENT] = slots, 1, -1
-            k.apply(s, a, ti, tf, th, pf)
-        batches = [make_batch(rng, n, batch, t_ms + 1000 * (j + 1), pf) for j in range(64)]
-        ti0 = batches[0][0].copy()
-        ti0[L.T_NEW_AGENT] = 1
-        k.apply(s, a, ti0, batches[0][1], batches[0][2], pf)     # warm, agents initialised
-        done, t0, j = 0, time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            ti, tf, th = batches[j % len(batches)]
-            k.apply(s, a, ti, tf, th, pf)
-            done += batch
-            j += 1
-        el = time.perf_counter() - t0
-        rate = done / el
-        out["results"].append({"sessions": n, "updates": done, "seconds": el, "updates_per_s": rate,
-                               "ns_per_update": 1e9 / rate, "state_bytes": n * L.BYTES_PER_SESSION,
-                               "gb_per_s_touched": rate * BYTES_PER_UPDATE / 1e9})
-        del s
+        s, a = _init_table(k, n, rng, pf, t_ms)
+        for batch in batches:
+            n_pre = max(4, min(64, (1 << 20) // batch))
+            pre = [make_batch(rng, n, batch, t_ms + 1000 * (j + 1), pf) for j in range(n_pre)]
+            ti0 = pre[0][0].copy()
+            ti0[L.T_NEW_AGENT] = 1
+            k.apply(s, a, ti0, pre[0][1], pre[0][2], pf)     # warm, agents initialised
+            done, t0, j = 0, time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                ti, tf, th = pre[j % n_pre]
+                k.apply(s, a, ti, tf, th, pf)
+                done += batch
+                j += 1
+            el = time.perf_counter() - t0
+            rate = done / el
+            out["results"].append({"sessions": n, "batch": batch, "updates": done, "seconds": el,
+                                   "updates_per_s": rate, "ns_per_update": 1e9 / rate,
+                                   "state_bytes": n * L.BYTES_PER_SESSION,
+                                   "gb_per_s_needed": rate * BYTES_PER_UPDATE / 1e9,
+                                   "gb_per_s_lines": rate * LINE_BYTES_PER_UPDATE / 1e9})
+            del pre
+        pre = [make_batch(rng, n, 4096, t_ms + 1000 * (j + 1), pf) for j in range(16)]
+        out.setdefault("phases", []).append({"sessions": n, "batch": 4096, **phase_profile(k, s, a, pre, pf)})
+        del pre
+        # the layout's ceiling: touch the same lines, nothing else
+        slots = rng.integers(0, n, 1 << 20)
+        touch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], slots[:1024])
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            touch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], slots)
+            best = min(best, time.perf_counter() - t0)
+        del s, a
+        rows = np.zeros((n, 32))
+        touch_rows(rows, slots[:1024])
+        best_rows = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            touch_rows(rows, slots)
+            best_rows = min(best_rows, time.perf_counter() - t0)
+        del rows
+        out["touch"].append({"sessions": n, "updates_per_s": slots.size / best,
+                             "gb_per_s_lines": slots.size / best * LINE_BYTES_PER_UPDATE / 1e9,
+                             "row_major_updates_per_s": slots.size / best_rows,
+                             "row_major_gb_per_s_lines": slots.size / best_rows * 2 * 256 / 1e9})
     out["stream_copy_gb_per_s"] = stream_copy_gbps()
+    touch_by_n = {t["sessions"]: t["updates_per_s"] for t in out["touch"]}
+    rows_by_n = {t["sessions"]: t["row_major_updates_per_s"] for t in out["touch"]}
+    base = {r["batch"]: r["updates_per_s"] for r in out["results"] if r["sessions"] == sessions[0]}
     for r in out["results"]:
-        r["fraction_of_copy_bandwidth"] = r["gb_per_s_touched"] / out["stream_copy_gb_per_s"]
-    base = out["results"][0]["updates_per_s"]
-    for r in out["results"]:
-        r["relative_to_smallest"] = r["updates_per_s"] / base
+        r["fraction_of_copy_bw_needed"] = r["gb_per_s_needed"] / out["stream_copy_gb_per_s"]
+        r["fraction_of_copy_bw_lines"] = r["gb_per_s_lines"] / out["stream_copy_gb_per_s"]
+        r["fraction_of_layout_touch"] = r["updates_per_s"] / touch_by_n[r["sessions"]]
+        r["fraction_of_row_major_touch"] = r["updates_per_s"] / rows_by_n[r["sessions"]]
+        r["relative_to_smallest_table"] = r["updates_per_s"] / base[r["batch"]]
     return out
 
 
 def _machine() -> dict:
     import os
+    import subprocess
 
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
             "processor": platform.processor()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        keep = ("Model name", "CPU(s)", "Thread(s) per core", "L1d cache", "L2 cache", "L3 cache",
+                "Hypervisor vendor")
+        info["lscpu"] = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in lscpu.splitlines()
+                                                           if ":" in ln) if k.strip() in keep}
+        info["mem_total_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except Exception:  # noqa: BLE001 - the machine block is informative only
+        pass
+    info["loadavg_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return info
 
 
 def _run(args) -> int:
+    import os
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
     if args.suite == "kernels":
-        result = bench_kernels(tuple(args.sessions), args.batch, args.seconds)
+        result = bench_kernels(tuple(args.sessions), tuple(args.batch or (256, 1024, 4096, 16384, 65536)),
+                               args.seconds)
+    elif args.suite == "peer":
+        from service.bench_peer import bench_peer
+        result = bench_peer(turns=args.turns, sessions=args.peer_sessions, batch=(args.batch or [4096])[0],
+                            ref_turns=args.ref_turns)
+    elif args.suite == "models":
+        from service.bench_models import bench_models
+        result = bench_models(batches=tuple(args.batch or (1, 8, 64, 256, 1024)), seconds=args.seconds)
+    elif args.suite == "e2e":
+        from service.bench_e2e import bench_e2e
+        result = bench_e2e(args)
     else:
         raise SystemExit(f"unknown suite {args.suite}")
     result["machine"] = _machine()
+    result["machine"]["loadavg_1_5_15_at_start"] = load_before
     result["command"] = "yujing bench " + " ".join(sys.argv[2:])
     text = json.dumps(result, indent=2)
     if args.out:
@@ -127,9 +291,18 @@ def _run(args) -> int:
 
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
-    p.add_argument("suite", choices=("kernels",))
-    p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22])
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e"))
+    p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
+                   help="kernels: table sizes")
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="kernels: batch sizes (default 256..65536); peer: the kernel's batch (4096); "
+                        "models: batch sizes (default 1 8 64 256 1024)")
+    p.add_argument("--seconds", type=float, default=1.5, help="seconds per measured point")
+    p.add_argument("--turns", type=int, default=1_000_000, help="peer: turns in the replayed log")
+    p.add_argument("--peer-sessions", type=int, default=20_000, help="peer: sessions in the log")
+    p.add_argument("--ref-turns", type=int, default=3_000, help="peer: turns of the reference sample")
+    p.add_argument("--rates", type=float, nargs="+", default=None, help="e2e: fixed-rate points (turns/s)")
+    p.add_argument("--duration", type=float, default=10.0, help="e2e: seconds per load point")
+    p.add_argument("--quick", action="store_true", help="e2e: short points (smoke run)")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=_run)
