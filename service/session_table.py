@@ -55,6 +55,37 @@ class _SlotIndex:
         self.occupied[slot] = False
         self.free.append(slot)
 
+    def resolve(self, keys, now_ms: int, expire_before: int | None, make_room):
+        """Slots for ``keys`` in order (``None``: no slot). A key last seen before
+        ``expire_before`` starts a new life on a fresh slot; when none is free,
+        ``make_room(in_batch) -> bool`` may free one. Returns ``(slots, new, refused
+        positions, expired count)``."""
+        n = len(keys)
+        slots = np.full(n, -1, np.int64)
+        new = np.zeros(n, np.int64)
+        refused: list[int] = []
+        expired = 0
+        in_batch: set[int] = set()
+        for pos, key in enumerate(keys):
+            if key is None:
+                continue
+            slot = self.slot_of.get(key)
+            if (slot is not None and expire_before is not None and slot not in in_batch
+                    and self.last_seen[slot] < expire_before):
+                self.release(slot)
+                expired += 1
+                slot = None
+            if slot is None:
+                if not self.free and not make_room(in_batch):
+                    refused.append(pos)
+                    continue
+                slot = self.take(key, now_ms)
+                new[pos] = 1
+            self.last_seen[slot] = now_ms
+            in_batch.add(slot)
+            slots[pos] = slot
+        return slots, new, refused, expired
+
     def idle_slots(self, older_than_ms: int, exclude: set, limit: int | None = None) -> np.ndarray:
         """Occupied slots last seen before ``older_than_ms``, oldest first."""
         cand = np.flatnonzero(self.occupied & (self.last_seen < older_than_ms))
@@ -99,57 +130,27 @@ class SessionTable:
     def resolve(self, keys, now_ms: int):
         """Slots for a batch's session keys: ``(slots, new, errors)``; a refused
         position has slot -1 and an entry in ``errors`` (position -> TableFull)."""
-        idx = self.sessions
-        n = len(keys)
-        slots = np.full(n, -1, np.int64)
-        new = np.zeros(n, np.int64)
-        errors: dict[int, TableFull] = {}
-        in_batch: set[int] = set()
-        for pos, key in enumerate(keys):
-            slot = idx.slot_of.get(key)
-            if slot is not None and slot not in in_batch and idx.last_seen[slot] < now_ms - self.ttl_ms:
-                idx.release(slot)        # expired: this turn starts a new session
-                self.expired += 1
-                slot = None
-            if slot is None:
-                if not idx.free and not self._make_room(now_ms, in_batch):
-                    errors[pos] = TableFull(
-                        f"session table full ({idx.capacity} sessions, none idle for "
-                        f"{self.evict_min_idle_ms // 1000} s); retry later", "session_id")
-                    continue
-                slot = idx.take(key, now_ms)
-                new[pos] = 1
-            idx.last_seen[slot] = now_ms
-            in_batch.add(slot)
-            slots[pos] = slot
-        return slots, new, errors
+        slots, new, refused, expired = self.sessions.resolve(keys, now_ms, now_ms - self.ttl_ms,
+                                                             lambda in_batch: self._make_room(now_ms, in_batch))
+        self.expired += expired
+        msg = (f"session table full ({self.capacity} sessions, none idle for "
+               f"{self.evict_min_idle_ms // 1000} s); retry later")
+        return slots, new, {pos: TableFull(msg, "session_id") for pos in refused}
 
     def resolve_agents(self, keys, now_ms: int):
         """Agent slots (-1 for no agent, or when the agent table is full: no fatigue)."""
         idx = self.agent_index
-        n = len(keys)
-        slots = np.full(n, -1, np.int64)
-        new = np.zeros(n, np.int64)
-        in_batch: set[int] = set()
-        for pos, key in enumerate(keys):
-            if key is None:
-                continue
-            slot = idx.slot_of.get(key)
-            if slot is None:
-                if not idx.free:
-                    for old in idx.idle_slots(now_ms - self.agent_idle_ms, in_batch, self.EVICT_BATCH):
-                        idx.release(int(old))
-                if not idx.free:
-                    if not self._agents_full_warned:
-                        self._agents_full_warned = True
-                        log.warning("agent table full (%d agents active in 2 h): new agents get no "
-                                    "fatigue indicator; raise --agent-capacity", idx.capacity)
-                    continue
-                slot = idx.take(key, now_ms)
-                new[pos] = 1
-            idx.last_seen[slot] = now_ms
-            in_batch.add(slot)
-            slots[pos] = slot
+
+        def make_room(in_batch):
+            for old in idx.idle_slots(now_ms - self.agent_idle_ms, in_batch, self.EVICT_BATCH):
+                idx.release(int(old))
+            return bool(idx.free)
+
+        slots, new, refused, _ = idx.resolve(keys, now_ms, None, make_room)
+        if refused and not self._agents_full_warned:
+            self._agents_full_warned = True
+            log.warning("agent table full (%d agents active in 2 h): new agents get no "
+                        "fatigue indicator; raise --agent-capacity", idx.capacity)
         return slots, new
 
     def _make_room(self, now_ms: int, in_batch: set) -> bool:
