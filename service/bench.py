@@ -3,7 +3,8 @@
     yujing bench kernels [--sessions 10000 1048576 4194304] [--batch 256 ... 65536] [--out FILE]
     yujing bench peer    [--turns 1000000] [--sessions 20000] [--out FILE]      (service/bench_peer.py)
     yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (service/bench_models.py)
-    yujing bench e2e     [--rate ...] [--out FILE]                              (service/bench_e2e.py)
+    yujing bench e2e     [--duration 4] [--out FILE]                            (service/bench_e2e.py)
+    yujing bench projection [--batch ...]     (arithmetic for one H100; a projection, not a measurement)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
 each size and for each batch size, turns spread uniformly over the live sessions, and
@@ -240,6 +241,39 @@ def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096,
     return out
 
 
+# --- a projection for one H100 (not measured: arithmetic on published figures) -----------
+H100_HBM_BPS = 3.35e12      # HBM3, SXM
+H100_PCIE_BPS = 64e9        # PCIe Gen5 x16, one direction
+H100_LAUNCH_S = 5e-6        # one kernel launch
+SECTOR = 32                 # bytes of one DRAM/L2 sector
+
+
+def h100_projection(batches=(256, 1024, 4096, 16384, 65536)) -> dict:
+    """Per-batch time = fixed + host<->device bytes / PCIe + state bytes / HBM, where
+    fixed = 2 launches (agent pass, session pass) + 2 copies' latency (taken as one
+    launch each), the state stays resident on the GPU (only the turn inputs and the
+    outputs cross PCIe), and a random slot costs one 32-byte sector per row of every
+    session array, read and written (SoA does not coalesce for random slots)."""
+    io_bytes = 8 * (L.TI_ROWS + L.TFL_ROWS + 1) + 8 * (L.OF_ROWS + L.OI_ROWS)
+    state_sector_bytes = 2 * SECTOR * STATE_ROWS
+    fixed = 4 * H100_LAUNCH_S
+    rows = []
+    for b in batches:
+        t_pcie = b * io_bytes / H100_PCIE_BPS
+        t_hbm = b * state_sector_bytes / H100_HBM_BPS
+        t = fixed + t_pcie + t_hbm
+        rows.append({"batch": b, "fixed_us": fixed * 1e6, "pcie_us": t_pcie * 1e6, "hbm_us": t_hbm * 1e6,
+                     "batch_us": t * 1e6, "updates_per_s": b / t,
+                     "bound": max((fixed, "launch"), (t_pcie, "pcie"), (t_hbm, "hbm"))[1]})
+    return {"projection": True, "assumptions": {
+        "hbm_bytes_per_s": H100_HBM_BPS, "pcie_bytes_per_s": H100_PCIE_BPS, "launch_s": H100_LAUNCH_S,
+        "fixed_per_batch_s": fixed, "io_bytes_per_update": io_bytes,
+        "state_bytes_per_update_ideal": 2 * L.BYTES_PER_SESSION,
+        "state_sector_bytes_per_update": state_sector_bytes,
+        "hbm_only_ceiling_updates_per_s": H100_HBM_BPS / state_sector_bytes,
+        "pcie_only_ceiling_updates_per_s": H100_PCIE_BPS / io_bytes}, "rows": rows}
+
+
 def _machine() -> dict:
     import os
     import subprocess
@@ -266,6 +300,8 @@ def _run(args) -> int:
     if args.suite == "kernels":
         result = bench_kernels(tuple(args.sessions), tuple(args.batch or (256, 1024, 4096, 16384, 65536)),
                                args.seconds)
+    elif args.suite == "projection":
+        result = h100_projection(tuple(args.batch or (256, 1024, 4096, 16384, 65536)))
     elif args.suite == "peer":
         from service.bench_peer import bench_peer
         result = bench_peer(turns=args.turns, sessions=args.peer_sessions, batch=(args.batch or [4096])[0],
@@ -291,7 +327,7 @@ def _run(args) -> int:
 
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
-    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e"))
+    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "projection"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
     p.add_argument("--batch", type=int, nargs="+", default=None,
@@ -301,7 +337,6 @@ def add_subcommand(sub) -> None:
     p.add_argument("--turns", type=int, default=1_000_000, help="peer: turns in the replayed log")
     p.add_argument("--peer-sessions", type=int, default=20_000, help="peer: sessions in the log")
     p.add_argument("--ref-turns", type=int, default=3_000, help="peer: turns of the reference sample")
-    p.add_argument("--rates", type=float, nargs="+", default=None, help="e2e: fixed-rate points (turns/s)")
     p.add_argument("--duration", type=float, default=10.0, help="e2e: seconds per load point")
     p.add_argument("--quick", action="store_true", help="e2e: short points (smoke run)")
     p.add_argument("--out", type=Path, default=None)
