@@ -54,8 +54,8 @@ def build(jit):
             steps = nb
         for k in range(1, steps + 1):
             pos = (head + k) % nb
-            w[pos, slot] = 0
-            w[nb + pos, slot] = 0
+            w[slot, pos] = 0
+            w[slot, nb + pos] = 0
         return bucket
 
     @jit
@@ -64,49 +64,49 @@ def build(jit):
         if bucket <= head - nb:
             return
         pos = bucket % nb
-        if w[pos, slot] < cap:
-            w[pos, slot] += 1
-        if negative and w[nb + pos, slot] < cap:
-            w[nb + pos, slot] += 1
+        if w[slot, pos] < cap:
+            w[slot, pos] += 1
+        if negative and w[slot, nb + pos] < cap:
+            w[slot, nb + pos] += 1
 
     @jit
     def ring_sums(w, nb, slot, negatives):
         total = 0
         for k in range(nb):
-            total += w[(nb if negatives else 0) + k, slot]
+            total += w[slot, (nb if negatives else 0) + k]
         return total
 
     @jit
     def fill_indicators(sf, si, sc, sw, s, pf, of, i):
         """Write session ``s``'s indicators (at its own clock) into ``of[:N_INDICATORS, i]``."""
-        n_cust = sc[L.C_CUSTOMER, s]
-        sla = sf[L.F_SLA_MS, s]
-        t_eff = si[L.I_LAST_TS, s]
+        n_cust = sc[s, L.C_CUSTOMER]
+        sla = sf[s, L.F_SLA_MS]
+        t_eff = si[s, L.I_LAST_TS]
         n_keep = np.int64(pf[L.P_NEG_TURNS_N])
         nb = L.WINDOW_BUCKETS
-        of[0, i] = sf[L.F_SENT_FAST, s]
+        of[0, i] = sf[s, L.F_SENT_FAST]
         n_window = n_cust if n_cust < n_keep else n_keep
-        of[1, i] = float(popcount64(np.uint64(sc[L.C_NEG_BITS, s]))) / n_window if n_window > 0 else 0.0
+        of[1, i] = float(popcount64(np.uint64(sc[s, L.C_NEG_BITS]))) / n_window if n_window > 0 else 0.0
         total = ring_sums(sw, nb, s, False)
         of[2, i] = float(ring_sums(sw, nb, s, True)) / total if total > 0 else 0.0
-        of[3, i] = sf[L.F_SENT_FAST, s] - sf[L.F_SENT_SLOW, s]
-        of[4, i] = float(sc[L.C_CONSEC_NEG, s])
-        of[5, i] = sf[L.F_PEAK_NEG, s]
-        reps = popcount64(np.uint64(sc[L.C_REP_BITS, s]))
+        of[3, i] = sf[s, L.F_SENT_FAST] - sf[s, L.F_SENT_SLOW]
+        of[4, i] = float(sc[s, L.C_CONSEC_NEG])
+        of[5, i] = sf[s, L.F_PEAK_NEG]
+        reps = popcount64(np.uint64(sc[s, L.C_REP_BITS]))
         of[6, i] = float(reps) + 1.0 if reps > 0 else 0.0
-        of[7, i] = sf[L.F_RATE, s] * 60000.0 / pf[L.P_RATE_TAU_MS]
-        of[8, i] = sf[L.F_DELAY_EWMA, s] / sla
-        since = si[L.I_WAIT_SINCE, s]
+        of[7, i] = sf[s, L.F_RATE] * 60000.0 / pf[L.P_RATE_TAU_MS]
+        of[8, i] = sf[s, L.F_DELAY_EWMA] / sla
+        since = si[s, L.I_WAIT_SINCE]
         of[9, i] = float(t_eff - since) / sla if since != L.NO_WAIT else 0.0
-        den = sf[L.F_NEGATION_DEN, s]
-        of[10, i] = sf[L.F_NEGATION_NUM, s] / den if den > 0.0 else 0.0
-        of[11, i] = sf[L.F_INTENSITY, s]
-        of[12, i] = sf[L.F_ESCALATION, s]
-        of[13, i] = sf[L.F_EXPOSURE, s]
-        of[14, i] = float(sc[L.C_TRANSFERS, s])
-        of[15, i] = float(t_eff - si[L.I_FIRST_TS, s]) / 60000.0
-        of[16, i] = float(sc[L.C_BOT_UNHANDLED, s])
-        of[17, i] = sf[L.F_FATIGUE, s]
+        den = sf[s, L.F_NEGATION_DEN]
+        of[10, i] = sf[s, L.F_NEGATION_NUM] / den if den > 0.0 else 0.0
+        of[11, i] = sf[s, L.F_INTENSITY]
+        of[12, i] = sf[s, L.F_ESCALATION]
+        of[13, i] = sf[s, L.F_EXPOSURE]
+        of[14, i] = float(sc[s, L.C_TRANSFERS])
+        of[15, i] = float(t_eff - si[s, L.I_FIRST_TS]) / 60000.0
+        of[16, i] = float(sc[s, L.C_BOT_UNHANDLED])
+        of[17, i] = sf[s, L.F_FATIGUE]
 
 
     @jit
@@ -120,10 +120,10 @@ def build(jit):
         bucket = ti[L.T_TS, i] // np.int64(pf[L.P_AGENT_BUCKET_MS])
         if ti[L.T_NEW_AGENT, i] != 0:
             for r in range(L.AW_ROWS):
-                aw[r, a] = 0
-            ai[L.AI_HEAD, a] = bucket
-        head = ring_advance(aw, nb, a, ai[L.AI_HEAD, a], bucket)
-        ai[L.AI_HEAD, a] = head
+                aw[a, r] = 0
+            ai[a, L.AI_HEAD] = bucket
+        head = ring_advance(aw, nb, a, ai[a, L.AI_HEAD], bucket)
+        ai[a, L.AI_HEAD] = head
         flags = ti[L.T_FLAGS, i]
         if ti[L.T_SPEAKER, i] == L.SPEAKER_CUSTOMER and (flags & L.TFLAG_HAS_TEXT) != 0:
             ring_add(aw, nb, a, head, bucket, (flags & L.TFLAG_NEGATIVE) != 0, 2147483647)
@@ -138,38 +138,38 @@ def build(jit):
         nb = L.WINDOW_BUCKETS
         if ti[L.T_NEW, i] != 0:
             for r in range(L.SF_ROWS):
-                sf[r, s] = 0.0
+                sf[s, r] = 0.0
             for r in range(L.SIMHASH_RING):
-                sh[r, s] = np.uint64(0)
+                sh[s, r] = np.uint64(0)
             for r in range(L.SC_ROWS):
-                sc[r, s] = 0
+                sc[s, r] = 0
             for r in range(L.SB_ROWS):
-                sb[r, s] = 0
+                sb[s, r] = 0
             for r in range(L.SW_ROWS):
-                sw[r, s] = 0
-            si[L.I_FIRST_TS, s] = ts
-            si[L.I_LAST_TS, s] = ts
-            si[L.I_WAIT_SINCE, s] = L.NO_WAIT
-            si[L.I_WIN_HEAD, s] = ts // bucket_ms
-            sc[L.C_LAST_INTENT, s] = -1
+                sw[s, r] = 0
+            si[s, L.I_FIRST_TS] = ts
+            si[s, L.I_LAST_TS] = ts
+            si[s, L.I_WAIT_SINCE] = L.NO_WAIT
+            si[s, L.I_WIN_HEAD] = ts // bucket_ms
+            sc[s, L.C_LAST_INTENT] = -1
 
         # The session clock never goes back: an older turn is applied at the clock.
-        last = si[L.I_LAST_TS, s]
+        last = si[s, L.I_LAST_TS]
         t_eff = ts if ts > last else last
         dt = float(t_eff - last)
-        si[L.I_LAST_TS, s] = t_eff
-        if ts < si[L.I_FIRST_TS, s]:
-            si[L.I_FIRST_TS, s] = ts
-        si[L.I_LAST_SEEN, s] = ti[L.T_NOW, i]
-        sc[L.C_TURNS, s] += 1
+        si[s, L.I_LAST_TS] = t_eff
+        if ts < si[s, L.I_FIRST_TS]:
+            si[s, L.I_FIRST_TS] = ts
+        si[s, L.I_LAST_SEEN] = ti[L.T_NOW, i]
+        sc[s, L.C_TURNS] += 1
 
         # Time decays, on every turn.
-        sf[L.F_PEAK_NEG, s] *= decay(dt, pf[L.P_HL_PEAK_MS])
-        sf[L.F_ESCALATION, s] *= decay(dt, pf[L.P_HL_ESCALATION_MS])
-        sf[L.F_EXPOSURE, s] *= decay(dt, pf[L.P_HL_EXPOSURE_MS])
-        sf[L.F_RATE, s] *= math.exp(-dt / pf[L.P_RATE_TAU_MS])
-        head = ring_advance(sw, nb, s, si[L.I_WIN_HEAD, s], t_eff // bucket_ms)
-        si[L.I_WIN_HEAD, s] = head
+        sf[s, L.F_PEAK_NEG] *= decay(dt, pf[L.P_HL_PEAK_MS])
+        sf[s, L.F_ESCALATION] *= decay(dt, pf[L.P_HL_ESCALATION_MS])
+        sf[s, L.F_EXPOSURE] *= decay(dt, pf[L.P_HL_EXPOSURE_MS])
+        sf[s, L.F_RATE] *= math.exp(-dt / pf[L.P_RATE_TAU_MS])
+        head = ring_advance(sw, nb, s, si[s, L.I_WIN_HEAD], t_eff // bucket_ms)
+        si[s, L.I_WIN_HEAD] = head
 
         speaker = ti[L.T_SPEAKER, i]
         event = ti[L.T_EVENT, i]
@@ -178,41 +178,41 @@ def build(jit):
         negative = (flags & L.TFLAG_NEGATIVE) != 0
         n_keep = np.int64(pf[L.P_NEG_TURNS_N])
         keep_mask = (np.int64(1) << n_keep) - 1
-        state_flags = sb[L.B_FLAGS, s]
+        state_flags = sb[s, L.B_FLAGS]
 
         if event == L.EVENT_TRANSFER:
-            sc[L.C_TRANSFERS, s] += 1
+            sc[s, L.C_TRANSFERS] += 1
         elif event == L.EVENT_HANDOFF:
-            sc[L.C_BOT_UNHANDLED, s] = 0
+            sc[s, L.C_BOT_UNHANDLED] = 0
             state_flags &= ~L.FLAG_BOT_MODE
         elif event == L.EVENT_HOLD:
-            if si[L.I_WAIT_SINCE, s] == L.NO_WAIT:
-                si[L.I_WAIT_SINCE, s] = t_eff
+            if si[s, L.I_WAIT_SINCE] == L.NO_WAIT:
+                si[s, L.I_WAIT_SINCE] = t_eff
 
         if speaker == L.SPEAKER_CUSTOMER and has_text:
-            n_before = sc[L.C_CUSTOMER, s]
+            n_before = sc[s, L.C_CUSTOMER]
             sent = tf[L.TF_SENTIMENT, i]
             if n_before == 0:
-                sf[L.F_SENT_FAST, s] = sent
-                sf[L.F_SENT_SLOW, s] = sent
-                sf[L.F_INTENSITY, s] = tf[L.TF_INTENSITY, i]
+                sf[s, L.F_SENT_FAST] = sent
+                sf[s, L.F_SENT_SLOW] = sent
+                sf[s, L.F_INTENSITY] = tf[L.TF_INTENSITY, i]
             else:
                 a = pf[L.P_ALPHA_FAST]
-                sf[L.F_SENT_FAST, s] = a * sent + (1.0 - a) * sf[L.F_SENT_FAST, s]
+                sf[s, L.F_SENT_FAST] = a * sent + (1.0 - a) * sf[s, L.F_SENT_FAST]
                 a = pf[L.P_ALPHA_SLOW]
-                sf[L.F_SENT_SLOW, s] = a * sent + (1.0 - a) * sf[L.F_SENT_SLOW, s]
+                sf[s, L.F_SENT_SLOW] = a * sent + (1.0 - a) * sf[s, L.F_SENT_SLOW]
                 a = pf[L.P_ALPHA_INTENSITY]
-                sf[L.F_INTENSITY, s] = a * tf[L.TF_INTENSITY, i] + (1.0 - a) * sf[L.F_INTENSITY, s]
+                sf[s, L.F_INTENSITY] = a * tf[L.TF_INTENSITY, i] + (1.0 - a) * sf[s, L.F_INTENSITY]
             negativity = -sent if sent < 0.0 else 0.0
-            if negativity > sf[L.F_PEAK_NEG, s]:
-                sf[L.F_PEAK_NEG, s] = negativity
-            bits = np.int64(sc[L.C_NEG_BITS, s])
+            if negativity > sf[s, L.F_PEAK_NEG]:
+                sf[s, L.F_PEAK_NEG] = negativity
+            bits = np.int64(sc[s, L.C_NEG_BITS])
             bits = ((bits << 1) | (1 if negative else 0)) & keep_mask
-            sc[L.C_NEG_BITS, s] = bits
+            sc[s, L.C_NEG_BITS] = bits
             if negative:
-                sc[L.C_CONSEC_NEG, s] += 1
+                sc[s, L.C_CONSEC_NEG] += 1
             else:
-                sc[L.C_CONSEC_NEG, s] = 0
+                sc[s, L.C_CONSEC_NEG] = 0
             ring_add(sw, nb, s, head, ts // bucket_ms, negative, L.U16_MAX)
 
             # Repeated complaint: a near-duplicate of one of the last texts, or the same
@@ -224,55 +224,55 @@ def build(jit):
             if ti[L.T_WORDS, i] >= np.int64(pf[L.P_REPEAT_MIN_WORDS]) and h != np.uint64(0):
                 seen = n_before if n_before < L.SIMHASH_RING else L.SIMHASH_RING
                 for k in range(seen):
-                    if popcount64(h ^ sh[k, s]) <= np.uint64(pf[L.P_NEAR_DUP_BITS]):
+                    if popcount64(h ^ sh[s, k]) <= np.uint64(pf[L.P_NEAR_DUP_BITS]):
                         similar = True
-            if n_before > 0 and ti[L.T_INTENT, i] >= 0 and ti[L.T_INTENT, i] == sc[L.C_LAST_INTENT, s]:
+            if n_before > 0 and ti[L.T_INTENT, i] >= 0 and ti[L.T_INTENT, i] == sc[s, L.C_LAST_INTENT]:
                 similar = True
             repeat = similar and (negative or complaint)
-            rbits = np.int64(sc[L.C_REP_BITS, s])
+            rbits = np.int64(sc[s, L.C_REP_BITS])
             rbits = ((rbits << 1) | (1 if repeat else 0)) & keep_mask
-            sc[L.C_REP_BITS, s] = rbits
-            sh[n_before % L.SIMHASH_RING, s] = h
-            sc[L.C_LAST_INTENT, s] = ti[L.T_INTENT, i]
-            sc[L.C_CUSTOMER, s] = n_before + 1
+            sc[s, L.C_REP_BITS] = rbits
+            sh[s, n_before % L.SIMHASH_RING] = h
+            sc[s, L.C_LAST_INTENT] = ti[L.T_INTENT, i]
+            sc[s, L.C_CUSTOMER] = n_before + 1
 
-            sf[L.F_RATE, s] += 1.0
+            sf[s, L.F_RATE] += 1.0
             lam = pf[L.P_NEGATION_DECAY]
-            sf[L.F_NEGATION_NUM, s] = lam * sf[L.F_NEGATION_NUM, s] + float(ti[L.T_NEG_WORDS, i])
-            sf[L.F_NEGATION_DEN, s] = lam * sf[L.F_NEGATION_DEN, s] + float(ti[L.T_WORDS, i])
-            if tf[L.TF_ESC_LEVEL, i] > sf[L.F_ESCALATION, s]:
-                sf[L.F_ESCALATION, s] = tf[L.TF_ESC_LEVEL, i]
-            sf[L.F_EXPOSURE, s] += tf[L.TF_INTENT_WEIGHT, i]
-            sb[L.B_ESC_MASK, s] |= ti[L.T_ESC_MASK, i]
-            if si[L.I_WAIT_SINCE, s] == L.NO_WAIT:
-                si[L.I_WAIT_SINCE, s] = t_eff
+            sf[s, L.F_NEGATION_NUM] = lam * sf[s, L.F_NEGATION_NUM] + float(ti[L.T_NEG_WORDS, i])
+            sf[s, L.F_NEGATION_DEN] = lam * sf[s, L.F_NEGATION_DEN] + float(ti[L.T_WORDS, i])
+            if tf[L.TF_ESC_LEVEL, i] > sf[s, L.F_ESCALATION]:
+                sf[s, L.F_ESCALATION] = tf[L.TF_ESC_LEVEL, i]
+            sf[s, L.F_EXPOSURE] += tf[L.TF_INTENT_WEIGHT, i]
+            sb[s, L.B_ESC_MASK] |= ti[L.T_ESC_MASK, i]
+            if si[s, L.I_WAIT_SINCE] == L.NO_WAIT:
+                si[s, L.I_WAIT_SINCE] = t_eff
         elif (speaker == L.SPEAKER_AGENT or speaker == L.SPEAKER_BOT) and has_text:
-            since = si[L.I_WAIT_SINCE, s]
+            since = si[s, L.I_WAIT_SINCE]
             if since != L.NO_WAIT:
                 delay = float(t_eff - since)
                 if (state_flags & L.FLAG_HAS_DELAY) != 0:
                     a = pf[L.P_ALPHA_DELAY]
-                    sf[L.F_DELAY_EWMA, s] = a * delay + (1.0 - a) * sf[L.F_DELAY_EWMA, s]
+                    sf[s, L.F_DELAY_EWMA] = a * delay + (1.0 - a) * sf[s, L.F_DELAY_EWMA]
                 else:
-                    sf[L.F_DELAY_EWMA, s] = delay
+                    sf[s, L.F_DELAY_EWMA] = delay
                     state_flags |= L.FLAG_HAS_DELAY
-                si[L.I_WAIT_SINCE, s] = L.NO_WAIT
+                si[s, L.I_WAIT_SINCE] = L.NO_WAIT
             if speaker == L.SPEAKER_BOT:
-                sc[L.C_BOT_UNHANDLED, s] += 1
+                sc[s, L.C_BOT_UNHANDLED] += 1
                 state_flags |= L.FLAG_BOT_MODE
             else:
-                sc[L.C_BOT_UNHANDLED, s] = 0
+                sc[s, L.C_BOT_UNHANDLED] = 0
                 state_flags &= ~L.FLAG_BOT_MODE
-        sb[L.B_FLAGS, s] = state_flags
-        if ti[L.T_RAISE, i] > sb[L.B_RAISE, s]:
-            sb[L.B_RAISE, s] = ti[L.T_RAISE, i]
-        if ti[L.T_FLOOR, i] > sb[L.B_FLOOR, s]:
-            sb[L.B_FLOOR, s] = ti[L.T_FLOOR, i]
+        sb[s, L.B_FLAGS] = state_flags
+        if ti[L.T_RAISE, i] > sb[s, L.B_RAISE]:
+            sb[s, L.B_RAISE] = ti[L.T_RAISE, i]
+        if ti[L.T_FLOOR, i] > sb[s, L.B_FLOOR]:
+            sb[s, L.B_FLOOR] = ti[L.T_FLOOR, i]
 
-        sf[L.F_SLA_MS, s] = tf[L.TF_SLA_MS, i]
-        sf[L.F_FATIGUE, s] = fatigue[i]
+        sf[s, L.F_SLA_MS] = tf[L.TF_SLA_MS, i]
+        sf[s, L.F_FATIGUE] = fatigue[i]
         fill_indicators(sf, si, sc, sw, s, pf, of, i)
-        n_cust = sc[L.C_CUSTOMER, s]
+        n_cust = sc[s, L.C_CUSTOMER]
 
         # ---- composite score and top reasons --------------------------------------
         total_pts = 0.0
@@ -300,7 +300,7 @@ def build(jit):
             elif pts > p2:
                 r2, p2 = j, pts
         score = total_pts if total_pts < 100.0 else 100.0
-        sf[L.F_SCORE, s] = score
+        sf[s, L.F_SCORE] = score
         of[L.OF_SCORE, i] = score
         of[L.OF_REASON_POINTS, i] = p0
         of[L.OF_REASON_POINTS + 1, i] = p1
@@ -318,7 +318,7 @@ def build(jit):
             raw = 2
         elif score >= pf[L.P_TH_BLUE]:
             raw = 1
-        level = np.int64(sb[L.B_LEVEL, s])
+        level = np.int64(sb[s, L.B_LEVEL])
         if raw >= level:
             level = raw
         else:
@@ -329,18 +329,18 @@ def build(jit):
                     level -= 1
                 else:
                     break
-        if sb[L.B_FLOOR, s] > level:
-            level = sb[L.B_FLOOR, s]
-        sb[L.B_LEVEL, s] = level
+        if sb[s, L.B_FLOOR] > level:
+            level = sb[s, L.B_FLOOR]
+        sb[s, L.B_LEVEL] = level
         priority = 0
         if level > 0:
-            lift = np.int64(sb[L.B_RAISE, s])
+            lift = np.int64(sb[s, L.B_RAISE])
             if ti[L.T_TIER_RAISE, i] > lift:
                 lift = ti[L.T_TIER_RAISE, i]
             priority = level + lift
             if priority > 4:
                 priority = 4
-        sb[L.B_PRIORITY, s] = priority
+        sb[s, L.B_PRIORITY] = priority
         actions = 0
         if (state_flags & L.FLAG_BOT_MODE) != 0 and level >= 2:
             actions |= L.ACTION_HANDOFF
@@ -350,7 +350,7 @@ def build(jit):
         oi[L.OI_PRIORITY, i] = priority
         oi[L.OI_ACTIONS, i] = actions
         oi[L.OI_CUSTOMER, i] = n_cust
-        oi[L.OI_TURNS, i] = sc[L.C_TURNS, s]
+        oi[L.OI_TURNS, i] = sc[s, L.C_TURNS]
         oi[L.OI_SESSION_TIME, i] = t_eff
 
     return agent_step, session_step, fill_indicators

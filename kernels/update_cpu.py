@@ -13,7 +13,7 @@ from numba import njit
 from kernels import layout as L
 from kernels.turn_update import build
 
-_jit = njit(cache=True, nogil=True, error_model="numpy")
+_jit = njit(cache=True, nogil=True, error_model="numpy", inline="always")
 agent_step, session_step, fill_indicators = build(_jit)
 
 

@@ -201,18 +201,18 @@ class SessionTable:
         from kernels.update_cpu import session_indicators
 
         slot = self.slot(key)
-        host = {name: self.kernels.to_host(arr[:, slot:slot + 1]) for name, arr in self.state.items()}
+        host = {name: self.kernels.to_host(arr[slot:slot + 1]) for name, arr in self.state.items()}
         out = np.zeros((L.OF_ROWS, 1))
         session_indicators(host["sf"], host["si"], host["sc"], host["sw"], 0, pf, out)
         return {
             "indicators": {name: float(out[k, 0]) for k, name in enumerate(L.INDICATORS)},
-            "score": float(host["sf"][L.F_SCORE, 0]),
-            "level": int(host["sb"][L.B_LEVEL, 0]),
-            "priority": int(host["sb"][L.B_PRIORITY, 0]),
-            "started_ms": int(host["si"][L.I_FIRST_TS, 0]),
-            "last_turn_ms": int(host["si"][L.I_LAST_TS, 0]),
-            "turns": int(host["sc"][L.C_TURNS, 0]),
-            "customer_turns": int(host["sc"][L.C_CUSTOMER, 0]),
+            "score": float(host["sf"][0, L.F_SCORE]),
+            "level": int(host["sb"][0, L.B_LEVEL]),
+            "priority": int(host["sb"][0, L.B_PRIORITY]),
+            "started_ms": int(host["si"][0, L.I_FIRST_TS]),
+            "last_turn_ms": int(host["si"][0, L.I_LAST_TS]),
+            "turns": int(host["sc"][0, L.C_TURNS]),
+            "customer_turns": int(host["sc"][0, L.C_CUSTOMER]),
         }
 
     def end(self, key, pf) -> dict:
