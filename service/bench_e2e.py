@@ -12,7 +12,8 @@ In one run, on this machine:
   in this run (realistic size: indicators, reasons, model versions), ids copied in;
 * the load generator (:mod:`loadtest.runner`, open loop, latency from the intended send
   time, one client process on uvloop) drives each in unary ``Score``, ``ScoreStream``
-  (4 streams) and ``ScoreBatch`` (256 turns a call), with a rate ladder (x1.6 a step)
+  (4 streams) and ``ScoreBatch`` (256 turns a call; a partial batch leaves after 100 ms),
+  with a rate ladder (x1.6 a step)
   until the target stops keeping up; the capacity is the highest steady answered rate
   (answers per second of completion in the middle of the step, not counting the
   drain), and each point says whether the generator was the bottleneck;
@@ -119,7 +120,7 @@ def _spec(target: str, mode: str, rate: float, duration: float, run_id: str):
     from loadtest.runner import RunSpec
 
     return RunSpec(target=target, mode=mode, rate=rate, duration=duration, sessions=20_000,
-                   batch_size=256, batch_linger_ms=5.0, streams=4, drain_s=5.0, timeout_s=5.0,
+                   batch_size=256, batch_linger_ms=100.0, streams=4, drain_s=5.0, timeout_s=5.0,
                    run_id=run_id, progress=False, seed=7).validate()
 
 

@@ -14,16 +14,14 @@ polars query needs no out-of-order handling; that is the one simplification the 
 gets, and it is stated in BENCHMARKS.md. Every indicator both compute is asserted equal
 to 1e-6 on every turn.
 
-Indicators polars computes here (13 of 18): sentiment_ewma, neg_share_turns,
+Indicators polars computes here (16 of 18): sentiment_ewma, neg_share_turns,
 neg_share_window, sentiment_trend, consecutive_negative, peak_negativity, message_rate,
 response_delay_sla, unanswered_wait_sla, negation_share, intensity, escalation,
-intent_exposure, transfers, session_minutes, bot_turns_unhandled (16 with the
-two SLA ones and bot turns). Left out: repeat_complaints (a SimHash Hamming test against
-a ring of the last 4 customer texts plus a same-intent test, OR-ed, conditioned, then
-counted over the last N: needs 4 shifted 64-bit XOR popcounts per row and a rolling
-count; expressible in principle, not written faithfully in the time this suite had) and
-agent_fatigue (state keyed by agent across sessions in arrival order; an as-of join by
-agent like the session window, not written).
+intent_exposure, transfers, session_minutes, bot_turns_unhandled. Left out (see
+``LEFT_OUT``): repeat_complaints (a SimHash Hamming test against a ring of the last 4
+customer texts plus a same-intent test, OR-ed, conditioned, then counted over the last
+N) and agent_fatigue (state keyed by agent across sessions). The score, level and
+priority (sequential state machines) are computed by the kernel only.
 """
 from __future__ import annotations
 
@@ -83,7 +81,6 @@ def generate_log(n_turns: int, n_sessions: int, seed: int = 0, n_agents: int = 1
     is_first[order] = first
     arrival = np.lexsort((np.arange(n_turns), ts))
     sess, ts, is_first = sess[arrival], ts[arrival], is_first[arrival]
-    # the session's first turn in arrival order must carry T_NEW (ties broken by index above)
     n = n_turns
     ti = np.zeros((L.TI_ROWS, n), np.int64)
     tf = np.zeros((L.TFL_ROWS, n), np.float64)
@@ -93,13 +90,11 @@ def generate_log(n_turns: int, n_sessions: int, seed: int = 0, n_agents: int = 1
     ti[L.T_NEW] = is_first
     agent = rng.integers(-1, n_agents, n)
     ti[L.T_AGENT] = agent
-    seen = np.zeros(n_agents, bool)
     _, first_idx = np.unique(np.where(agent >= 0, agent, n_agents), return_index=True)
     new_agent = np.zeros(n, np.int64)
     new_agent[first_idx] = 1
     new_agent[agent < 0] = 0
     ti[L.T_NEW_AGENT] = new_agent
-    del seen
     speaker = rng.choice(np.array([1, 1, 1, 2, 2, 3]), n)
     ti[L.T_SPEAKER] = speaker
     ti[L.T_EVENT] = rng.choice(np.array([0] * 12 + [1, 2, 3, 4, 5]), n)
