@@ -121,3 +121,25 @@ def test_broken_artifact(tmp_path):
     (art / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ArtifactError):
         load_model(art)  # weights.npz missing
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_save_load_roundtrip_all_head_kinds(tmp_path, dtype):
+    from service.models.textclf import HashedNgramClassifier, Head
+
+    rng = np.random.default_rng(0)
+    cfg = FeatureConfig(hash_bits=12)
+    labels = ("a", "b", "c")
+    buckets = np.sort(rng.choice(1 << 12, 500, replace=False))
+    idf = rng.uniform(1, 3, 500).astype(np.float32)
+    heads = [Head("linear", 1.0, {"W": rng.normal(size=(500, 3)), "b": np.zeros(3)}),
+             Head("mlp", 0.5, {"W1": rng.normal(size=(500, 8)), "b1": np.zeros(8),
+                               "W2": rng.normal(size=(8, 3)), "b2": np.ones(3)})]
+    m = HashedNgramClassifier("toy", labels, cfg, buckets, idf, heads)
+    m.save(tmp_path / "art", {"version": "3"}, dtype=dtype)
+    m2 = load_model(tmp_path / "art")
+    assert m2.labels == labels and m2.version == "3"
+    texts = ["hello world", "你好", "", "the quick brown fox jumps"]
+    p, p2 = m.predict_proba(texts), m2.predict_proba(texts)
+    np.testing.assert_allclose(p2.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(p, p2, atol=0.05)

@@ -28,7 +28,8 @@ RECIPES: dict[str, dict] = {
     "sentiment": {
         "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
         "min_df": 2,
-        "heads": [{"kind": "linear", "C": 8.0, "weight": 1.0}],
+        "heads": [{"kind": "linear", "C": 8.0, "weight": 1.0},
+                  {"kind": "nblr", "C": 4.0, "weight": 0.5}],
     },
     "intent": {
         "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
@@ -79,7 +80,34 @@ def fit_linear(X, y: np.ndarray, n_classes: int, C: float, sample_weight=None, m
     return Head("linear", 1.0, {"W": W, "b": b})
 
 
-HEAD_FITTERS: dict[str, Callable] = {"linear": fit_linear}
+def fit_nblr(X, y: np.ndarray, n_classes: int, C: float, alpha: float = 1.0, sample_weight=None,
+             max_iter: int = 300):
+    """NB-weighted logistic regression (NBSVM-style), one-vs-rest, folded into one linear head.
+
+    For class c the features are scaled by the log-count ratio r_c of the class against
+    the rest, a binary LR is fitted on ``X * r_c``; since ``(x * r_c) . w_c = x . (r_c * w_c)``
+    the head is stored as an ordinary linear head with ``W[:, c] = r_c * w_c``.
+    """
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    W = np.zeros((X.shape[1], n_classes), np.float32)
+    b = np.full(n_classes, -20.0, np.float32)
+    Xb = (X > 0).astype(np.float32)
+    for c in range(n_classes):
+        yc = (y == c).astype(np.int64)
+        if yc.sum() == 0:
+            continue
+        p = alpha + np.asarray(Xb[yc == 1].sum(axis=0)).ravel()
+        q = alpha + np.asarray(Xb[yc == 0].sum(axis=0)).ravel()
+        r = np.log((p / p.sum()) / (q / q.sum())).astype(np.float32)
+        clf = LogisticRegression(C=C, max_iter=max_iter, tol=1e-4, solver="lbfgs")
+        clf.fit(X @ sp.diags(r), yc, sample_weight=sample_weight)
+        W[:, c] = r * clf.coef_[0]
+        b[c] = clf.intercept_[0]
+    return Head("linear", 1.0, {"W": W, "b": b})
+
+
+HEAD_FITTERS: dict[str, Callable] = {"linear": fit_linear, "nblr": fit_nblr}
 
 
 def sample_weights(ds: Dataset, recipe: dict) -> np.ndarray | None:
@@ -118,6 +146,12 @@ def train_model(model: str, data: str | Path | None = None, recipe: dict | None 
         head.weight = float(hr.get("weight", 1.0))
         heads.append(head)
         log(f"{model}: head {hr['kind']} {args} fitted in {time.time() - t1:.1f}s")
+    if len(heads) > 1 and all(h.kind == "linear" for h in heads):
+        # a weighted sum of linear heads is one linear head: fold them (same logits, one matmul)
+        W = sum(h.weight * h.params["W"] for h in heads)
+        b = sum(h.weight * h.params["b"] for h in heads)
+        heads = [Head("linear", 1.0, {"W": W, "b": b})]
+        log(f"{model}: {len(recipe['heads'])} linear heads folded into one")
     clf = HashedNgramClassifier(model, ds.labels, cfg, buckets, idf, heads, version=version)
     info = {"train_seconds": round(time.time() - t0, 1), "n_train": len(texts)}
     return clf, ds, info
