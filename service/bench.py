@@ -1,9 +1,9 @@
 """``yujing bench``: the benchmark suites that write the JSON behind BENCHMARKS.md.
 
     yujing bench kernels [--sessions 10000 1048576 4194304] [--batch 256 ... 65536] [--out FILE]
-    yujing bench peer    [--turns 1000000] [--sessions 20000] [--out FILE]      (service/bench_peer.py)
+    yujing bench peer    [--turns 1000000] [--peer-sessions 20000] [--out FILE] (service/bench_peer.py)
     yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (service/bench_models.py)
-    yujing bench e2e     [--duration 4] [--out FILE]                            (service/bench_e2e.py)
+    yujing bench e2e     [--duration 10] [--client-processes 1] [--out FILE]    (service/bench_e2e.py)
     yujing bench projection [--batch ...]     (arithmetic for one H100; a projection, not a measurement)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
@@ -339,5 +339,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--ref-turns", type=int, default=3_000, help="peer: turns of the reference sample")
     p.add_argument("--duration", type=float, default=10.0, help="e2e: seconds per load point")
     p.add_argument("--quick", action="store_true", help="e2e: short points (smoke run)")
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="e2e: load-generator processes (more when the generator is the bottleneck)")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=_run)

@@ -1,6 +1,6 @@
 """``yujing bench e2e``: the whole service against a bare gRPC echo server, same load.
 
-    yujing bench e2e [--duration 4] [--out FILE] [--quick]
+    yujing bench e2e [--duration 10] [--client-processes 1] [--out FILE] [--quick]
 
 In one run, on this machine:
 
@@ -116,10 +116,14 @@ class Child:
 
 
 # --- load points -----------------------------------------------------------------------------
+CLIENT_PROCESSES = 1
+
+
 def _spec(target: str, mode: str, rate: float, duration: float, run_id: str):
     from loadtest.runner import RunSpec
 
     return RunSpec(target=target, mode=mode, rate=rate, duration=duration, sessions=20_000,
+                   processes=CLIENT_PROCESSES,
                    batch_size=256, batch_linger_ms=100.0, streams=4, drain_s=5.0, timeout_s=5.0,
                    run_id=run_id, progress=False, seed=7).validate()
 
@@ -203,8 +207,11 @@ def _capture_answer(port: int, path: str) -> int:
 
 
 def bench_e2e(args) -> dict:
-    duration = 3.0 if getattr(args, "quick", False) else float(getattr(args, "duration", 4.0) or 4.0)
+    global CLIENT_PROCESSES
+    CLIENT_PROCESSES = int(getattr(args, "client_processes", 1) or 1)
+    duration = 3.0 if getattr(args, "quick", False) else float(getattr(args, "duration", 10.0) or 10.0)
     out: dict = {"duration_s_per_point": duration, "cores_shared": os.cpu_count(),
+                 "client_processes": CLIENT_PROCESSES,
                  "note": "server(s), Triton and the load generator share the same cores"}
     py = sys.executable
     t = time.perf_counter()
