@@ -254,6 +254,10 @@ def h100_projection(batches=(256, 1024, 4096, 16384, 65536)) -> dict:
     launch each), the state stays resident on the GPU (only the turn inputs and the
     outputs cross PCIe), and a random slot costs one 32-byte sector per row of every
     session array, read and written (SoA does not coalesce for random slots)."""
+    # kernels/update_gpu.py as written issues about 40 device operations per batch: 4
+    # host-to-device copies, 4 fills, two group_by (mask, flatnonzero, argsort, gathers,
+    # compare, concatenate, a host sync each: ~15 operations), 2 kernels, 2 copies back
+    ops_as_implemented = 40
     io_bytes = 8 * (L.TI_ROWS + L.TFL_ROWS + 1) + 8 * (L.OF_ROWS + L.OI_ROWS)
     state_sector_bytes = 2 * SECTOR * STATE_ROWS
     fixed = 4 * H100_LAUNCH_S
@@ -262,12 +266,16 @@ def h100_projection(batches=(256, 1024, 4096, 16384, 65536)) -> dict:
         t_pcie = b * io_bytes / H100_PCIE_BPS
         t_hbm = b * state_sector_bytes / H100_HBM_BPS
         t = fixed + t_pcie + t_hbm
+        t_impl = ops_as_implemented * H100_LAUNCH_S + t_pcie + t_hbm
         rows.append({"batch": b, "fixed_us": fixed * 1e6, "pcie_us": t_pcie * 1e6, "hbm_us": t_hbm * 1e6,
                      "batch_us": t * 1e6, "updates_per_s": b / t,
+                     "fixed_as_implemented_us": ops_as_implemented * H100_LAUNCH_S * 1e6,
+                     "updates_per_s_as_implemented": b / t_impl,
                      "bound": max((fixed, "launch"), (t_pcie, "pcie"), (t_hbm, "hbm"))[1]})
     return {"projection": True, "assumptions": {
         "hbm_bytes_per_s": H100_HBM_BPS, "pcie_bytes_per_s": H100_PCIE_BPS, "launch_s": H100_LAUNCH_S,
         "fixed_per_batch_s": fixed, "io_bytes_per_update": io_bytes,
+        "device_ops_per_batch_as_implemented": ops_as_implemented,
         "state_bytes_per_update_ideal": 2 * L.BYTES_PER_SESSION,
         "state_sector_bytes_per_update": state_sector_bytes,
         "hbm_only_ceiling_updates_per_s": H100_HBM_BPS / state_sector_bytes,
