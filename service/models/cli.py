@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ def _err(msg: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from service.models.train import train_and_write
 
-    if args.threads:
-        _pin_threads()
+    _pin_threads()
     command = "yujing models train --model {m} --version {v}".format(m="{m}", v=args.version)
     summary = {}
     t0 = time.time()
@@ -91,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tp_texts = [t for s in ds.test for t in s.texts]
         tp_texts = tp_texts[::max(1, len(tp_texts) // 4000)]
         if args.triton_url:
-            scorer, _ = ev.triton_scorer(args.triton_url, m)
+            scorer = ev.triton_scorer(args.triton_url, m)
             from service.triton.client import read_labels  # labels from the model repository
             labels = read_labels(args.repo, m)
             source = f"triton {args.triton_url}"
@@ -127,7 +125,6 @@ def add_subcommands(models_subparsers) -> None:
     p = models_subparsers.add_parser("train", parents=[common], help="train the default text models")
     p.add_argument("--out", default=str(DEFAULT_REPO), help="model repository to write (default: model_repo)")
     p.add_argument("--version", default="1", help="version folder to write (default: 1)")
-    p.add_argument("--threads", action="store_true", default=True, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     p = models_subparsers.add_parser("eval", parents=[common], help="evaluate models on the test splits")

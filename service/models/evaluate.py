@@ -97,11 +97,6 @@ def _aggregate(rows: list[dict]) -> dict:
             "subsets": [r["name"] for r in rows]}
 
 
-def cpu_count_used() -> int:
-    """Cores the in-process scorer may use (numba/numpy threads are pinned to 1 in eval)."""
-    return 1
-
-
 def throughput(scorer: Scorer, texts: Sequence[str], batch_sizes=(1, 32, 256),
                max_texts: int = 4000, min_seconds: float = 0.5) -> dict:
     """texts/s for each batch size (wall clock, on the calling thread)."""
@@ -142,8 +137,8 @@ def evaluate(scorer: Scorer, ds: Dataset, labels: Sequence[str] | None = None,
             "overall": _aggregate(rows)}
 
 
-def triton_scorer(url: str, model: str, timeout_s: float = 60.0) -> tuple[Scorer, int]:
-    """A synchronous scorer sending texts to Triton over gRPC; returns (scorer, n_labels)."""
+def triton_scorer(url: str, model: str, timeout_s: float = 60.0) -> Scorer:
+    """A synchronous scorer sending texts to Triton over gRPC (one request per max batch)."""
     import tritonclient.grpc as grpcclient
 
     from service.models import TRITON_INPUT, TRITON_OUTPUT
@@ -165,7 +160,7 @@ def triton_scorer(url: str, model: str, timeout_s: float = 60.0) -> tuple[Scorer
             outs.append(res.as_numpy(TRITON_OUTPUT).astype(np.float32))
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
-    return score, -1
+    return score
 
 
 def limit_threads() -> None:

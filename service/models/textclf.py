@@ -40,7 +40,6 @@ from service.models.artifact import ArtifactError, register_loader
 KIND = "hashed-ngram"
 WEIGHTS_FILE = "weights.npz"
 
-_U = np.uint64
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -10,7 +10,6 @@ artifact stores the heads' weights and their mixing weights.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,6 @@ import numpy as np
 from service.models import evaluate as ev
 from service.models.data import Dataset, data_dir, file_sha256, load_dataset
 from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
-
-SEED = 20240611
 
 RECIPES: dict[str, dict] = {
     "sentiment": {
