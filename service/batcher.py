@@ -72,17 +72,19 @@ class MicroBatcher:
             batch = [self._queue.popleft() for _ in range(n)]
             items = [b[0] for b in batch]
             t0 = time.perf_counter()
+            failure = None
             try:
                 answers = await self._process(items)
             except Exception as exc:  # a bug, not a client error: fail this batch, keep serving
                 log.exception("batch of %d turns failed", n)
-                answers = [exc] * n
+                failure, answers = exc, [None] * n
             self.in_flight -= n
             if self._on_batch is not None:
                 self._on_batch(n, time.perf_counter() - t0)
+            # An answer may be a refusal (a YujingError value): it is a result, not a failure.
             for (_, fut), ans in zip(batch, answers):
                 if not fut.done():
-                    if isinstance(ans, BaseException):
-                        fut.set_exception(ans)
+                    if failure is not None:
+                        fut.set_exception(failure)
                     else:
                         fut.set_result(ans)

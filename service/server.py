@@ -30,7 +30,9 @@ from service.session_table import SessionTable
 from service.validate import session_key, validate_turn
 
 log = logging.getLogger("yujing")
-STREAM_WINDOW = 4096     # turns a stream may have in flight before its reader waits
+STREAM_WINDOW = 4096
+# What a client sees when a batch fails for a reason of ours (a bug; logged with its trace).
+INTERNAL = YujingError("internal error while scoring this turn; the server log has the details")     # turns a stream may have in flight before its reader waits
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -78,6 +80,8 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
             ans = await self._answer(validate_turn(request, self.o.config, _now_ms()))
         except YujingError as err:
             return self._fail(context, err)
+        except Exception:
+            return self._fail(context, INTERNAL)
         if isinstance(ans, YujingError):
             return self._fail(context, ans)
         return ans
@@ -114,7 +118,10 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 if isinstance(x, YujingError):
                     self._fail(context, x)
                     return
-                ans = await x
+                try:
+                    ans = await x
+                except Exception:
+                    ans = INTERNAL
                 if isinstance(ans, YujingError):
                     self._fail(context, ans)
                     return
@@ -142,8 +149,9 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 continue
             todo.append(item)
             pos.append(k)
-        for k, ans in zip(pos, await asyncio.gather(*self.o.batcher.submit_many(todo))):
-            results[k] = ans
+        answers = await asyncio.gather(*self.o.batcher.submit_many(todo), return_exceptions=True)
+        for k, ans in zip(pos, answers):
+            results[k] = INTERNAL if isinstance(ans, Exception) and not isinstance(ans, YujingError) else ans
         out = pb.TurnRiskBatch()
         for r in results:
             if isinstance(r, YujingError):

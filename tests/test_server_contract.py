@@ -167,3 +167,35 @@ def test_answer_carries_models_reasons_and_indicators(svc):
 def test_health_says_serving(svc):
     h = health_pb2_grpc.HealthStub(svc.channel())
     assert h.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tenants_keep_sessions_apart(svc):
+    stub = svc.stub()
+    stub.Score(turn(session="shared-id", turn_id="1", tenant_id="tenant-a"))
+    b = stub.Score(turn(session="shared-id", turn_id="1", tenant_id="tenant-b"))
+    assert b.customer_turns == 1 and not b.duplicate
+    assert stub.GetSession(pb.SessionRef(tenant_id="tenant-a", session_id="shared-id")).turns == 1
+
+
+def test_full_table_refuses_with_resource_exhausted_and_changes_nothing(tmp_path_factory):
+    from tests.service_models import in_process_repo
+
+    cfg = Config(port=0, models="in-process", model_repo=in_process_repo(), capacity=2, agent_capacity=4,
+                 evict_min_idle_s=3600, grace_s=1.0)
+    s = ServiceThread(cfg).start()
+    try:
+        stub = s.stub()
+        stub.Score(turn(session="a", turn_id="1", agent_id="ag"))
+        stub.Score(turn(session="b", turn_id="1", agent_id="ag"))
+        before = state_copy(s)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Score(turn(session="c", turn_id="1", agent_id="ag"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "full" in err.value.details()
+        assert_same_state(before, state_copy(s))
+        r = stub.ScoreBatch(pb.TurnBatch(turns=[turn(session="a", turn_id="2"), turn(session="d", turn_id="1")]))
+        assert r.results[0].risk.customer_turns == 2
+        assert r.results[1].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        stub.EndSession(pb.SessionRef(session_id="b"))
+        assert stub.Score(turn(session="c", turn_id="1")).customer_turns == 1   # the freed slot
+    finally:
+        s.stop()
