@@ -30,10 +30,34 @@ from kernels import layout as L
 # turn's inputs and outputs. The agent table is small and stays in cache.
 BYTES_PER_UPDATE = (2 * L.BYTES_PER_SESSION + 8 * (L.TI_ROWS + L.TFL_ROWS + 1)
                     + 8 * (L.OF_ROWS + L.OI_ROWS))
-# The state is struct-of-arrays ([row, slot]): one update of a random slot touches one
-# 64-byte line per row of every session array (read, then written back).
 STATE_ROWS = sum(rows for _, _, rows in L.SESSION_DTYPES)
-LINES_PER_UPDATE = STATE_ROWS
+
+
+def _span_units(nbytes: int, unit: int) -> float:
+    """Average ``unit``-byte lines (or sectors) a run of ``nbytes`` covers when runs are
+    laid end to end (row ``s`` of a C-contiguous [slot, fields] array starts at s*nbytes)."""
+    period = unit // np.gcd(nbytes, unit) if nbytes % unit else 1
+    tot = 0
+    for k in range(period):
+        a = k * nbytes
+        tot += (a + nbytes - 1) // unit - a // unit + 1
+    return tot / period
+
+
+def _session_major() -> bool:
+    """True when the layout keeps each dtype group session-major ([slot, field])."""
+    return L.new_session_arrays(2)["sf"].shape == (2, L.SF_ROWS)
+
+
+def units_per_update(unit: int) -> float:
+    """Lines (unit=64) or sectors (unit=32) one update of a random slot touches."""
+    if _session_major():
+        return sum(_span_units(np.dtype(dt).itemsize * rows, unit) for _, dt, rows in L.SESSION_DTYPES)
+    return float(STATE_ROWS)      # field-major: one unit per field row
+
+
+# One update of a random slot touches these 64-byte lines (read, then written back).
+LINES_PER_UPDATE = units_per_update(64)
 LINE_BYTES_PER_UPDATE = 2 * 64 * LINES_PER_UPDATE
 
 
@@ -74,25 +98,45 @@ def make_batch(rng: np.random.Generator, n_sessions: int, batch: int, t_ms: int,
 def _touch_kernel():
     from numba import njit
 
-    @njit(cache=True, nogil=True)
+    @njit(nogil=True)
     def touch(sf, si, sh, sc, sb, sw, slots):
-        """Read-modify-write one element of every row of every session array, per slot."""
+        """Read-modify-write every field of the slot in every session array, in the
+        layout's own orientation ([slot, field]: the current layout)."""
         for i in range(slots.size):
             s = slots[i]
-            for r in range(sf.shape[0]):
-                sf[r, s] += 1.0
-            for r in range(si.shape[0]):
-                si[r, s] += 1
-            for r in range(sh.shape[0]):
-                sh[r, s] ^= np.uint64(1)
-            for r in range(sc.shape[0]):
-                sc[r, s] += 1
-            for r in range(sb.shape[0]):
-                sb[r, s] += 1
-            for r in range(sw.shape[0]):
-                sw[r, s] += 1
+            for r in range(sf.shape[1]):
+                sf[s, r] += 1.0
+            for r in range(si.shape[1]):
+                si[s, r] += 1
+            for r in range(sh.shape[1]):
+                sh[s, r] ^= np.uint64(1)
+            for r in range(sc.shape[1]):
+                sc[s, r] += 1
+            for r in range(sb.shape[1]):
+                sb[s, r] += 1
+            for r in range(sw.shape[1]):
+                sw[s, r] += 1
 
-    @njit(cache=True, nogil=True)
+    @njit(nogil=True)
+    def touch_field_major(f8, i8, u8, i4, b1, u2, slots):
+        """The same fields stored one row per field ([field, slot], the first layout):
+        one line per field per update."""
+        for i in range(slots.size):
+            s = slots[i]
+            for r in range(f8.shape[0]):
+                f8[r, s] += 1.0
+            for r in range(i8.shape[0]):
+                i8[r, s] += 1
+            for r in range(u8.shape[0]):
+                u8[r, s] ^= np.uint64(1)
+            for r in range(i4.shape[0]):
+                i4[r, s] += 1
+            for r in range(b1.shape[0]):
+                b1[r, s] += 1
+            for r in range(u2.shape[0]):
+                u2[r, s] += 1
+
+    @njit(nogil=True)
     def touch_rows(table, slots):
         """The same bytes kept contiguous per session (a row-major [slot, 32] float64
         table, 256 bytes = 4 lines): the ceiling of a CPU-friendly layout."""
@@ -101,7 +145,7 @@ def _touch_kernel():
             for r in range(table.shape[1]):
                 table[s, r] += 1.0
 
-    return touch, touch_rows
+    return touch, touch_rows, touch_field_major
 
 
 def _phase_kernels():
@@ -111,17 +155,17 @@ def _phase_kernels():
 
     from kernels.update_cpu import agent_step, fill_indicators, session_step
 
-    @njit(cache=True, nogil=True)
+    @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def agents_only(ai, aw, ti, pf, fatigue):
         for i in range(ti.shape[1]):
             agent_step(ai, aw, ti, i, pf, fatigue)
 
-    @njit(cache=True, nogil=True)
+    @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def sessions_only(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi):
         for i in range(ti.shape[1]):
             session_step(sf, si, sh, sc, sb, sw, ti, tf, th, i, pf, fatigue, of, oi)
 
-    @njit(cache=True, nogil=True)
+    @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def indicators_only(sf, si, sc, sw, ti, pf, of):
         for i in range(ti.shape[1]):
             fill_indicators(sf, si, sc, sw, ti[L.T_SLOT, i], pf, of, i)
@@ -176,7 +220,9 @@ def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096,
         batches = (batches,)
     pf = load_policy().pf
     k = CpuKernels()
-    touch, touch_rows = _touch_kernel()
+    if not _session_major():
+        raise SystemExit("bench kernels: expected the session-major layout ([slot, field])")
+    touch, touch_rows, touch_fm = _touch_kernel()
     rng = np.random.default_rng(seed)
     out = {"batches": list(batches), "bytes_per_update": BYTES_PER_UPDATE,
            "lines_per_update": LINES_PER_UPDATE, "line_bytes_per_update": LINE_BYTES_PER_UPDATE,
@@ -216,6 +262,15 @@ def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096,
             touch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], slots)
             best = min(best, time.perf_counter() - t0)
         del s, a
+        fm = {name: np.zeros((rows_, n), dtype=dt) for name, dt, rows_ in L.SESSION_DTYPES}
+        args = [fm[name] for name, _, _ in L.SESSION_DTYPES]
+        touch_fm(*args, slots[:1024])
+        best_fm = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            touch_fm(*args, slots)
+            best_fm = min(best_fm, time.perf_counter() - t0)
+        del fm, args
         rows = np.zeros((n, 32))
         touch_rows(rows, slots[:1024])
         best_rows = float("inf")
@@ -226,6 +281,8 @@ def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096,
         del rows
         out["touch"].append({"sessions": n, "updates_per_s": slots.size / best,
                              "gb_per_s_lines": slots.size / best * LINE_BYTES_PER_UPDATE / 1e9,
+                             "field_major_updates_per_s": slots.size / best_fm,
+                             "field_major_lines_per_update": STATE_ROWS,
                              "row_major_updates_per_s": slots.size / best_rows,
                              "row_major_gb_per_s_lines": slots.size / best_rows * 2 * 256 / 1e9})
     out["stream_copy_gb_per_s"] = stream_copy_gbps()
@@ -253,13 +310,14 @@ def h100_projection(batches=(256, 1024, 4096, 16384, 65536)) -> dict:
     fixed = 2 launches (agent pass, session pass) + 2 copies' latency (taken as one
     launch each), the state stays resident on the GPU (only the turn inputs and the
     outputs cross PCIe), and a random slot costs one 32-byte sector per row of every
-    session array, read and written (SoA does not coalesce for random slots)."""
+    session array's run, read and written (a random slot's fields in each dtype group are
+    contiguous in the session-major layout)."""
     # kernels/update_gpu.py as written issues about 40 device operations per batch: 4
     # host-to-device copies, 4 fills, two group_by (mask, flatnonzero, argsort, gathers,
     # compare, concatenate, a host sync each: ~15 operations), 2 kernels, 2 copies back
     ops_as_implemented = 40
     io_bytes = 8 * (L.TI_ROWS + L.TFL_ROWS + 1) + 8 * (L.OF_ROWS + L.OI_ROWS)
-    state_sector_bytes = 2 * SECTOR * STATE_ROWS
+    state_sector_bytes = 2 * SECTOR * units_per_update(SECTOR)
     fixed = 4 * H100_LAUNCH_S
     rows = []
     for b in batches:
