@@ -148,9 +148,13 @@ def _point(target: str, mode: str, rate: float, duration: float, run_id: str, me
             "server_batches": rep.get("server_batches")}
 
 
+SETTLE_S = 10.0   # after an overloaded step, let the server drain before the next measurement
+
+
 def capacity(target: str, mode: str, duration: float, tag: str, max_steps: int = 9, step: float = 1.6,
              metrics_url=None) -> dict:
     """Rate ladder until the target stops keeping up; capacity = best steady answered rate."""
+    time.sleep(SETTLE_S)
     rate, steps = START_RATE[mode], []
     for k in range(max_steps):
         p = _point(target, mode, rate, duration, f"{tag}-{mode}-{k}", metrics_url)
@@ -172,6 +176,7 @@ def capacity(target: str, mode: str, duration: float, tag: str, max_steps: int =
 
 def knee(target: str, duration: float, tag: str, p99_ms: float = 10.0, start: float = 50.0,
          step: float = 1.4, max_steps: int = 12) -> dict:
+    time.sleep(SETTLE_S)
     rate, steps, best = start, [], None
     for k in range(max_steps):
         p = _point(target, "unary", rate, duration, f"{tag}-knee-{k}")
@@ -226,6 +231,7 @@ def bench_e2e(args) -> dict:
                           for m in MODES}
         out["service"]["knee_unary"] = knee(f"127.0.0.1:{svc.port}", duration, "svc")
         half = out["service"]["unary"]["capacity_turns_per_s"] / 2
+        time.sleep(SETTLE_S)
         out["service"]["half_capacity_unary"] = _point(f"127.0.0.1:{svc.port}", "unary", half,
                                                        2 * duration, "svc-half", metrics)
     finally:
