@@ -13,22 +13,20 @@ from numba import njit
 from kernels import layout as L
 from kernels.turn_update import build
 
-_jit = njit(cache=True, nogil=True, error_model="numpy", inline="always")
-agent_step, session_step, fill_indicators = build(_jit)
+_jit = njit(cache=True, nogil=True, error_model="numpy", inline="always", _nrt=False)
+agent_steps, session_steps, fill_indicators = build(_jit)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def update_batch(sf, si, sh, sc, sb, sw, ai, aw, ti, tf, th, pf, fatigue, of, oi):
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def update_batch(sf, si, sh, sc, sb, sw, ai, aw, ti, tf, th, pf, fatigue, of, oi, order):
     """Apply turns ``0..B-1`` (columns of ``ti``/``tf``/``th``) and score each one.
 
     Writes the per-turn outputs into ``of`` (float64 [OF_ROWS, B]) and ``oi``
     (int64 [OI_ROWS, B]); ``fatigue`` (float64 [B]) is scratch for the agent pass.
     """
     n = ti.shape[1]
-    for i in range(n):
-        agent_step(ai, aw, ti, i, pf, fatigue)
-    for i in range(n):
-        session_step(sf, si, sh, sc, sb, sw, ti, tf, th, i, pf, fatigue, of, oi)
+    agent_steps(ai, aw, ti, pf, fatigue, order, 0, n)
+    session_steps(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi, order, 0, n)
 
 
 class CpuKernels:
@@ -43,7 +41,7 @@ class CpuKernels:
         oi = np.zeros((L.OI_ROWS, n), dtype=np.int64)
         fatigue = np.zeros(n, dtype=np.float64)
         update_batch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], a["ai"], a["aw"],
-                     ti, tf, th, pf, fatigue, of, oi)
+                     ti, tf, th, pf, fatigue, of, oi, np.arange(n))
         return of, oi
 
     def to_host(self, arr):

@@ -19,7 +19,7 @@ from numba import cuda
 from kernels import layout as L
 from kernels.turn_update import build
 
-agent_step, session_step, fill_indicators = build(cuda.jit(device=True))
+agent_steps, session_steps, fill_indicators = build(cuda.jit(device=True))
 THREADS_PER_BLOCK = 128
 
 
@@ -27,16 +27,14 @@ THREADS_PER_BLOCK = 128
 def agent_kernel(ai, aw, ti, tf, pf, fatigue, order, starts, n_groups):
     g = cuda.grid(1)
     if g < n_groups:
-        for j in range(starts[g], starts[g + 1]):
-            agent_step(ai, aw, ti, order[j], pf, fatigue)
+        agent_steps(ai, aw, ti, pf, fatigue, order, starts[g], starts[g + 1])
 
 
 @cuda.jit
 def session_kernel(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi, order, starts, n_groups):
     g = cuda.grid(1)
     if g < n_groups:
-        for j in range(starts[g], starts[g + 1]):
-            session_step(sf, si, sh, sc, sb, sw, ti, tf, th, order[j], pf, fatigue, of, oi)
+        session_steps(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi, order, starts[g], starts[g + 1])
 
 
 def group_by(keys, xp=np):

@@ -153,17 +153,16 @@ def _phase_kernels():
     functions), so a run can say where an update's time goes."""
     from numba import njit
 
-    from kernels.update_cpu import agent_step, fill_indicators, session_step
+    from kernels.update_cpu import agent_steps, fill_indicators, session_steps
 
     @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def agents_only(ai, aw, ti, pf, fatigue):
-        for i in range(ti.shape[1]):
-            agent_step(ai, aw, ti, i, pf, fatigue)
+        agent_steps(ai, aw, ti, pf, fatigue, np.arange(ti.shape[1]), 0, ti.shape[1])
 
     @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def sessions_only(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi):
-        for i in range(ti.shape[1]):
-            session_step(sf, si, sh, sc, sb, sw, ti, tf, th, i, pf, fatigue, of, oi)
+        n = ti.shape[1]
+        session_steps(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, of, oi, np.arange(n), 0, n)
 
     @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def indicators_only(sf, si, sc, sw, ti, pf, of):
