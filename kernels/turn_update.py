@@ -20,6 +20,7 @@ import numpy as np
 from kernels import layout as L
 
 LN2 = math.log(2.0)
+PREFETCH_AHEAD = 6   # turns between a session's prefetch and its update
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
@@ -30,8 +31,9 @@ _S4 = np.uint64(4)
 _S56 = np.uint64(56)
 
 
-def build(jit):
-    """Return ``(agent_steps, session_steps, fill_indicators)`` compiled with ``jit``."""
+def build(jit, prefetch_row):
+    """Return ``(agent_steps, session_steps, fill_indicators)`` compiled with ``jit``;
+    ``prefetch_row(arr, row)`` hints that ``arr[row]`` will be needed (a no-op on the GPU)."""
 
     @jit
     def popcount64(x):
@@ -139,6 +141,14 @@ def build(jit):
         ``of[:, i]`` / ``oi[:, i]``. The loop is inside (see :func:`agent_steps`)."""
         for j in range(lo, hi):
             i = order[j]
+            if j + PREFETCH_AHEAD < hi:
+                ahead = ti[L.T_SLOT, order[j + PREFETCH_AHEAD]]
+                prefetch_row(sf, ahead)
+                prefetch_row(si, ahead)
+                prefetch_row(sh, ahead)
+                prefetch_row(sc, ahead)
+                prefetch_row(sb, ahead)
+                prefetch_row(sw, ahead)
             s = ti[L.T_SLOT, i]
             ts = ti[L.T_TS, i]
             bucket_ms = np.int64(pf[L.P_BUCKET_MS])

@@ -11,10 +11,11 @@ import numpy as np
 from numba import njit
 
 from kernels import layout as L
+from kernels.prefetch import prefetch_row
 from kernels.turn_update import build
 
 _jit = njit(cache=True, nogil=True, error_model="numpy", inline="always", _nrt=False)
-agent_steps, session_steps, fill_indicators = build(_jit)
+agent_steps, session_steps, fill_indicators = build(_jit, prefetch_row)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", _nrt=False)

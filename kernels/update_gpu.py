@@ -19,7 +19,14 @@ from numba import cuda
 from kernels import layout as L
 from kernels.turn_update import build
 
-agent_steps, session_steps, fill_indicators = build(cuda.jit(device=True))
+
+
+@cuda.jit(device=True)
+def _no_prefetch(arr, row):
+    pass
+
+
+agent_steps, session_steps, fill_indicators = build(cuda.jit(device=True), _no_prefetch)
 THREADS_PER_BLOCK = 128
 
 
