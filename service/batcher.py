@@ -2,6 +2,11 @@
 ``max_batch`` turns, or whatever has arrived ``max_delay_ms`` after the first), and
 hands each batch to the engine. Batches run one after another, in arrival order.
 
+The gathering delay applies when traffic is concurrent, that is when the previous batch
+carried more than one turn: a lone caller is not held back for companions that are not
+coming (a sequential client sees the pipeline's own latency, not ``max_delay_ms`` on top).
+Under load, turns also gather by themselves while the previous batch is being scored.
+
 A ScoreBatch request is submitted as one group, so its turns stay contiguous and in
 order (a group larger than ``max_batch`` is split at batch boundaries, still in order).
 """
@@ -26,6 +31,7 @@ class MicroBatcher:
         self._closing = False
         self._on_batch = on_batch             # callback(size, seconds)
         self.in_flight = 0
+        self.last_batch_size = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="yujing-batcher")
@@ -57,7 +63,8 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(self._queue) < self.max_batch and self.max_delay_s > 0 and not self._closing:
+            if (len(self._queue) < self.max_batch and self.max_delay_s > 0 and not self._closing
+                    and self.last_batch_size > 1):
                 deadline = loop.time() + self.max_delay_s
                 while len(self._queue) < self.max_batch and not self._closing:
                     left = deadline - loop.time()
@@ -69,6 +76,7 @@ class MicroBatcher:
                     except asyncio.TimeoutError:
                         break
             n = min(self.max_batch, len(self._queue))
+            self.last_batch_size = n
             batch = [self._queue.popleft() for _ in range(n)]
             items = [b[0] for b in batch]
             t0 = time.perf_counter()
