@@ -10,18 +10,19 @@ from service.contract import pb
 from service.engine import PendingTurn
 from service.errors import InvalidTurn
 
-_ENUMS = (
+_ENUMS = tuple((name, enum, frozenset(enum.values()), zero_ok) for name, enum, zero_ok in (
     ("speaker", pb.Speaker, False),
     ("channel", pb.Channel, True),
     ("customer_tier", pb.CustomerTier, True),
     ("event", pb.Event, True),
-)
+))
 
 
 def _check_id(value: str, name: str, limit: int, required: bool, prefix: str) -> None:
     if required and not value:
         raise InvalidTurn(f"{prefix}{name} is required", prefix + name)
-    if len(value) > limit or len(value.encode("utf-8")) > limit:
+    # UTF-8 takes at most 4 bytes a character: encode only when that could pass the limit
+    if len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
         raise InvalidTurn(f"{prefix}{name} is longer than {limit} bytes", prefix + name)
 
 
@@ -44,12 +45,12 @@ def validate_turn(turn, cfg: Config, now_ms: int, prefix: str = "") -> PendingTu
     if text_bytes > cfg.max_text_bytes:
         raise InvalidTurn(f"{prefix}text is {text_bytes} bytes; the limit is {cfg.max_text_bytes}",
                           prefix + "text")
-    for name, enum, zero_ok in _ENUMS:
+    for name, enum, valid, zero_ok in _ENUMS:
         v = getattr(turn, name)
         if v == 0 and not zero_ok:
             raise InvalidTurn(f"{prefix}{name} is required (one of "
                               f"{', '.join(n for n in enum.keys()[1:])})", prefix + name)
-        if v not in enum.values():
+        if v not in valid:
             raise InvalidTurn(f"{prefix}{name} = {v} is not a known {enum.DESCRIPTOR.name} value",
                               prefix + name)
     ts = turn.timestamp_ms
