@@ -43,6 +43,17 @@ def new_hist(digits: int = SIG_DIGITS) -> HdrHistogram:
     return HdrHistogram(1, LAT_MAX_US, digits)
 
 
+async def _settle(tasks, until: float) -> None:
+    """Let ``tasks`` finish until ``until`` (monotonic), then cancel what is left; a
+    cancelled call is counted as an error by its own handler."""
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=max(0.0, until - time.monotonic()))
+    for t in list(tasks):
+        t.cancel()
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=2.0)
+
+
 @dataclass
 class RunSpec:
     target: str = "127.0.0.1:50051"
@@ -179,12 +190,7 @@ class UnaryDispatcher:
         pass
 
     async def finish(self, until: float) -> None:
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=max(0.0, until - time.monotonic()))
-        for t in list(self.tasks):
-            t.cancel()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=2.0)
+        await _settle(self.tasks, until)
 
 
 class _Lane:
@@ -336,12 +342,7 @@ class BatchDispatcher:
     async def finish(self, until: float) -> None:
         if self.buf:
             self._flush()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=max(0.0, until - time.monotonic()))
-        for t in list(self.tasks):
-            t.cancel()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=2.0)
+        await _settle(self.tasks, until)
 
 
 # ---- one client process ------------------------------------------------------------------

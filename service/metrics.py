@@ -273,13 +273,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     finish(context, t0, exc)
 
-            if handler.request_streaming:
-                return grpc.stream_unary_rpc_method_handler(
-                    unary_resp, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
-            return grpc.unary_unary_rpc_method_handler(
-                unary_resp, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+            make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
+                    else grpc.unary_unary_rpc_method_handler)
+            return make(unary_resp, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
 
         fn = handler.unary_stream if not handler.request_streaming else handler.stream_stream
 
@@ -306,13 +303,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 finish(context, t0, exc)
 
-        if handler.request_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                stream_resp, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return grpc.unary_stream_rpc_method_handler(
-            stream_resp, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler)
+        return make(stream_resp, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
 
 
 __all__ = ["Metrics", "MetricsInterceptor", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
