@@ -7,9 +7,6 @@ carried more than one turn: a lone caller is not held back for companions that a
 coming (a sequential client sees the pipeline's own latency, not ``max_delay_ms`` on top).
 Under load, turns also gather by themselves while the previous batch is being scored.
 
-Batches are taken in arrival order and finished (state updated, answers given) in that
-order; the model call of the next batch may already run while one is finished.
-
 A ScoreBatch request is submitted as one group, so its turns stay contiguous and in
 order (a group larger than ``max_batch`` is split at batch boundaries, still in order).
 """
@@ -24,34 +21,20 @@ log = logging.getLogger(__name__)
 
 
 class MicroBatcher:
-    """``prepare(items)`` (async) may run for up to ``depth`` batches at once, so the model
-    call of one batch overlaps the state update of the one before; ``finish(items,
-    prepared) -> answers`` (sync) runs strictly in batch order. Without ``finish``,
-    ``prepare`` returns the answers and batches run one at a time."""
-
-    def __init__(self, prepare, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None,
-                 finish=None, depth: int = 2):
-        self._prepare = prepare
-        self._finish = finish
-        self.depth = depth if finish is not None else 1
+    def __init__(self, process, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None):
+        self._process = process               # async (items) -> answers
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self._queue: deque = deque()          # (item, future)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._consumer: asyncio.Task | None = None
-        self._ready: asyncio.Queue | None = None
-        self._slots: asyncio.Semaphore | None = None
         self._closing = False
         self._on_batch = on_batch             # callback(size, seconds)
         self.in_flight = 0
         self.last_batch_size = 0
 
     def start(self) -> None:
-        self._ready = asyncio.Queue()
-        self._slots = asyncio.Semaphore(self.depth)
         self._task = asyncio.create_task(self._run(), name="yujing-batcher")
-        self._consumer = asyncio.create_task(self._complete_in_order(), name="yujing-batcher-finish")
 
     def submit(self, item) -> asyncio.Future:
         return self.submit_many([item])[0]
@@ -70,58 +53,42 @@ class MicroBatcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        if self._consumer is not None:
-            await self._consumer
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                if (len(self._queue) < self.max_batch and self.max_delay_s > 0 and not self._closing
-                        and self.last_batch_size > 1):
-                    deadline = loop.time() + self.max_delay_s
-                    while len(self._queue) < self.max_batch and not self._closing:
-                        left = deadline - loop.time()
-                        if left <= 0:
-                            break
-                        self._wakeup.clear()
-                        try:
-                            await asyncio.wait_for(self._wakeup.wait(), left)
-                        except asyncio.TimeoutError:
-                            break
-                await self._slots.acquire()      # at most `depth` batches between take and finish
-                n = min(self.max_batch, len(self._queue))
-                self.last_batch_size = n
-                batch = [self._queue.popleft() for _ in range(n)]
-                items = [b[0] for b in batch]
-                task = asyncio.ensure_future(self._prepare(items))
-                self._ready.put_nowait((batch, items, task, time.perf_counter()))
-        finally:
-            self._ready.put_nowait(None)
-
-    async def _complete_in_order(self) -> None:
         while True:
-            entry = await self._ready.get()
-            if entry is None:
-                return
-            batch, items, task, t0 = entry
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if (len(self._queue) < self.max_batch and self.max_delay_s > 0 and not self._closing
+                    and self.last_batch_size > 1):
+                deadline = loop.time() + self.max_delay_s
+                while len(self._queue) < self.max_batch and not self._closing:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                    except asyncio.TimeoutError:
+                        break
+            n = min(self.max_batch, len(self._queue))
+            self.last_batch_size = n
+            batch = [self._queue.popleft() for _ in range(n)]
+            items = [b[0] for b in batch]
+            t0 = time.perf_counter()
             failure = None
             try:
-                prepared = await task
-                answers = self._finish(items, prepared) if self._finish is not None else prepared
+                answers = await self._process(items)
             except Exception as exc:  # a bug, not a client error: fail this batch, keep serving
-                log.exception("batch of %d turns failed", len(batch))
-                failure, answers = exc, [None] * len(batch)
-            self._slots.release()
-            self.in_flight -= len(batch)
+                log.exception("batch of %d turns failed", n)
+                failure, answers = exc, [None] * n
+            self.in_flight -= n
             if self._on_batch is not None:
-                self._on_batch(len(batch), time.perf_counter() - t0)
+                self._on_batch(n, time.perf_counter() - t0)
             # An answer may be a refusal (a YujingError value): it is a result, not a failure.
             for (_, fut), ans in zip(batch, answers):
                 if not fut.done():

@@ -77,19 +77,11 @@ class Engine:
         self.batches = 0
         self.turns = 0
 
-    async def classify(self, items: list[PendingTurn]):
-        """The model step of a batch (may run ahead of earlier batches' :meth:`finish`)."""
-        with_text = [k for k, it in enumerate(items) if it.turn.text]
-        result = await self.router.classify([items[k].turn.text for k in with_text]) if with_text else None
-        return with_text, result
-
-    def finish(self, items: list[PendingTurn], classified) -> list:
-        """The state step of a batch; batches must come in arrival order."""
-        return self.apply(items, *classified)
-
     async def score(self, items: list[PendingTurn]) -> list:
         """Answers (``pb.TurnRisk`` or a :class:`YujingError`) in the order of ``items``."""
-        return self.finish(items, await self.classify(items))
+        with_text = [k for k, it in enumerate(items) if it.turn.text]
+        result = await self.router.classify([items[k].turn.text for k in with_text]) if with_text else None
+        return self.apply(items, with_text, result)
 
     # -- the synchronous part ----------------------------------------------------------
     def _intent_table(self, labels):

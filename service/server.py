@@ -246,8 +246,8 @@ class YujingServer:
         self.metrics.instrument_router(self.router)
         self.metrics.watch(table=self.table, router=self.router)
         self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
-        self.batcher = MicroBatcher(self.engine.classify, cfg.max_batch, cfg.max_delay_ms,
-                                    on_batch=self.metrics.observe_batch, finish=self.engine.finish)
+        self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
+                                    on_batch=self.metrics.observe_batch)
         self.batcher.start()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)], options=[
             ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
