@@ -1,0 +1,60 @@
+"""The micro-batcher: batches run one at a time in arrival order (so state is applied
+in order), a concurrent burst is gathered into batches, a crash fails only its own
+batch, and close() drains what is queued."""
+import asyncio
+
+from service.batcher import MicroBatcher
+
+
+def test_batches_run_one_at_a_time_in_arrival_order():
+    seen, running = [], []
+
+    async def process(items):
+        running.append(1)
+        assert len(running) == 1                     # never two batches at once
+        await asyncio.sleep(0.02 if items[0] == 0 else 0.0)
+        seen.append(list(items))
+        running.pop()
+        return [x * 10 for x in items]
+
+    async def main():
+        b = MicroBatcher(process, max_batch=2, max_delay_ms=0)
+        b.start()
+        answers = await asyncio.gather(*b.submit_many(list(range(6))))
+        await b.close()
+        return answers
+
+    answers = asyncio.run(main())
+    assert answers == [0, 10, 20, 30, 40, 50]
+    assert [x for batch in seen for x in batch] == list(range(6))
+    assert max(len(x) for x in seen) == 2
+
+
+def test_a_failing_batch_fails_only_its_turns():
+    async def process(items):
+        if 3 in items:
+            raise RuntimeError("boom")
+        return items
+
+    async def main():
+        b = MicroBatcher(process, max_batch=2, max_delay_ms=0)
+        b.start()
+        results = await asyncio.gather(*b.submit_many(list(range(6))), return_exceptions=True)
+        await b.close()
+        return results
+
+    results = asyncio.run(main())
+    assert results[:2] == [0, 1] and results[4:] == [4, 5]
+    assert all(isinstance(r, RuntimeError) for r in results[2:4])
+
+
+def test_close_finishes_everything_queued():
+    async def main():
+        b = MicroBatcher(lambda items: asyncio.sleep(0.01, result=items), max_batch=4, max_delay_ms=1)
+        b.start()
+        futs = b.submit_many(list(range(10)))
+        await b.close()
+        return [f.result() for f in futs], b.in_flight
+
+    results, in_flight = asyncio.run(main())
+    assert results == list(range(10)) and in_flight == 0
