@@ -52,7 +52,8 @@ SF_ROWS = 13
 # --- int64 fields (si) -------------------------------------------------------------
 I_FIRST_TS = 0       # timestamp of the first turn
 I_LAST_TS = 1        # the session clock: the latest turn timestamp seen
-I_LAST_SEEN = 2      # server wall clock (ms) of the last turn: TTL and eviction order
+I_LAST_SEEN = 2      # server wall clock (ms) of the last turn, as the kernel saw it; the
+                     # TTL and eviction scans read the host copy in service/session_table.py
 I_WAIT_SINCE = 3     # timestamp of the first unanswered customer turn, NO_WAIT if none
 I_WIN_HEAD = 4       # bucket number (ts // bucket_ms) of the newest window bucket
 SI_ROWS = 5

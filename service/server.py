@@ -271,10 +271,8 @@ class YujingServer:
 
     async def _warm_up(self) -> None:
         """Compile (or load from cache) the kernels on a scratch table before SERVING."""
-        from service.engine import Engine as _E
-
         scratch = SessionTable(capacity=2, agent_capacity=2, backend=self.config.backend)
-        eng = _E(self.policy, scratch, self.router, 0)
+        eng = Engine(self.policy, scratch, self.router, 0)
         t = pb.Turn(session_id="warm-up", turn_id="1", speaker=pb.CUSTOMER, text="warm up", agent_id="a")
         await eng.score([validate_turn(t, self.config, _now_ms())])
 
