@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.time()
     for m in _models(args.model):
         res = train_and_write(m, data=args.data_dir, out_repo=args.out, version=str(args.version),
-                              command=command.format(m=m))
+                              command=command.format(m=m), vectors_wheel=args.vectors_wheel)
         summary[m] = {"artifact": res["artifact"], "size_bytes": res["size_bytes"],
                       "train_seconds": res["training"]["train_seconds"],
                       "accuracy": {r["name"]: round(r["accuracy"], 4) for r in res["metrics"]["subsets"]}}
@@ -125,6 +125,9 @@ def add_subcommands(models_subparsers) -> None:
     p = models_subparsers.add_parser("train", parents=[common], help="train the default text models")
     p.add_argument("--out", default=str(DEFAULT_REPO), help="model repository to write (default: model_repo)")
     p.add_argument("--version", default="1", help="version folder to write (default: 1)")
+    p.add_argument("--vectors-wheel", default=None,
+                   help="WordLlama wheel holding the pretrained token vectors (default: "
+                        "$YUJING_WORDLLAMA_WHEEL, else the cache, else downloaded with pip)")
     p.set_defaults(func=cmd_train)
 
     p = models_subparsers.add_parser("eval", parents=[common], help="evaluate models on the test splits")

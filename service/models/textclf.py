@@ -30,12 +30,15 @@ import json
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from numba import njit
 
 from service.models.artifact import ArtifactError, register_loader
+
+if TYPE_CHECKING:
+    from service.models.token_vectors import TokenVectors
 
 KIND = "hashed-ngram"
 WEIGHTS_FILE = "weights.npz"
@@ -321,13 +324,19 @@ class Head:
         self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
         self._xp = None  # cupy module when on a GPU
 
-    def logits(self, ptr, cols, vals) -> np.ndarray:
+    def logits(self, ptr, cols, vals, dense: np.ndarray | None = None) -> np.ndarray:
+        """Logits of sparse rows (ptr, cols, vals) plus, when the model has them, dense
+        features ``dense`` [n, D]: these meet the last D rows of the first weight matrix."""
         p = self.params
         if self._xp is not None:
-            return self._logits_gpu(ptr, cols, vals)
+            return self._logits_gpu(ptr, cols, vals, dense)
+        first = p["W"] if self.kind == "linear" else p["W1"]
+        h = _spmm(ptr, cols, vals, first)
+        if dense is not None and dense.shape[1]:
+            h += dense @ first[first.shape[0] - dense.shape[1]:]
         if self.kind == "linear":
-            return _spmm(ptr, cols, vals, p["W"]) + p["b"]
-        h = _spmm(ptr, cols, vals, p["W1"]) + p["b1"]
+            return h + p["b"]
+        h += p["b1"]
         np.maximum(h, 0, out=h)
         return h @ p["W2"] + p["b2"]
 
@@ -343,7 +352,7 @@ class Head:
         self._device_id = device_id
         return True
 
-    def _logits_gpu(self, ptr, cols, vals):
+    def _logits_gpu(self, ptr, cols, vals, dense=None):
         cp = self._xp
         import cupyx.scipy.sparse as cps
         g = self._gpu
@@ -351,11 +360,13 @@ class Head:
         with cp.cuda.Device(self._device_id):
             x = cps.csr_matrix((cp.asarray(vals), cp.asarray(cols), cp.asarray(ptr)),
                                shape=(len(ptr) - 1, first.shape[0]))
+            h = x @ first
+            if dense is not None and dense.shape[1]:
+                h += cp.asarray(dense) @ first[first.shape[0] - dense.shape[1]:]
             if self.kind == "linear":
-                out = x @ g["W"] + g["b"]
+                out = h + g["b"]
             else:
-                h = cp.maximum(x @ g["W1"] + g["b1"], 0)
-                out = h @ g["W2"] + g["b2"]
+                out = cp.maximum(h + g["b1"], 0) @ g["W2"] + g["b2"]
             return cp.asnumpy(out).astype(np.float32)
 
 
@@ -364,7 +375,7 @@ class HashedNgramClassifier:
 
     def __init__(self, name: str, labels: Sequence[str], cfg: FeatureConfig,
                  buckets: np.ndarray, idf: np.ndarray, heads: list[Head], version: str = "1",
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, vectors: "TokenVectors | None" = None):
         self.name = name
         self.version = str(version)
         self.labels = tuple(labels)
@@ -373,23 +384,32 @@ class HashedNgramClassifier:
         self.idf = np.ascontiguousarray(idf, np.float32)
         self.heads = heads
         self.temperature = float(temperature)
+        self.vectors = vectors      # optional dense block: pooled pretrained token vectors
         self.remap = np.full(1 << cfg.hash_bits, -1, np.int32)
         self.remap[self.buckets] = np.arange(len(self.buckets), dtype=np.int32)
         for h in heads:
             out = h.params["b"] if h.kind == "linear" else h.params["b2"]
             if out.shape[-1] != len(self.labels):
                 raise ArtifactError(f"{name}: a head has {out.shape[-1]} outputs for {len(self.labels)} labels")
+            first = h.params["W"] if h.kind == "linear" else h.params["W1"]
+            want = len(self.buckets) + (vectors.dim if vectors is not None else 0)
+            if first.shape[0] != want:
+                raise ArtifactError(f"{name}: a head has {first.shape[0]} input rows, the features are {want}")
 
     # features in the stored (compact) column space
     def features(self, texts: Sequence[str]):
         ptr, idx, cnt = hash_features(texts, self.cfg)
         return _tfidf_remap(ptr, idx, cnt, self.remap, self.idf, self.cfg.sublinear_tf)
 
+    def dense(self, texts: Sequence[str]) -> np.ndarray | None:
+        return None if self.vectors is None else self.vectors.encode(texts)
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         ptr, cols, vals = self.features(texts)
+        dense = self.dense(texts)
         z = np.zeros((len(texts), len(self.labels)), np.float32)
         for h in self.heads:
-            z += h.weight * h.logits(ptr, cols, vals)
+            z += h.weight * h.logits(ptr, cols, vals, dense)
         return z
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -416,6 +436,16 @@ class HashedNgramClassifier:
         arrays: dict[str, np.ndarray] = {"buckets": self.buckets.astype(np.int32),
                                          "idf": self.idf.astype(np.float16)}
         heads_meta = []
+        if self.vectors is not None:
+            table = self.vectors.table
+            if dtype == "int8":
+                scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
+                scale[scale == 0] = 1.0
+                arrays["vectors"] = np.round(table / scale).astype(np.int8)
+                arrays["vectors__scale"] = scale.astype(np.float32)
+            else:
+                arrays["vectors"] = table.astype(np.float16)
+            self.vectors.save(path)
         for k, h in enumerate(self.heads):
             for pname, arr in h.params.items():
                 key = f"h{k}_{pname}"
@@ -437,6 +467,8 @@ class HashedNgramClassifier:
             "n_features": int(len(self.buckets)), "weights_file": WEIGHTS_FILE,
             "weights_dtype": dtype,
         })
+        if self.vectors is not None:
+            full["token_vectors"] = {**full.get("token_vectors", {}), **self.vectors.meta()}
         (path / "model.json").write_text(json.dumps(full, ensure_ascii=False, indent=2) + "\n",
                                          encoding="utf-8")
         return full
@@ -460,9 +492,17 @@ def load(path: Path, meta: dict) -> HashedNgramClassifier:
                     a = a.astype(np.float32) * arrays[f"h{k}_{pname}__scale"]
                 params[pname] = a
             heads.append(Head(hm["kind"], hm.get("weight", 1.0), params))
+        vectors = None
+        if meta.get("token_vectors"):
+            from service.models.token_vectors import TokenVectors
+            table = arrays["vectors"]
+            if table.dtype == np.int8:
+                table = table.astype(np.float32) * arrays["vectors__scale"]
+            vectors = TokenVectors.load(path, meta["token_vectors"], table)
         return HashedNgramClassifier(meta["name"], meta["labels"], cfg, arrays["buckets"],
                                      arrays["idf"].astype(np.float32), heads,
                                      version=str(meta.get("version", "1")),
-                                     temperature=float(meta.get("temperature", 1.0)))
-    except (KeyError, ValueError, TypeError) as exc:
+                                     temperature=float(meta.get("temperature", 1.0)),
+                                     vectors=vectors)
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
         raise ArtifactError(f"{path}: bad {KIND} artifact ({exc})") from exc

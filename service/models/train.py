@@ -10,6 +10,7 @@ artifact stores the heads' weights and their mixing weights.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from service.models import evaluate as ev
+from service.models.artifact import MODEL_JSON, load_model, read_meta
 from service.models.data import Dataset, data_dir, file_sha256, load_dataset
 from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
 
@@ -36,7 +38,10 @@ RECIPES: dict[str, dict] = {
     "intent_banking77": {
         "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
         "min_df": 1,
-        "heads": [{"kind": "linear", "C": 20.0, "weight": 1.0}],
+        # pooled pretrained token vectors beside the n-grams (service/models/token_vectors.py)
+        "token_vectors": {"source": "wordllama", "scale": 0.7},
+        "heads": [{"kind": "linear", "C": 10.0, "weight": 1.0}],
+        "dtype": "int8",
     },
 }
 
@@ -119,19 +124,42 @@ def sample_weights(ds: Dataset, recipe: dict) -> np.ndarray | None:
     return w * (len(w) / w.sum())
 
 
+def load_token_vectors(spec: dict, wheel: str | Path | None = None):
+    """The recipe's pretrained token vectors as a TokenVectors, and where they came from."""
+    from service.models.pretrained import load_wordllama
+    from service.models.token_vectors import TokenVectors
+    if spec.get("source") != "wordllama":
+        raise ValueError(f"unknown token vector source {spec.get('source')!r} (known: wordllama)")
+    pv = load_wordllama(wheel)
+    return TokenVectors(pv.tokenizer_json, pv.table, scale=spec.get("scale", 1.0)), pv.provenance
+
+
+def add_dense(X, dense: np.ndarray):
+    """Sparse features with the dense block appended as the last columns (the head's layout)."""
+    import scipy.sparse as sp
+    return sp.hstack([X, sp.csr_matrix(dense)], format="csr")
+
+
 def train_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
-                version: str = "1") -> tuple[HashedNgramClassifier, Dataset, dict]:
+                version: str = "1", vectors_wheel: str | Path | None = None) -> tuple[HashedNgramClassifier, Dataset, dict]:
     recipe = recipe or RECIPES[model]
     t0 = time.time()
     ds = load_dataset(model, data)
     texts, labels = ds.train_texts()
     y = np.array([ds.labels.index(l) for l in labels], np.int64)
+    info: dict = {}
     log(f"{model}: {len(texts)} training texts, {len(ds.labels)} labels")
     cfg = FeatureConfig.from_dict(recipe["features"])
     raw, buckets, idf = build_vocab(texts, cfg, recipe.get("min_df", 1))
     remap = np.full(1 << cfg.hash_bits, -1, np.int32)
     remap[buckets] = np.arange(len(buckets), dtype=np.int32)
     X = to_csr(raw, remap, idf, cfg, len(buckets))
+    vectors = None
+    if recipe.get("token_vectors"):
+        vectors, provenance = load_token_vectors(recipe["token_vectors"], vectors_wheel)
+        info["token_vectors"] = provenance
+        X = add_dense(X, vectors.encode(texts))
+        log(f"{model}: + {vectors.dim} pooled token-vector features ({provenance['source']})")
     log(f"{model}: {len(buckets)} features kept (min_df={recipe.get('min_df', 1)}), nnz/row "
         f"{X.nnz / max(1, X.shape[0]):.0f}; {time.time() - t0:.1f}s")
     sw = sample_weights(ds, recipe)
@@ -149,8 +177,9 @@ def train_model(model: str, data: str | Path | None = None, recipe: dict | None 
         b = sum(h.weight * h.params["b"] for h in heads)
         heads = [Head("linear", 1.0, {"W": W, "b": b})]
         log(f"{model}: {len(recipe['heads'])} linear heads folded into one")
-    clf = HashedNgramClassifier(model, ds.labels, cfg, buckets, idf, heads, version=version)
-    info = {"train_seconds": round(time.time() - t0, 1), "n_train": len(texts)}
+    clf = HashedNgramClassifier(model, ds.labels, cfg, buckets, idf, heads, version=version,
+                                vectors=vectors)
+    info.update({"train_seconds": round(time.time() - t0, 1), "n_train": len(texts)})
     return clf, ds, info
 
 
@@ -166,28 +195,35 @@ def write_artifact(clf: HashedNgramClassifier, ds: Dataset, info: dict, out_repo
         "recipe": recipe,
         "data_files": [{"path": rel, "sha256": file_sha256(root / rel)} for rel in ds.files],
         "split_rule": ds.split_rule,
-        "training": info,
+        "training": {k: v for k, v in info.items() if k != "token_vectors"},
         "metrics": metrics or {},
     }
+    if "token_vectors" in info:
+        meta["token_vectors"] = {"provenance": info["token_vectors"]}
     clf.save(art, meta, dtype=dtype)
     (Path(out_repo) / clf.name / "labels.txt").write_text("\n".join(clf.labels) + "\n", encoding="utf-8")
     return art
 
 
 def train_and_write(model: str, data=None, out_repo="model_repo", version: str = "1",
-                    command: str = "", recipe: dict | None = None) -> dict:
+                    command: str = "", recipe: dict | None = None,
+                    vectors_wheel: str | Path | None = None) -> dict:
     recipe = recipe or RECIPES[model]
-    clf, ds, info = train_model(model, data, recipe, version)
-    t0 = time.time()
-    metrics = ev.evaluate(clf.predict_proba, ds)
-    log(f"{model}: test " + ", ".join(f"{r['name']} acc={r['accuracy']:.4f} F1={r['macro_f1']:.4f}"
-                                    for r in metrics["subsets"]) + f" ({time.time() - t0:.1f}s)")
+    clf, ds, info = train_model(model, data, recipe, version, vectors_wheel)
     dtype = recipe.get("dtype", "float16")
-    art = write_artifact(clf, ds, info, out_repo, version, recipe, data, command,
-                         metrics={"test": {r["name"]: {k: r[k] for k in
-                                                       ("n", "accuracy", "macro_f1", "accuracy_3way",
-                                                        "neutral_rate") if k in r}
-                                           for r in metrics["subsets"]}}, dtype=dtype)
+    art = write_artifact(clf, ds, info, out_repo, version, recipe, data, command, dtype=dtype)
+    # the recorded metrics are those of the artifact as stored (float16/int8 weights), not of
+    # the float32 model in memory
+    t0 = time.time()
+    metrics = ev.evaluate(load_model(art).predict_proba, ds)
+    log(f"{model}: test (stored artifact) " + ", ".join(
+        f"{r['name']} acc={r['accuracy']:.4f} F1={r['macro_f1']:.4f}" for r in metrics["subsets"])
+        + f" ({time.time() - t0:.1f}s)")
+    meta = read_meta(art)
+    meta["metrics"] = {"test": {r["name"]: {k: r[k] for k in ("n", "accuracy", "macro_f1", "accuracy_3way",
+                                                               "neutral_rate") if k in r}
+                                for r in metrics["subsets"]}}
+    (art / MODEL_JSON).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     size = sum(p.stat().st_size for p in art.iterdir())
     log(f"{model}: wrote {art} ({size / 1e6:.2f} MB)")
     return {"artifact": str(art), "size_bytes": size, "metrics": metrics, "training": info}

@@ -1,0 +1,102 @@
+"""Where the pretrained token vectors come from, for training (serving reads the artifact).
+
+Source: the WordLlama package (``wordllama`` 0.4.0.post1, MIT licence), whose wheel carries
+``l2_supercat_256``: one 256-dimensional vector for each of the 32,000 tokens of the Llama-2
+tokenizer, trained by WordLlama's authors for sentence similarity from the input embedding
+tables of large language models. Only two files of the wheel are read, as data: the vectors
+(safetensors) and the tokenizer (JSON); the package itself is never imported (it needs
+NumPy 2, the Triton wheel pins NumPy 1).
+
+The wheel is found, in order: the ``wheel`` argument (``--vectors-wheel``), the
+``YUJING_WORDLLAMA_WHEEL`` environment variable, a previous download in the cache folder
+(``$YUJING_CACHE_DIR``, else ``~/.cache/yujing``), else it is downloaded there with
+``pip download --no-deps``. Its sha256 goes into the model card.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.models.data import file_sha256
+
+WORDLLAMA_DIST = "wordllama"
+WORDLLAMA_VERSION = "0.4.0.post1"
+WORDLLAMA_VECTORS = "wordllama/weights/l2_supercat_256.safetensors"
+WORDLLAMA_TOKENIZER = "wordllama/tokenizers/l2_supercat_tokenizer_config.json"
+
+_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": None}
+
+
+@dataclass
+class PretrainedVectors:
+    table: np.ndarray          # [vocab, dim] float32
+    tokenizer_json: str
+    provenance: dict
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("YUJING_CACHE_DIR") or Path.home() / ".cache" / "yujing")
+
+
+def read_safetensors(raw: bytes) -> dict[str, np.ndarray]:
+    """Tensors of a safetensors blob (8-byte header length, JSON header, raw little-endian data)."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        dt = _ST_DTYPES.get(spec["dtype"])
+        if dt is None:
+            raise ValueError(f"safetensors dtype {spec['dtype']} not supported")
+        a, b = spec["data_offsets"]
+        out[name] = np.frombuffer(raw[base + a:base + b], dtype=np.dtype(dt).newbyteorder("<")
+                                  ).reshape(spec["shape"])
+    return out
+
+
+def find_wordllama_wheel(wheel: str | Path | None = None, download: bool = True) -> Path:
+    explicit = wheel or os.environ.get("YUJING_WORDLLAMA_WHEEL")
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise FileNotFoundError(f"WordLlama wheel not found: {p}")
+        return p
+    folder = cache_dir() / "wheels"
+    pattern = f"{WORDLLAMA_DIST}-{WORDLLAMA_VERSION}-*.whl"
+    found = sorted(folder.glob(pattern))
+    if not found and download:
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"[pretrained] downloading {WORDLLAMA_DIST}=={WORDLLAMA_VERSION} (wheel only) into {folder}",
+              file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+                        "-q", "-d", str(folder), f"{WORDLLAMA_DIST}=={WORDLLAMA_VERSION}"], check=True)
+        found = sorted(folder.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no {pattern} in {folder}; pass --vectors-wheel or set YUJING_WORDLLAMA_WHEEL")
+    return found[0]
+
+
+def load_wordllama(wheel: str | Path | None = None) -> PretrainedVectors:
+    path = find_wordllama_wheel(wheel)
+    with zipfile.ZipFile(path) as z:
+        tensors = read_safetensors(z.read(WORDLLAMA_VECTORS))
+        tokenizer_json = z.read(WORDLLAMA_TOKENIZER).decode("utf-8")
+    if len(tensors) != 1:
+        raise ValueError(f"{path}: expected one tensor in {WORDLLAMA_VECTORS}, got {sorted(tensors)}")
+    table = next(iter(tensors.values())).astype(np.float32)
+    return PretrainedVectors(table, tokenizer_json, {
+        "source": f"{WORDLLAMA_DIST}=={WORDLLAMA_VERSION} wheel: {WORDLLAMA_VECTORS}, {WORDLLAMA_TOKENIZER}",
+        "wheel": path.name, "sha256": file_sha256(path),
+        "licence": "WordLlama: MIT; the vectors derive from the token embeddings of large language "
+                   "models including Llama 2 (see MODELS.md)",
+        "shape": list(table.shape)})
