@@ -78,10 +78,20 @@ class Engine:
         self.turns = 0
 
     async def score(self, items: list[PendingTurn]) -> list:
-        """Answers (``pb.TurnRisk`` or a :class:`YujingError`) in the order of ``items``."""
-        with_text = [k for k, it in enumerate(items) if it.turn.text]
-        result = await self.router.classify([items[k].turn.text for k in with_text]) if with_text else None
-        return self.apply(items, with_text, result)
+        """Answers (``pb.TurnRisk`` or a :class:`YujingError`) in the order of ``items``.
+
+        Only the turns that will change state go to the models and the kernel: a retry
+        already in the answer cache, or a repeat of an earlier turn of the same batch, is
+        answered from the first one (``duplicate = True``) without being scored again.
+        """
+        answers, run = self._plan(items)
+        fresh = [items[k] for k in run]
+        with_text = [j for j, it in enumerate(fresh) if it.turn.text]
+        result = await self.router.classify([fresh[j].turn.text for j in with_text]) if with_text else None
+        if fresh:
+            for k, a in zip(run, self._apply_kernel(fresh, with_text, result)):
+                answers[k] = a
+        return self._resolve_repeats(answers)
 
     # -- the synchronous part ----------------------------------------------------------
     def _intent_table(self, labels):
@@ -90,11 +100,12 @@ class Engine:
             t = self._intent_tables[labels] = self.policy.intent_table(labels)
         return t
 
-    def apply(self, items, with_text, result) -> list:
-        n = len(items)
-        answers: list = [None] * n
+    def _plan(self, items) -> tuple[list, list[int]]:
+        """Answers known before scoring (cached, or the position of an earlier repeat), and
+        the positions that go through the models and the kernel."""
+        answers: list = [None] * len(items)
         first_of: dict = {}
-        run: list[int] = []          # positions that go through the kernel
+        run: list[int] = []
         for k, it in enumerate(items):
             cached = self.answers.get(it.idem)
             if cached is not None:
@@ -104,8 +115,10 @@ class Engine:
             else:
                 first_of[it.idem] = k
                 run.append(k)
-        if run:
-            self._apply_kernel(items, run, with_text, result, answers)
+        return answers, run
+
+    @staticmethod
+    def _resolve_repeats(answers: list) -> list:
         for k, a in enumerate(answers):
             if isinstance(a, int):            # a repeat of an earlier position in this batch
                 src = answers[a]
@@ -118,9 +131,12 @@ class Engine:
                     answers[k] = dup
         return answers
 
-    def _apply_kernel(self, items, run, with_text, result, answers) -> None:
+    def _apply_kernel(self, items, with_text, result) -> list:
+        """Score ``items`` (distinct turns, none cached) in order; ``with_text`` are the
+        positions whose texts the models scored (``result``). One answer per item."""
         pol = self.policy
         n_all = len(items)
+        answers: list = [None] * n_all
         texts = [it.turn.text for it in items]
         feats = featurize_batch(texts)
 
@@ -167,15 +183,14 @@ class Engine:
 
         # slots: refused turns (table full) leave the batch here, before any state moves
         now = max(it.now_ms for it in items)
-        run_items = [items[k] for k in run]
-        slots, new, errors = self.table.resolve([it.key for it in run_items], now)
+        slots, new, errors = self.table.resolve([it.key for it in items], now)
         for pos, err in errors.items():
-            answers[run[pos]] = err
-        keep = [p for p in range(len(run)) if p not in errors]
+            answers[pos] = err
+        keep = [p for p in range(n_all) if p not in errors]
         if not keep:
-            return
-        pos_all = np.asarray([run[p] for p in keep], np.int64)   # positions in `items`
-        kept = [run_items[p] for p in keep]
+            return answers
+        pos_all = np.asarray(keep, np.int64)   # positions in `items`
+        kept = [items[p] for p in keep]
         agent_keys = [(it.key[0], it.turn.agent_id) if it.turn.agent_id else None for it in kept]
         a_slots, a_new = self.table.resolve_agents(agent_keys, now)
         m = len(kept)
@@ -260,6 +275,7 @@ class Engine:
                 risk.intent.risk_weight = float(i_table.weight[j])
             self.answers.put(it.idem, risk)
             answers[k] = risk
+        return answers
 
     # -- session reads --------------------------------------------------------------------
     def session_state(self, key, end: bool = False) -> "pb.SessionState":

@@ -94,6 +94,37 @@ def test_same_turn_id_twice_in_one_batch_counts_once(svc):
     assert r.results[1].risk.duplicate and r.results[1].risk.customer_turns == 1
 
 
+def test_retries_and_repeats_are_not_sent_to_the_models_again(svc):
+    seen: list[str] = []
+
+    def spy(srv):
+        router = srv.engine.router
+        real = router.classify
+
+        async def classify(texts):
+            seen.extend(texts)
+            return await real(texts)
+        router.classify = classify
+        return real
+
+    real = svc.call(spy)
+    try:
+        stub = svc.stub()
+        first = stub.Score(turn(session="retry", turn_id="1", text="alpha: my order is late"))
+        again = stub.Score(turn(session="retry", turn_id="1", text="alpha: my order is late"))
+        r = stub.ScoreBatch(pb.TurnBatch(turns=[
+            turn(session="retry", turn_id="2", text="beta: still nothing"),
+            turn(session="retry", turn_id="2", text="beta: still nothing"),
+            turn(session="retry", turn_id="1", text="alpha: my order is late")]))
+    finally:
+        svc.call(lambda srv: setattr(srv.engine.router, "classify", real))
+    assert seen == ["alpha: my order is late", "beta: still nothing"]
+    assert again.duplicate and again.sentiment == first.sentiment and again.intent == first.intent
+    assert [x.risk.duplicate for x in r.results] == [False, True, True]
+    assert r.results[1].risk.sentiment == r.results[0].risk.sentiment
+    assert r.results[2].risk.customer_turns == 1 and r.results[1].risk.customer_turns == 2
+
+
 def test_older_turn_is_accepted_without_moving_the_session_back(svc):
     stub = svc.stub()
     t0 = NOW - 600_000
