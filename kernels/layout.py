@@ -7,21 +7,21 @@ session-major (``sf[slot, F_SENT_FAST]``), capacity C:
 
     array  dtype    fields               bytes/session
     sf     float64  F_* (13)             104
-    si     int64    I_* (5)              40
+    si     int64    I_* (4)              32
     sh     uint64   SIMHASH_RING (4)     32
     sc     int32    C_* (8)              32
     sb     uint8    B_* (6)              6
     sw     uint16   2 * WINDOW_BUCKETS   40
                                          ---
-                                         254  (<= 256, asserted below)
+                                         246  (<= 256, asserted below)
 
 Why grouped by dtype and not one array per field: a turn updates one session at a
 random slot, so what costs is the number of cache lines (and pages) one update
-touches. One array per field spreads a session over 56 lines on 56 pages, and with a
+touches. One array per field spreads a session over 55 lines on 55 pages, and with a
 power-of-two capacity all the columns of a group fall into the same cache set; grouped,
-a session is 7 lines. Measured side by side on this project's CPU at 1,048,576
+a session touches about 8 lines (8.06 on average over random slots). Measured side by side on this project's CPU at 1,048,576
 sessions: 1.6x more updates/s grouped (BENCHMARKS.md). On a GPU, one thread per
-session reads its group contiguously instead of 8 bytes from each of 56 sectors.
+session reads its group contiguously instead of 8 bytes from each of 55 sectors.
 Batch-wide passes (TTL sweeps) read one group at a stride, which is cheap by comparison.
 
 Agent table (capacity A): ``ai`` int64 [A, AI_ROWS], ``aw`` int32 [A, 2 * AGENT_BUCKETS].
@@ -52,11 +52,12 @@ SF_ROWS = 13
 # --- int64 fields (si) -------------------------------------------------------------
 I_FIRST_TS = 0       # timestamp of the first turn
 I_LAST_TS = 1        # the session clock: the latest turn timestamp seen
-I_LAST_SEEN = 2      # server wall clock (ms) of the last turn, as the kernel saw it; the
-                     # TTL and eviction scans read the host copy in service/session_table.py
-I_WAIT_SINCE = 3     # timestamp of the first unanswered customer turn, NO_WAIT if none
-I_WIN_HEAD = 4       # bucket number (ts // bucket_ms) of the newest window bucket
-SI_ROWS = 5
+I_WAIT_SINCE = 2     # timestamp of the first unanswered customer turn, NO_WAIT if none
+I_WIN_HEAD = 3       # bucket number (ts // bucket_ms) of the newest window bucket
+SI_ROWS = 4
+# The server clock of a session's last turn (for TTL expiry and eviction) is host state,
+# not kernel state: service/session_table.py keeps it beside the slot index, where the
+# scans run (and on the GPU backend, on the host, without a device round trip).
 NO_WAIT = -1
 
 # --- uint64 fields (sh): SimHash of the last customer texts (ring, position = n_customer % R)
@@ -111,20 +112,19 @@ AGENT_DTYPES = (("ai", np.int64, AI_ROWS), ("aw", np.int32, AW_ROWS))
 T_SLOT = 0           # session slot
 T_AGENT = 1          # agent slot, -1 when the turn names no agent
 T_TS = 2             # turn timestamp (ms)
-T_NOW = 3            # server wall clock when the turn was accepted (ms)
-T_SPEAKER = 4        # SPEAKER_*
-T_EVENT = 5          # EVENT_*
-T_FLAGS = 6          # TF_* bits
-T_INTENT = 7         # intent label id
-T_ESC_MASK = 8       # escalation-cue categories in this text
-T_NEG_WORDS = 9      # negation tokens in this text
-T_WORDS = 10         # tokens in this text
-T_RAISE = 11         # priority raise from this turn's intent category and cues (sticky)
-T_TIER_RAISE = 12    # priority raise from the customer tier (this turn only)
-T_FLOOR = 13         # minimum level from this turn's cues / tier rule (sticky)
-T_NEW = 14           # 1: the session slot was just allocated, initialise it first
-T_NEW_AGENT = 15     # 1: the agent slot was just allocated, initialise it first
-TI_ROWS = 16
+T_SPEAKER = 3        # SPEAKER_*
+T_EVENT = 4          # EVENT_*
+T_FLAGS = 5          # TF_* bits
+T_INTENT = 6         # intent label id
+T_ESC_MASK = 7       # escalation-cue categories in this text
+T_NEG_WORDS = 8      # negation tokens in this text
+T_WORDS = 9          # tokens in this text
+T_RAISE = 10         # priority raise from this turn's intent category and cues (sticky)
+T_TIER_RAISE = 11    # priority raise from the customer tier (this turn only)
+T_FLOOR = 12         # minimum level from this turn's cues / tier rule (sticky)
+T_NEW = 13           # 1: the session slot was just allocated, initialise it first
+T_NEW_AGENT = 14     # 1: the agent slot was just allocated, initialise it first
+TI_ROWS = 15
 
 TF_SENTIMENT = 0     # P(pos) - P(neg), in [-1, 1]
 TF_INTENT_WEIGHT = 1 # the policy's risk weight of the intent, [0, 1]

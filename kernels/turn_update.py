@@ -177,7 +177,6 @@ def build(jit, prefetch_row):
             si[s, L.I_LAST_TS] = t_eff
             if ts < si[s, L.I_FIRST_TS]:
                 si[s, L.I_FIRST_TS] = ts
-            si[s, L.I_LAST_SEEN] = ti[L.T_NOW, i]
             sc[s, L.C_TURNS] += 1
 
             # Time decays, on every turn.

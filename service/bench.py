@@ -80,7 +80,6 @@ def make_batch(rng: np.random.Generator, n_sessions: int, batch: int, t_ms: int,
     ti[L.T_SLOT] = rng.integers(0, n_sessions, batch)
     ti[L.T_AGENT] = rng.integers(-1, 1024, batch)
     ti[L.T_TS] = t_ms + np.sort(rng.integers(0, 1000, batch))
-    ti[L.T_NOW] = ti[L.T_TS]
     ti[L.T_SPEAKER] = rng.choice([1, 1, 2, 3], batch)
     sentiment = rng.uniform(-1, 1, batch)
     ti[L.T_FLAGS] = L.TFLAG_HAS_TEXT | np.where(sentiment < -0.2, L.TFLAG_NEGATIVE, 0)

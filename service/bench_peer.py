@@ -86,7 +86,6 @@ def generate_log(n_turns: int, n_sessions: int, seed: int = 0, n_agents: int = 1
     tf = np.zeros((L.TFL_ROWS, n), np.float64)
     ti[L.T_SLOT] = sess
     ti[L.T_TS] = ts
-    ti[L.T_NOW] = ts
     ti[L.T_NEW] = is_first
     agent = rng.integers(-1, n_agents, n)
     ti[L.T_AGENT] = agent

@@ -201,7 +201,6 @@ class Engine:
         ti[L.T_AGENT] = a_slots
         ti[L.T_NEW_AGENT] = a_new
         ti[L.T_TS] = np.fromiter((it.ts_ms for it in kept), np.int64, m)
-        ti[L.T_NOW] = np.fromiter((it.now_ms for it in kept), np.int64, m)
         ti[L.T_SPEAKER] = np.fromiter((it.turn.speaker for it in kept), np.int64, m)
         ti[L.T_EVENT] = np.fromiter((it.turn.event for it in kept), np.int64, m)
         has_text = np.fromiter((bool(it.turn.text) for it in kept), bool, m)

@@ -18,14 +18,16 @@ def default_pf() -> np.ndarray:
 
 def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agents: int = 3,
                    max_gap_ms: int = 120_000, out_of_order: float = 0.1, resets: float = 0.02,
-                   t0: int = 1_700_000_000_000):
+                   t0: int = 1_700_000_000_000, with_clock: bool = False):
     """``n`` turns over ``n_sessions`` slots, arrival order, with realistic mixtures:
     customer/agent/bot speakers, events, negative turns, near-duplicate SimHashes,
-    out-of-order timestamps and sessions restarted on a reused slot (``resets``)."""
+    out-of-order timestamps and sessions restarted on a reused slot (``resets``).
+    ``with_clock``: also return the server clock at each turn's arrival (int64 [n])."""
     ti = np.zeros((L.TI_ROWS, n), np.int64)
     tf = np.zeros((L.TFL_ROWS, n), np.float64)
     th = np.zeros(n, np.uint64)
     clock = t0
+    arrival = np.zeros(n, np.int64)
     seen_slots: set[int] = set()
     seen_agents: set[int] = set()
     base_hashes = rng.integers(0, 2**63, size=4, dtype=np.int64).astype(np.uint64)
@@ -35,7 +37,7 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
         ts = clock - int(rng.integers(0, 10 * max_gap_ms)) if rng.random() < out_of_order else clock
         ti[L.T_SLOT, i] = s
         ti[L.T_TS, i] = max(ts, 0)
-        ti[L.T_NOW, i] = clock
+        arrival[i] = clock
         if s not in seen_slots or rng.random() < resets:
             ti[L.T_NEW, i] = 1
             seen_slots.add(s)
@@ -73,7 +75,7 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
             for _ in range(int(rng.integers(0, 12))):
                 flip |= np.uint64(1) << np.uint64(int(rng.integers(0, 64)))
             th[i] = base_hashes[int(rng.integers(0, 4))] ^ flip
-    return ti, tf, th
+    return (ti, tf, th, arrival) if with_clock else (ti, tf, th)
 
 
 def run_cpu(ti, tf, th, pf, batch: int, n_slots: int, n_agents: int):

@@ -66,7 +66,8 @@ def test_table_and_kernel_match_the_reference_over_random_interleavings(seed, n,
     out-of-order timestamps, TTL expiry and eviction through the real table; the
     kernel's answers equal the reference replayed over the slots the table chose."""
     rng = np.random.default_rng(seed)
-    ti, tf, th = random_history(rng, n, n_sessions=sessions, n_agents=3, out_of_order=ooo, resets=0)
+    ti, tf, th, clock = random_history(rng, n, n_sessions=sessions, n_agents=3, out_of_order=ooo, resets=0,
+                                       with_clock=True)
     names = ti[L.T_SLOT].copy()                 # session names; the table picks the slots
     table = SessionTable(capacity=capacity, agent_capacity=4, ttl_ms=ttl_ms, evict_min_idle_ms=0,
                          backend="cpu")
@@ -74,7 +75,7 @@ def test_table_and_kernel_match_the_reference_over_random_interleavings(seed, n,
     applied_ti, applied_tf, applied_th, ofs, ois = [], [], [], [], []
     for lo in range(0, n, batch):
         cols = np.arange(lo, min(n, lo + batch))
-        now = int(ti[L.T_NOW, cols].max())
+        now = int(clock[cols].max())
         slots, new, errors = table.resolve([("t", int(names[c])) for c in cols], now)
         keep = np.array([p for p in range(cols.size) if p not in errors], np.int64)
         if keep.size == 0:
@@ -84,7 +85,6 @@ def test_table_and_kernel_match_the_reference_over_random_interleavings(seed, n,
         b_ti = ti[:, cols[keep]].copy()
         b_ti[L.T_SLOT], b_ti[L.T_NEW] = slots[keep], new[keep]
         b_ti[L.T_AGENT], b_ti[L.T_NEW_AGENT] = a_slots, a_new
-        b_ti[L.T_NOW] = now
         b_tf, b_th = tf[:, cols[keep]].copy(), th[cols[keep]].copy()
         of, oi = table.apply(b_ti, b_tf, b_th, pf)
         applied_ti.append(b_ti), applied_tf.append(b_tf), applied_th.append(b_th)
