@@ -45,6 +45,11 @@ def _add_serve(sub) -> None:
     p.add_argument("--evict-min-idle-s", type=float, default=d.evict_min_idle_s)
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="turns per batch (default %(default)s)")
     p.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms, help="batch gathering delay")
+    p.add_argument("--max-pending-turns", type=int, default=d.max_pending_turns,
+                   help="admission control: refuse unary/batch calls (RESOURCE_EXHAUSTED) while this many "
+                        "turns wait to be answered (default %(default)s)")
+    p.add_argument("--max-pending-rpcs", type=int, default=d.max_pending_rpcs,
+                   help="calls gRPC core may queue before the service picks them up (default %(default)s)")
     p.add_argument("--max-text-bytes", type=int, default=d.max_text_bytes)
     p.add_argument("--max-batch-turns", type=int, default=d.max_batch_turns)
     p.add_argument("--idempotency-window", type=int, default=d.idempotency_window)
@@ -63,6 +68,7 @@ def _serve(args) -> int:
                  capacity=args.capacity, agent_capacity=args.agent_capacity, ttl_s=args.ttl_s,
                  evict_min_idle_s=args.evict_min_idle_s, max_batch=args.max_batch,
                  max_delay_ms=args.max_delay_ms, max_text_bytes=args.max_text_bytes,
+                 max_pending_turns=args.max_pending_turns, max_pending_rpcs=args.max_pending_rpcs,
                  max_batch_turns=args.max_batch_turns, idempotency_window=args.idempotency_window,
                  grace_s=args.grace_s)
     serve(cfg.validate())

@@ -31,6 +31,12 @@ class Config:
     # micro-batcher
     max_batch: int = 256                   # turns per kernel launch
     max_delay_ms: float = 2.0              # wait at most this long to fill a batch
+    # admission control: unary and batch calls are refused (RESOURCE_EXHAUSTED) while this
+    # many turns are accepted and not yet answered; streams are bounded by their window
+    max_pending_turns: int = 32_768
+    # calls gRPC core may hold before the service picks them up; beyond it gRPC core itself
+    # cancels calls (its default, 1,000 to 3,000 with random early drop, cancelled bursts)
+    max_pending_rpcs: int = 65_536
     # limits on what a client may send
     max_text_bytes: int = 16 * 1024
     max_id_bytes: int = 128
@@ -63,9 +69,14 @@ class Config:
         need(self.evict_min_idle_s >= 0, "evict_min_idle_s", "must be >= 0")
         need(1 <= self.max_batch <= 65536, "max_batch", f"{self.max_batch}: expected 1 .. 65,536")
         need(0 <= self.max_delay_ms <= 1000, "max_delay_ms", f"{self.max_delay_ms}: expected 0 .. 1000")
+        need(1 <= self.max_pending_turns <= 1 << 24, "max_pending_turns", "expected 1 .. 16,777,216")
+        need(1 <= self.max_pending_rpcs <= 1 << 24, "max_pending_rpcs", "expected 1 .. 16,777,216")
         need(1 <= self.max_text_bytes <= 1 << 22, "max_text_bytes", "expected 1 B .. 4 MiB")
         need(1 <= self.max_id_bytes <= 4096, "max_id_bytes", "expected 1 .. 4096")
         need(1 <= self.max_batch_turns <= 1 << 20, "max_batch_turns", "expected 1 .. 1,048,576")
+        need(self.max_batch_turns <= self.max_pending_turns, "max_pending_turns",
+             f"{self.max_pending_turns} is below max_batch_turns ({self.max_batch_turns}): a full "
+             "ScoreBatch could never be admitted")
         need(self.max_future_skew_s >= 0, "max_future_skew_s", "must be >= 0")
         need(self.idempotency_window >= 0, "idempotency_window", "must be >= 0")
         need(self.models in ("embedded", "external", "in-process"), "models",

@@ -3,6 +3,7 @@
     YujingError
     ├── InvalidTurn        INVALID_ARGUMENT    a field is missing, too long, or unknown
     ├── TableFull          RESOURCE_EXHAUSTED  no free slot and nothing idle to evict
+    ├── Overloaded         RESOURCE_EXHAUSTED  too many turns accepted and not yet answered
     ├── SessionNotFound    NOT_FOUND           GetSession / EndSession on an unknown session
     ├── ShuttingDown       UNAVAILABLE         the server is draining
     └── ConfigError        (start-up only)     a bad configuration or policy file
@@ -29,6 +30,11 @@ class InvalidTurn(YujingError):
 
 
 class TableFull(YujingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Overloaded(YujingError):
+    """Admission control: the turns waiting to be scored would exceed the limit."""
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

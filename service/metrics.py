@@ -84,6 +84,12 @@ class _TableCollector:
                 log.debug("router read failed", exc_info=True)
         fb.add_metric([], self.m._fallback)
         yield fb
+        pend = GaugeMetricFamily("yujing_pending_turns",
+                                 "Turns accepted and not yet answered (admission control limit: --max-pending-turns)")
+        if self.m._batcher is not None:
+            self.m._pending = int(self.m._batcher.in_flight)
+        pend.add_metric([], self.m._pending)
+        yield pend
 
     def describe(self):
         return []
@@ -108,6 +114,11 @@ class Metrics:
                                        ["served_by"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_errors = Counter("yujing_model_call_errors", "Failed model calls (Triton errors, timeouts)",
                                     ["kind"], registry=r)
+        self.overload_refusals = Counter("yujing_overload_refusals",
+                                         "Turns refused by admission control (RESOURCE_EXHAUSTED, overloaded)",
+                                         registry=r)
+        self._batcher = None
+        self._pending = 0
         self._table = None
         self._router = None
         self._live = 0
@@ -176,10 +187,12 @@ class Metrics:
         self._expired += n
 
     # ---- wiring helpers ---------------------------------------------------------------
-    def watch(self, table=None, router=None) -> None:
-        """Read the table's size / evicted / expired and the router's state at each scrape."""
+    def watch(self, table=None, router=None, batcher=None) -> None:
+        """Read the table's size / evicted / expired, the router's state and the batcher's
+        pending turns at each scrape."""
         self._table = table
         self._router = router
+        self._batcher = batcher
 
     def instrument_router(self, router) -> None:
         """Time every ``router.classify`` and count Triton failures (wraps the bound method)."""

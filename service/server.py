@@ -24,7 +24,7 @@ from service.config import Config
 from service.contract import SERVICE_NAME, pb, pb_grpc
 from service.engine import Engine
 from service.metrics import Metrics, MetricsInterceptor
-from service.errors import InvalidTurn, ShuttingDown, YujingError
+from service.errors import InvalidTurn, Overloaded, ShuttingDown, YujingError
 from service.policy import load_policy
 from service.session_table import SessionTable
 from service.validate import session_key, validate_turn
@@ -68,10 +68,20 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         if self.o.draining:
             raise ShuttingDown("server is shutting down; retry on another replica")
 
+    def _admit(self, n: int) -> None:
+        """Admission control for unary and batch calls: refuse before any state moves."""
+        pending = self.o.batcher.in_flight
+        limit = self.o.config.max_pending_turns
+        if pending + n > limit:
+            self.o.metrics.overload_refusals.inc(n)
+            raise Overloaded(f"overloaded: {pending:,} turns are waiting to be scored and this call adds "
+                             f"{n:,} (limit {limit:,}); retry with backoff")
+
     async def _answer(self, item):
         cached = self.o.engine.answers.get(item.idem)
         if cached is not None:
             return cached
+        self._admit(1)
         return await self.o.batcher.submit(item)
 
     async def Score(self, request, context):
@@ -149,6 +159,10 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 continue
             todo.append(item)
             pos.append(k)
+        try:
+            self._admit(len(todo))
+        except Overloaded as err:
+            return self._fail(context, err)
         answers = await asyncio.gather(*self.o.batcher.submit_many(todo), return_exceptions=True)
         for k, ans in zip(pos, answers):
             results[k] = INTERNAL if isinstance(ans, Exception) and not isinstance(ans, YujingError) else ans
@@ -249,9 +263,16 @@ class YujingServer:
         self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
                                     on_batch=self.metrics.observe_batch)
         self.batcher.start()
+        self.metrics.watch(table=self.table, router=self.router, batcher=self.batcher)
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)], options=[
             ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
             ("grpc.so_reuseport", 0),
+            # gRPC core's backlog of calls not yet picked up: its defaults (random early drop
+            # from 1,000, all above 3,000) cancel bursts of concurrent calls with a bare
+            # CANCELLED; the service's own admission control (max_pending_turns) answers
+            # overload with RESOURCE_EXHAUSTED and a message instead
+            ("grpc.server.max_pending_requests", cfg.max_pending_rpcs),
+            ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_rpcs),
         ])
         pb_grpc.add_RiskScorerServicer_to_server(RiskScorer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
