@@ -19,7 +19,7 @@ import numpy as np
 from kernels import layout as L
 from service.contract import pb
 from service.errors import YujingError
-from service.featurize import ESCALATION_CATEGORIES, featurize_batch
+from service.featurize import ESCALATION_CATEGORIES, featurize_batch, language_mask
 from service.policy import Policy
 from service.session_table import SessionTable
 
@@ -36,6 +36,17 @@ class PendingTurn:
     idem: tuple[str, str, str]      # (tenant_id, session_id, turn_id)
     ts_ms: int                      # the turn's time (its timestamp, or the server clock)
     now_ms: int                     # server clock when accepted
+
+
+def _trusted(scores, text_languages: np.ndarray) -> np.ndarray:
+    """Per text: use this model's output? Yes when the model states no languages, when the
+    text has no letters (emoji, digits: the model may still know them), or when the text
+    has letters of a language the model was trained on. A Chinese-only text is thus not
+    given an intent by an English-only intent model."""
+    if not scores.languages:
+        return np.ones(len(text_languages), bool)
+    mask = language_mask(scores.languages)
+    return (text_languages == 0) | ((text_languages & mask) != 0)
 
 
 class AnswerCache:
@@ -140,29 +151,36 @@ class Engine:
         texts = [it.turn.text for it in items]
         feats = featurize_batch(texts)
 
-        # model outputs, per position (zeros where the turn had no text)
+        # model outputs, per position (zeros where the turn had no text, or a text in a
+        # language the model was not trained on: its output there is not evidence)
         sent = np.zeros(n_all)
         negative = np.zeros(n_all, bool)
+        has_sent = np.zeros(n_all, bool)
         intent_id = np.full(n_all, -1, np.int64)
         s_label = [""] * n_all
         s_probs = None
         i_table = None
         if result is not None:
             rows = np.asarray(with_text, np.int64)
+            langs = feats.languages[rows]
+            s_ok = _trusted(result.sentiment, langs)
+            i_ok = _trusted(result.intent, langs)
             s_labels = result.sentiment.labels
             s_probs = np.zeros((n_all, len(s_labels)), np.float32)
-            s_probs[rows] = result.sentiment.probs
+            s_probs[rows[s_ok]] = result.sentiment.probs[s_ok]
+            has_sent[rows[s_ok]] = True
             neg_col = s_labels.index(pol.negative_label)
             pos_col = s_labels.index(pol.positive_label)
             sent[rows] = s_probs[rows, pos_col] - s_probs[rows, neg_col]
             best = np.argmax(result.sentiment.probs, axis=1)
-            negative[rows] = best == neg_col
-            for r, b in zip(with_text, best):
-                s_label[r] = s_labels[b]
+            negative[rows] = (best == neg_col) & s_ok
+            for r, b, ok in zip(with_text, best, s_ok):
+                if ok:
+                    s_label[r] = s_labels[b]
             i_table = self._intent_table(result.intent.labels)
             i_probs = np.zeros((n_all, len(result.intent.labels)), np.float32)
             i_probs[rows] = result.intent.probs
-            intent_id[rows] = np.argmax(result.intent.probs, axis=1)
+            intent_id[rows[i_ok]] = np.argmax(result.intent.probs[i_ok], axis=1)
         has_intent = intent_id >= 0
         safe_intent = np.where(has_intent, intent_id, 0)
         if i_table is not None:
@@ -262,12 +280,13 @@ class Engine:
             acts = [a for bit, a in _ACTIONS if bits & bit]
             risk.actions.extend(acts)
             risk.action = acts[0] if acts else pb.NO_ACTION
-            if t.text and s_probs is not None:
+            if has_sent[k]:
                 risk.sentiment.label = s_label[k]
                 risk.sentiment.labels.extend(result.sentiment.labels)
                 risk.sentiment.probabilities.extend(s_probs[k].tolist())
                 risk.sentiment.score = sent[k]
-                j = int(intent_id[k])
+            j = int(intent_id[k])
+            if j >= 0:
                 risk.intent.label = i_table.labels[j]
                 risk.intent.confidence = float(i_probs[k, j])
                 risk.intent.category = i_table.category[j]

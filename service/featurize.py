@@ -399,6 +399,18 @@ def _next(a: np.ndarray) -> np.ndarray:
     return out
 
 
+# Languages a text's letters belong to (TextFeatures.languages): what the models are
+# trusted for. Chinese = CJK ideographs; English = at least two Latin letters; other = any
+# other letter (kana, hangul, Cyrillic, Arabic, ...). Digits, punctuation and emoji are none.
+LANG_ZH, LANG_EN, LANG_OTHER = 1, 2, 4
+LANGUAGE_BITS = {"zh": LANG_ZH, "en": LANG_EN}
+
+
+def language_mask(languages) -> int:
+    """Bits of the language codes ``languages`` (unknown codes count as 'other')."""
+    return sum({LANGUAGE_BITS.get(code, LANG_OTHER) for code in languages})
+
+
 @dataclass(frozen=True)
 class TextFeatures:
     """Per-turn features of a batch; entry ``i`` of every field belongs to ``texts[i]``."""
@@ -408,6 +420,7 @@ class TextFeatures:
     intensity: np.ndarray        # float64 in [0, 1)
     escalation_mask: np.ndarray  # int32, bit i = ESCALATION_CATEGORIES[i]
     simhash: np.ndarray          # uint64, SimHash over character 3-grams
+    languages: np.ndarray        # uint8, LANG_* bits of the letters present (0: no letters)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -607,12 +620,18 @@ def _featurize(texts: list[str]) -> TextFeatures:
     if len(owner):
         np.bitwise_or.at(mask, owner, np.take(_ESCALATION_TAGS, groups).astype(np.int32))
 
+    letter = (batch.cls & _LETTER) != 0
+    cjk = (batch.cls & _CJK) != 0
+    latin = letter & ((batch.cls & _EN) != 0)
+    languages = (np.where(batch.count(cjk) > 0, LANG_ZH, 0) | np.where(batch.count(latin) >= 2, LANG_EN, 0)
+                 | np.where(batch.count(letter & ~cjk & ~latin) > 0, LANG_OTHER, 0)).astype(np.uint8)
     return TextFeatures(
         words=words.astype(np.int32),
         negation_words=negations.astype(np.int32),
         intensity=_intensity(raw, batch),
         escalation_mask=mask,
         simhash=_simhash(*_normalized(batch), n),
+        languages=languages,
     )
 
 
@@ -627,7 +646,7 @@ def featurize_batch(texts: Sequence[str]) -> TextFeatures:
     if not texts:
         empty_i = np.zeros(0, np.int32)
         return TextFeatures(empty_i, empty_i.copy(), np.zeros(0), empty_i.copy(),
-                            np.zeros(0, np.uint64))
+                            np.zeros(0, np.uint64), np.zeros(0, np.uint8))
     total = sum(map(len, texts))
     if total <= _MAX_CHARS_PER_PASS:
         return _featurize(texts)
@@ -639,7 +658,7 @@ def featurize_batch(texts: Sequence[str]) -> TextFeatures:
             lo, size = i + 1, 0
     return TextFeatures(*(np.concatenate([getattr(p, f) for p in parts])
                           for f in ("words", "negation_words", "intensity",
-                                    "escalation_mask", "simhash")))
+                                    "escalation_mask", "simhash", "languages")))
 
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

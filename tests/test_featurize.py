@@ -313,3 +313,18 @@ def test_throughput_sanity():
     small = featurize_batch(base)
     np.testing.assert_array_equal(f.simhash[-5:], small.simhash)
     np.testing.assert_array_equal(f.escalation_mask[:5], small.escalation_mask)
+
+
+def test_languages_of_the_letters_present():
+    from service.featurize import LANG_EN, LANG_OTHER, LANG_ZH, language_mask
+
+    texts = ["我要投诉！", "where is my refund", "my card 还没到", "😡😡 !!! 123", "", "a 1",
+             "Привет, где мой заказ", "注文はまだですか", "退款 ok", "Café crème", "𠀀𠀁"]
+    got = featurize_batch(texts).languages.tolist()
+    assert got == [LANG_ZH, LANG_EN, LANG_ZH | LANG_EN, 0, 0, 0,
+                   LANG_OTHER, LANG_ZH | LANG_OTHER, LANG_ZH | LANG_EN, LANG_EN, LANG_ZH]
+    # the same in a batch big enough to be featurized in several passes
+    big = texts * 2000
+    assert featurize_batch(big).languages.tolist() == got * 2000
+    assert language_mask(["en"]) == LANG_EN and language_mask(["zh", "en"]) == LANG_ZH | LANG_EN
+    assert language_mask(["ja"]) == LANG_OTHER

@@ -125,6 +125,26 @@ def test_retries_and_repeats_are_not_sent_to_the_models_again(svc):
     assert r.results[2].risk.customer_turns == 1 and r.results[1].risk.customer_turns == 2
 
 
+def test_models_are_used_only_for_the_languages_they_were_trained_on(svc):
+    """The intent models are English-only, the sentiment model Chinese + English
+    (model.json "languages"): a Chinese text gets a sentiment but no intent, a Russian one
+    neither, a mixed one both; an ignored intent adds no exposure to the score."""
+    stub = svc.stub()
+    zh = stub.Score(turn(session="lang-zh", turn_id="1", text="我的订单还没到，太慢了"))
+    assert zh.HasField("sentiment") and zh.sentiment.label
+    assert not zh.HasField("intent")
+    assert zh.indicators["intent_exposure"] == 0.0
+    en = stub.Score(turn(session="lang-en", turn_id="1", text="I want to cancel my order"))
+    assert en.HasField("sentiment") and en.intent.label == "cancel_order"
+    mixed = stub.Score(turn(session="lang-mix", turn_id="1", text="my order 还没到, where is it"))
+    assert mixed.HasField("sentiment") and mixed.HasField("intent")
+    ru = stub.Score(turn(session="lang-ru", turn_id="1", text="Где мой заказ? Это ужасно"))
+    assert not ru.HasField("sentiment") and not ru.HasField("intent")
+    assert ru.indicators["sentiment_ewma"] == 0.0
+    emoji = stub.Score(turn(session="lang-emoji", turn_id="1", text="😡😡😡"))
+    assert emoji.HasField("sentiment")          # no letters: the models may still know emoji
+
+
 def test_older_turn_is_accepted_without_moving_the_session_back(svc):
     stub = svc.stub()
     t0 = NOW - 600_000

@@ -195,6 +195,9 @@ def write_artifact(clf: HashedNgramClassifier, ds: Dataset, info: dict, out_repo
         "recipe": recipe,
         "data_files": [{"path": rel, "sha256": file_sha256(root / rel)} for rel in ds.files],
         "split_rule": ds.split_rule,
+        # the languages of the training data: the service trusts the model only for texts
+        # with letters of these languages (service/engine.py, _trusted)
+        "languages": sorted({s.lang for s in ds.train}),
         "training": {k: v for k, v in info.items() if k != "token_vectors"},
         "metrics": metrics or {},
     }

@@ -28,7 +28,7 @@ import numpy as np
 from service.models import TRITON_INPUT, TRITON_OUTPUT
 
 __all__ = [
-    "TritonModelClient", "TritonClientError", "read_labels", "repository_versions",
+    "TritonModelClient", "TritonClientError", "read_labels", "read_languages", "repository_versions",
     "serving_version", "set_serving_version", "SERVING_VERSION_FILE",
 ]
 
@@ -98,6 +98,23 @@ def set_serving_version(model_repository: str | Path, model_name: str, version: 
     tmp = marker.with_name(f".{marker.name}.tmp")
     tmp.write_text(f"{int(version)}\n", encoding="utf-8")
     tmp.replace(marker)
+
+
+def read_languages(model_repository: str | Path, model_name: str,
+                   version: str | int | None = None) -> tuple[str, ...] | None:
+    """The language codes a model was trained on (``languages`` in the version's
+    ``artifact/model.json``, else the newest version's); None when it does not say."""
+    model_dir = Path(model_repository) / model_name
+    candidates = []
+    if version not in (None, ""):
+        candidates.append(model_dir / str(version) / "artifact" / "model.json")
+    candidates.extend(model_dir / str(v) / "artifact" / "model.json"
+                      for v in reversed(repository_versions(model_repository, model_name)))
+    for path in candidates:
+        if path.is_file():
+            langs = json.loads(path.read_text(encoding="utf-8")).get("languages")
+            return tuple(langs) if langs else None
+    return None
 
 
 def read_labels(model_repository: str | Path, model_name: str,

@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from service.triton.client import TritonModelClient, read_labels, serving_version
+from service.triton.client import TritonModelClient, read_labels, read_languages, serving_version
 
 __all__ = ["ModelRouter", "ClassifyResult", "ModelScores", "RouterError", "TRITON", "IN_PROCESS"]
 
@@ -65,6 +65,8 @@ class ModelScores:
     labels: tuple[str, ...]
     probs: np.ndarray
     served_by: str
+    # the languages the model was trained on (model.json); None: not stated, trusted for all
+    languages: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class ModelRouter:
                                             thread_name_prefix="yujing-in-process")
         self._versions: dict[str, str] = {}
         self._labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._languages: dict[tuple[str, str], tuple[str, ...] | None] = {}
         self._local: dict[tuple[str, str], object] = {}
         self._local_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._breaker_open = True  # until the first probe says Triton is fine
@@ -249,7 +252,7 @@ class ModelRouter:
             if probs.shape != (len(texts), len(labels)):
                 raise RouterError(f"{model} v{version}: Triton returned shape {probs.shape}, "
                                   f"expected {(len(texts), len(labels))} for labels {labels}")
-            scores.append(ModelScores(model, version, labels, probs, TRITON))
+            scores.append(ModelScores(model, version, labels, probs, TRITON, self._languages_of(model, version)))
         return ClassifyResult(scores[0], scores[1], TRITON, degraded=False)
 
     async def _classify_in_process(self, texts: list[str], versions: dict[str, str],
@@ -267,7 +270,8 @@ class ModelRouter:
             if p.shape != (len(texts), len(labels)):
                 raise RouterError(f"{name} v{versions[name]} (in-process): shape {p.shape}, "
                                   f"expected {(len(texts), len(labels))}")
-            scores.append(ModelScores(name, versions[name], labels, p, IN_PROCESS))
+            scores.append(ModelScores(name, versions[name], labels, p, IN_PROCESS,
+                                      self._languages_of(name, versions[name])))
         return ClassifyResult(scores[0], scores[1], IN_PROCESS, degraded)
 
     def _empty(self, versions: dict[str, str], served_by: str, degraded: bool) -> ClassifyResult:
@@ -275,7 +279,8 @@ class ModelRouter:
         for model in self.models:
             labels = self._labels_of(model, versions[model])
             scores.append(ModelScores(model, versions[model], labels,
-                                      np.zeros((0, len(labels)), np.float32), served_by))
+                                      np.zeros((0, len(labels)), np.float32), served_by,
+                                      self._languages_of(model, versions[model])))
         return ClassifyResult(scores[0], scores[1], served_by, degraded)
 
     # -- versions, labels, in-process models ------------------------------------------
@@ -301,6 +306,12 @@ class ModelRouter:
         for key in [k for k in self._local if k not in live]:
             del self._local[key]
         return dict(self._versions)
+
+    def _languages_of(self, model: str, version: str) -> tuple[str, ...] | None:
+        key = (model, version)
+        if key not in self._languages:
+            self._languages[key] = read_languages(self.model_repository, model, version)
+        return self._languages[key]
 
     def _labels_of(self, model: str, version: str) -> tuple[str, ...]:
         key = (model, version)
