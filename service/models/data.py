@@ -41,7 +41,7 @@ BANKING_TRAIN = "en/banking77_train.csv"
 BANKING_TEST = "en/banking77_test.csv"
 BANKING_CATEGORIES = "en/banking77_categories.json"
 
-MODEL_NAMES = ("sentiment", "intent", "intent_banking77")
+MODEL_NAMES = ("sentiment", "intent", "intent_banking77", "intent_banking77_minilm")
 
 SPLIT_RULES = {
     "sentiment": (
@@ -219,7 +219,8 @@ def load_banking77(root: Path) -> Dataset:
                    [BANKING_TRAIN, BANKING_TEST, BANKING_CATEGORIES], SPLIT_RULES["intent_banking77"])
 
 
-LOADERS = {"sentiment": load_sentiment, "intent": load_bitext, "intent_banking77": load_banking77}
+LOADERS = {"sentiment": load_sentiment, "intent": load_bitext, "intent_banking77": load_banking77,
+           "intent_banking77_minilm": load_banking77}
 
 
 def load_dataset(model: str, root: str | Path | None = None) -> Dataset:

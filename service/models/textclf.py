@@ -38,6 +38,7 @@ from numba import njit
 from service.models.artifact import ArtifactError, register_loader
 
 if TYPE_CHECKING:
+    from service.models.sentence_encoder import SentenceEncoder
     from service.models.token_vectors import TokenVectors
 
 KIND = "hashed-ngram"
@@ -375,7 +376,8 @@ class HashedNgramClassifier:
 
     def __init__(self, name: str, labels: Sequence[str], cfg: FeatureConfig,
                  buckets: np.ndarray, idf: np.ndarray, heads: list[Head], version: str = "1",
-                 temperature: float = 1.0, vectors: "TokenVectors | None" = None):
+                 temperature: float = 1.0, vectors: "TokenVectors | None" = None,
+                 encoder: "SentenceEncoder | None" = None):
         self.name = name
         self.version = str(version)
         self.labels = tuple(labels)
@@ -385,6 +387,7 @@ class HashedNgramClassifier:
         self.heads = heads
         self.temperature = float(temperature)
         self.vectors = vectors      # optional dense block: pooled pretrained token vectors
+        self.encoder = encoder      # optional dense block: a pretrained sentence encoder
         self.remap = np.full(1 << cfg.hash_bits, -1, np.int32)
         self.remap[self.buckets] = np.arange(len(self.buckets), dtype=np.int32)
         for h in heads:
@@ -392,7 +395,7 @@ class HashedNgramClassifier:
             if out.shape[-1] != len(self.labels):
                 raise ArtifactError(f"{name}: a head has {out.shape[-1]} outputs for {len(self.labels)} labels")
             first = h.params["W"] if h.kind == "linear" else h.params["W1"]
-            want = len(self.buckets) + (vectors.dim if vectors is not None else 0)
+            want = len(self.buckets) + self.dense_dim
             if first.shape[0] != want:
                 raise ArtifactError(f"{name}: a head has {first.shape[0]} input rows, the features are {want}")
 
@@ -401,8 +404,17 @@ class HashedNgramClassifier:
         ptr, idx, cnt = hash_features(texts, self.cfg)
         return _tfidf_remap(ptr, idx, cnt, self.remap, self.idf, self.cfg.sublinear_tf)
 
+    @property
+    def dense_dim(self) -> int:
+        return ((self.vectors.dim if self.vectors is not None else 0)
+                + (self.encoder.dim if self.encoder is not None else 0))
+
     def dense(self, texts: Sequence[str]) -> np.ndarray | None:
-        return None if self.vectors is None else self.vectors.encode(texts)
+        """The dense features after the n-grams: [token vectors, sentence encoder]."""
+        blocks = [b.encode(texts) for b in (self.vectors, self.encoder) if b is not None]
+        if not blocks:
+            return None
+        return blocks[0] if len(blocks) == 1 else np.hstack(blocks)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         ptr, cols, vals = self.features(texts)
@@ -437,27 +449,15 @@ class HashedNgramClassifier:
                                          "idf": self.idf.astype(np.float16)}
         heads_meta = []
         if self.vectors is not None:
-            table = self.vectors.table
-            if dtype == "int8":
-                scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
-                scale[scale == 0] = 1.0
-                arrays["vectors"] = np.round(table / scale).astype(np.int8)
-                arrays["vectors__scale"] = scale.astype(np.float32)
-            else:
-                arrays["vectors"] = table.astype(np.float16)
+            _store(arrays, "vectors", self.vectors.table, dtype)
             self.vectors.save(path)
+        if self.encoder is not None:
+            for key, arr in self.encoder.arrays().items():
+                _store(arrays, key, arr, dtype)
+            self.encoder.save(path)
         for k, h in enumerate(self.heads):
             for pname, arr in h.params.items():
-                key = f"h{k}_{pname}"
-                if dtype == "int8" and arr.ndim == 2:
-                    scale = np.abs(arr).max(axis=1, keepdims=True) / 127.0
-                    scale[scale == 0] = 1.0
-                    arrays[key] = np.round(arr / scale).astype(np.int8)
-                    arrays[key + "__scale"] = scale.astype(np.float32)
-                elif arr.ndim == 2:
-                    arrays[key] = arr.astype(np.float16)
-                else:
-                    arrays[key] = arr.astype(np.float32)
+                _store(arrays, f"h{k}_{pname}", arr, dtype)
             heads_meta.append({"kind": h.kind, "weight": h.weight, "params": sorted(h.params)})
         np.savez_compressed(path / WEIGHTS_FILE, **arrays)
         full = dict(meta)
@@ -469,9 +469,25 @@ class HashedNgramClassifier:
         })
         if self.vectors is not None:
             full["token_vectors"] = {**full.get("token_vectors", {}), **self.vectors.meta()}
+        if self.encoder is not None:
+            full["sentence_encoder"] = {**full.get("sentence_encoder", {}), **self.encoder.meta()}
         (path / "model.json").write_text(json.dumps(full, ensure_ascii=False, indent=2) + "\n",
                                          encoding="utf-8")
         return full
+
+
+def _store(arrays: dict, key: str, arr: np.ndarray, dtype: str) -> None:
+    """Matrices as float16, or int8 with a per-row float32 scale (``key__scale``);
+    vectors as float32."""
+    if arr.ndim != 2:
+        arrays[key] = np.asarray(arr, np.float32)
+    elif dtype == "int8":
+        scale = np.abs(arr).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        arrays[key] = np.round(arr / scale).astype(np.int8)
+        arrays[key + "__scale"] = scale.astype(np.float32)
+    else:
+        arrays[key] = arr.astype(np.float16)
 
 
 @register_loader(KIND)
@@ -499,10 +515,20 @@ def load(path: Path, meta: dict) -> HashedNgramClassifier:
             if table.dtype == np.int8:
                 table = table.astype(np.float32) * arrays["vectors__scale"]
             vectors = TokenVectors.load(path, meta["token_vectors"], table)
+        encoder = None
+        if meta.get("sentence_encoder"):
+            from service.models.sentence_encoder import PREFIX, SentenceEncoder
+            enc_arrays = {}
+            for k, a in arrays.items():
+                if k.startswith(PREFIX) and not k.endswith("__scale"):
+                    if a.dtype == np.int8:
+                        a = a.astype(np.float32) * arrays[k + "__scale"]
+                    enc_arrays[k] = a
+            encoder = SentenceEncoder.load(path, meta["sentence_encoder"], enc_arrays)
         return HashedNgramClassifier(meta["name"], meta["labels"], cfg, arrays["buckets"],
                                      arrays["idf"].astype(np.float32), heads,
                                      version=str(meta.get("version", "1")),
                                      temperature=float(meta.get("temperature", 1.0)),
-                                     vectors=vectors)
+                                     vectors=vectors, encoder=encoder)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
         raise ArtifactError(f"{path}: bad {KIND} artifact ({exc})") from exc

@@ -1,0 +1,157 @@
+"""A pretrained sentence encoder (a BERT-family transformer) in NumPy: the second dense
+feature block of a text model, beside the n-grams (``textclf``).
+
+The encoder is a standard post-LayerNorm BERT: token + position + segment-0 embeddings,
+LayerNorm, then ``layers`` blocks of multi-head self-attention and a GELU feed-forward
+layer, each followed by a residual LayerNorm. A text's vector is the mean of its last
+hidden states over its real tokens (padding masked), L2-normalised, times ``scale``:
+the "mean pooling" of sentence-transformers. Verified against the reference
+implementation (Hugging Face ``BertModel``) to 1e-6 in ``tests/test_sentence_encoder.py``.
+
+The model shipped with yujing is all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads, 22.7 M
+parameters; see :mod:`service.models.pretrained` and MODELS.md), its matrices stored int8
+with a per-row scale. Texts are tokenised by its WordPiece tokenizer (``tokenizers``),
+cut to ``max_tokens``, sorted by length and run in batches so that padding stays small.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+TOKENIZER_FILE = "encoder_tokenizer.json"
+PREFIX = "enc/"     # weight names in the artifact's weights.npz
+
+
+def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    m = x.mean(-1, keepdims=True)
+    d = x - m
+    v = (d * d).mean(-1, keepdims=True)
+    return d / np.sqrt(v + np.float32(eps)) * g + b
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, as BERT uses; erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7)."""
+    z = np.abs(x) * np.float32(1 / np.sqrt(2))
+    t = 1 / (1 + np.float32(0.3275911) * z)
+    poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (
+        np.float32(1.421413741) + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))))
+    erf = 1 - poly * np.exp(-z * z)
+    return np.float32(0.5) * x * (1 + np.sign(x) * erf)
+
+
+class SentenceEncoder:
+    """WordPiece tokenizer + BERT weights -> pooled sentence vectors ``[n, hidden]``."""
+
+    def __init__(self, tokenizer_json: str, weights: dict[str, np.ndarray], layers: int, heads: int,
+                 scale: float = 1.0, max_tokens: int = 128, batch: int = 64, layer_norm_eps: float = 1e-12):
+        from tokenizers import Tokenizer
+        self.tokenizer_json = tokenizer_json
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(int(max_tokens))
+        self.layers, self.heads = int(layers), int(heads)
+        self.scale = float(scale)
+        self.max_tokens = int(max_tokens)
+        self.batch = int(batch)
+        self.eps = float(layer_norm_eps)
+        w = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.hidden = w["embeddings.word_embeddings.weight"].shape[1]
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden size {self.hidden} is not a multiple of {self.heads} heads")
+        if self.tokenizer.get_vocab_size() > w["embeddings.word_embeddings.weight"].shape[0]:
+            raise ValueError("the tokenizer has more tokens than the embedding table")
+        # linear layers kept as [in, out] so that x @ W needs no transpose per call
+        self.w = {}
+        for k, v in w.items():
+            self.w[k] = np.ascontiguousarray(v.T) if k.endswith(".weight") and v.ndim == 2 \
+                and not k.startswith("embeddings.") else v
+
+    @property
+    def dim(self) -> int:
+        return self.hidden
+
+    # ------------------------------------------------------------------ forward
+    def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        return x @ self.w[name + ".weight"] + self.w[name + ".bias"]
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Pooled, normalised vectors of one padded batch (ids, mask: [B, T])."""
+        w, B, T, H, nh = self.w, ids.shape[0], ids.shape[1], self.hidden, self.heads
+        hd = H // nh
+        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T]
+             + w["embeddings.token_type_embeddings.weight"][0])
+        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
+        keep = mask[:, :, None]
+        bias = ((mask - 1) * np.float32(1e9))[:, None, None, :]      # 0 for tokens, -1e9 for padding
+        x = (x * keep).reshape(B * T, H)
+        for layer in range(self.layers):
+            p = f"encoder.layer.{layer}."
+            q = self._linear(x, p + "attention.self.query").reshape(B, T, nh, hd).transpose(0, 2, 1, 3)
+            k = self._linear(x, p + "attention.self.key").reshape(B, T, nh, hd).transpose(0, 2, 3, 1)
+            v = self._linear(x, p + "attention.self.value").reshape(B, T, nh, hd).transpose(0, 2, 1, 3)
+            s = np.ascontiguousarray(q) @ np.ascontiguousarray(k) * np.float32(1 / np.sqrt(hd)) + bias
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            a = np.ascontiguousarray((s @ np.ascontiguousarray(v)).transpose(0, 2, 1, 3)).reshape(B * T, H)
+            x = _layer_norm(x + self._linear(a, p + "attention.output.dense"),
+                            w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
+                            self.eps)
+            f = self._linear(_gelu(self._linear(x, p + "intermediate.dense")), p + "output.dense")
+            x = _layer_norm(x + f, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
+            # padded positions are zeroed: they never reach a real token (masked), and left
+            # alone they drift towards denormal floats, which slow the matrix products 100x
+            x = (x.reshape(B, T, H) * keep).reshape(B * T, H)
+        pooled = (x.reshape(B, T, H) * keep).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+        norm = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled / np.where(norm > 0, norm, 1)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [t if isinstance(t, str) else "" if t is None else str(t) for t in texts]
+        out = np.zeros((len(texts), self.hidden), np.float32)
+        if not texts:
+            return out
+        # a text is cut to max_tokens tokens anyway: do not tokenise megabytes for that
+        clip = 16 * self.max_tokens
+        encs = self.tokenizer.encode_batch([t[:clip] for t in texts])
+        lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
+        order = np.argsort(lens, kind="stable")
+        order = order[lens[order] > 0]          # a text without tokens keeps a zero vector
+        for a in range(0, len(order), self.batch):
+            rows = order[a:a + self.batch]
+            T = int(lens[rows].max())
+            ids = np.zeros((len(rows), T), np.int64)
+            mask = np.zeros((len(rows), T), np.float32)
+            for r, i in enumerate(rows):
+                ids[r, :lens[i]] = encs[i].ids
+                mask[r, :lens[i]] = 1
+            out[rows] = self._forward(ids, mask)
+        return out * np.float32(self.scale)
+
+    # ------------------------------------------------------------------ persistence
+    def meta(self) -> dict:
+        return {"tokenizer_file": TOKENIZER_FILE, "architecture": "bert", "layers": self.layers,
+                "heads": self.heads, "hidden": self.hidden, "pooling": "mean", "normalize": True,
+                "scale": self.scale, "max_tokens": self.max_tokens, "layer_norm_eps": self.eps}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights in their original layout ([out, in] matrices), for the artifact."""
+        return {PREFIX + k: (np.ascontiguousarray(v.T) if k.endswith(".weight") and v.ndim == 2
+                             and not k.startswith("embeddings.") else v)
+                for k, v in self.w.items()}
+
+    def save(self, path: Path) -> None:
+        (Path(path) / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> "SentenceEncoder":
+        tfile = Path(path) / meta.get("tokenizer_file", TOKENIZER_FILE)
+        if not tfile.is_file():
+            raise FileNotFoundError(f"{path}: missing {tfile.name}")
+        if meta.get("architecture", "bert") != "bert" or meta.get("pooling", "mean") != "mean":
+            raise ValueError(f"unsupported sentence encoder {meta.get('architecture')}/{meta.get('pooling')}")
+        weights = {k[len(PREFIX):]: v for k, v in arrays.items() if k.startswith(PREFIX)}
+        return cls(tfile.read_text(encoding="utf-8"), weights, meta["layers"], meta["heads"],
+                   scale=meta.get("scale", 1.0), max_tokens=meta.get("max_tokens", 128),
+                   layer_norm_eps=meta.get("layer_norm_eps", 1e-12))
