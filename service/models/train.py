@@ -44,7 +44,7 @@ RECIPES: dict[str, dict] = {
         "dtype": "int8",
     },
     # the same task with a pretrained transformer beside the n-grams: 0.94 instead of 0.93,
-    # at about 1/100 of the CPU throughput (a GPU model; MODELS.md)
+    # at about 70 texts/s per CPU core instead of 10,000+ (a GPU model; MODELS.md)
     "intent_banking77_minilm": {
         "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
         "min_df": 1,
