@@ -23,20 +23,23 @@ from service.models.artifact import MODEL_JSON, load_model, read_meta
 from service.models.data import Dataset, data_dir, file_sha256, load_dataset
 from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
 
+# the n-gram features every shipped model uses (service/models/textclf.py)
+NGRAMS = {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5}
+
 RECIPES: dict[str, dict] = {
     "sentiment": {
-        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "features": NGRAMS,
         "min_df": 2,
         "heads": [{"kind": "linear", "C": 8.0, "weight": 1.0},
                   {"kind": "nblr", "C": 4.0, "weight": 0.5}],
     },
     "intent": {
-        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "features": NGRAMS,
         "min_df": 1,
         "heads": [{"kind": "linear", "C": 20.0, "weight": 1.0}],
     },
     "intent_banking77": {
-        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "features": NGRAMS,
         "min_df": 1,
         # pooled pretrained token vectors beside the n-grams (service/models/token_vectors.py)
         "token_vectors": {"source": "wordllama", "scale": 0.7},
@@ -46,7 +49,7 @@ RECIPES: dict[str, dict] = {
     # the same task with a pretrained transformer beside the n-grams: 0.94 instead of 0.93,
     # at about 70 texts/s per CPU core instead of 10,000+ (a GPU model; MODELS.md)
     "intent_banking77_minilm": {
-        "features": {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5},
+        "features": NGRAMS,
         "min_df": 1,
         "sentence_encoder": {"source": "all-minilm-l6-v2", "scale": 1.0},
         "heads": [{"kind": "linear", "C": 10.0, "weight": 1.0}],
