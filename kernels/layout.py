@@ -84,6 +84,7 @@ B_FLOOR = 5          # sticky minimum level from cues and tier rules
 SB_ROWS = 6
 FLAG_BOT_MODE = 1    # the last non-customer turn was a bot's (no human yet)
 FLAG_HAS_DELAY = 2   # F_DELAY_EWMA holds at least one response delay
+FLAG_HAS_SENT = 4    # F_SENT_FAST / F_SENT_SLOW hold at least one sentiment
 
 # --- uint16 fields (sw): the time window, rows [0, WB) totals, [WB, 2WB) negatives ------------
 WINDOW_BUCKETS = 10
@@ -136,6 +137,8 @@ TFL_ROWS = 5
 TFLAG_HAS_TEXT = 1   # the turn carries text (a message, not only an event)
 TFLAG_NEGATIVE = 2   # the sentiment model's label is negative
 TFLAG_COMPLAINT = 4  # the intent's category counts as a complaint (a same-intent repeat counts)
+TFLAG_SENTIMENT = 8  # TF_SENTIMENT is a model's sentiment of this text (not set when the text's
+                     # language is not one the model was trained on: unknown is not neutral)
 
 SPEAKER_CUSTOMER = 1
 SPEAKER_AGENT = 2

@@ -70,16 +70,18 @@ def reference(ti, tf, th, pf):
 
         cust = [j for j in hist if is_msg(j, L.SPEAKER_CUSTOMER)]
         sent = [float(tf[L.TF_SENTIMENT, j]) for j in cust]
+        # the sentiment EWMAs are over the customer turns that carry a sentiment
+        sent_known = [float(tf[L.TF_SENTIMENT, j]) for j in cust if ti[L.T_FLAGS, j] & L.TFLAG_SENTIMENT]
         neg = [bool(ti[L.T_FLAGS, j] & L.TFLAG_NEGATIVE) for j in cust]
         ind = np.zeros(L.N_INDICATORS)
-        fast = _ewma(sent, pf[L.P_ALPHA_FAST])
+        fast = _ewma(sent_known, pf[L.P_ALPHA_FAST])
         ind[0] = fast
         last_n = neg[-N:]
         ind[1] = sum(last_n) / len(last_n) if last_n else 0.0
         head = T // bms
         in_win = [k for k, j in enumerate(cust) if int(ti[L.T_TS, j]) // bms > head - L.WINDOW_BUCKETS]
         ind[2] = sum(neg[k] for k in in_win) / len(in_win) if in_win else 0.0
-        ind[3] = fast - _ewma(sent, pf[L.P_ALPHA_SLOW])
+        ind[3] = fast - _ewma(sent_known, pf[L.P_ALPHA_SLOW])
         run = 0
         for x in reversed(neg):
             if not x:

@@ -208,15 +208,20 @@ def build(jit, prefetch_row):
             if speaker == L.SPEAKER_CUSTOMER and has_text:
                 n_before = sc[s, L.C_CUSTOMER]
                 sent = tf[L.TF_SENTIMENT, i]
+                # the sentiment EWMAs move only on turns that carry a sentiment
+                if (flags & L.TFLAG_SENTIMENT) != 0:
+                    if (state_flags & L.FLAG_HAS_SENT) == 0:
+                        sf[s, L.F_SENT_FAST] = sent
+                        sf[s, L.F_SENT_SLOW] = sent
+                        state_flags |= L.FLAG_HAS_SENT
+                    else:
+                        a = pf[L.P_ALPHA_FAST]
+                        sf[s, L.F_SENT_FAST] = a * sent + (1.0 - a) * sf[s, L.F_SENT_FAST]
+                        a = pf[L.P_ALPHA_SLOW]
+                        sf[s, L.F_SENT_SLOW] = a * sent + (1.0 - a) * sf[s, L.F_SENT_SLOW]
                 if n_before == 0:
-                    sf[s, L.F_SENT_FAST] = sent
-                    sf[s, L.F_SENT_SLOW] = sent
                     sf[s, L.F_INTENSITY] = tf[L.TF_INTENSITY, i]
                 else:
-                    a = pf[L.P_ALPHA_FAST]
-                    sf[s, L.F_SENT_FAST] = a * sent + (1.0 - a) * sf[s, L.F_SENT_FAST]
-                    a = pf[L.P_ALPHA_SLOW]
-                    sf[s, L.F_SENT_SLOW] = a * sent + (1.0 - a) * sf[s, L.F_SENT_SLOW]
                     a = pf[L.P_ALPHA_INTENSITY]
                     sf[s, L.F_INTENSITY] = a * tf[L.TF_INTENSITY, i] + (1.0 - a) * sf[s, L.F_INTENSITY]
                 negativity = -sent if sent < 0.0 else 0.0

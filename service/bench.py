@@ -82,7 +82,7 @@ def make_batch(rng: np.random.Generator, n_sessions: int, batch: int, t_ms: int,
     ti[L.T_TS] = t_ms + np.sort(rng.integers(0, 1000, batch))
     ti[L.T_SPEAKER] = rng.choice([1, 1, 2, 3], batch)
     sentiment = rng.uniform(-1, 1, batch)
-    ti[L.T_FLAGS] = L.TFLAG_HAS_TEXT | np.where(sentiment < -0.2, L.TFLAG_NEGATIVE, 0)
+    ti[L.T_FLAGS] = L.TFLAG_HAS_TEXT | L.TFLAG_SENTIMENT | np.where(sentiment < -0.2, L.TFLAG_NEGATIVE, 0)
     ti[L.T_INTENT] = rng.integers(0, 27, batch)
     ti[L.T_WORDS] = rng.integers(1, 40, batch)
     ti[L.T_NEG_WORDS] = ti[L.T_WORDS] // 8

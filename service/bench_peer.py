@@ -101,7 +101,9 @@ def generate_log(n_turns: int, n_sessions: int, seed: int = 0, n_agents: int = 1
     sentiment = rng.uniform(-1, 1, n)
     negative = sentiment < -0.2
     complaint = rng.random(n) < 0.3
-    ti[L.T_FLAGS] = (np.where(has_text, L.TFLAG_HAS_TEXT, 0) | np.where(negative, L.TFLAG_NEGATIVE, 0)
+    # every text of the peer's log carries a sentiment (the polars query assumes it)
+    ti[L.T_FLAGS] = (np.where(has_text, L.TFLAG_HAS_TEXT | L.TFLAG_SENTIMENT, 0)
+                     | np.where(negative, L.TFLAG_NEGATIVE, 0)
                      | np.where(complaint, L.TFLAG_COMPLAINT, 0))
     ti[L.T_INTENT] = rng.integers(0, 27, n)
     esc = rng.random(n) < 0.1

@@ -223,6 +223,7 @@ class Engine:
         ti[L.T_EVENT] = np.fromiter((it.turn.event for it in kept), np.int64, m)
         has_text = np.fromiter((bool(it.turn.text) for it in kept), bool, m)
         ti[L.T_FLAGS] = (np.where(has_text, L.TFLAG_HAS_TEXT, 0) | np.where(negative[pos_all], L.TFLAG_NEGATIVE, 0)
+                         | np.where(has_sent[pos_all], L.TFLAG_SENTIMENT, 0)
                          | np.where(complaint[pos_all], L.TFLAG_COMPLAINT, 0))
         ti[L.T_INTENT] = intent_id[pos_all]
         ti[L.T_ESC_MASK] = esc_mask[pos_all]

@@ -53,8 +53,10 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
         sentiment = float(rng.uniform(-1, 1))
         negative = sentiment < -0.2
         complaint = rng.random() < 0.3
-        ti[L.T_FLAGS, i] = ((L.TFLAG_HAS_TEXT if has_text else 0) | (L.TFLAG_NEGATIVE if negative else 0)
-                            | (L.TFLAG_COMPLAINT if complaint else 0))
+        # a text without a sentiment (a language the model does not know) now and then
+        known = has_text and rng.random() < 0.9
+        ti[L.T_FLAGS, i] = ((L.TFLAG_HAS_TEXT if has_text else 0) | (L.TFLAG_NEGATIVE if negative and known else 0)
+                            | (L.TFLAG_COMPLAINT if complaint else 0) | (L.TFLAG_SENTIMENT if known else 0))
         ti[L.T_INTENT, i] = int(rng.integers(0, 4))
         ti[L.T_ESC_MASK, i] = int(rng.integers(0, 256)) if rng.random() < 0.1 else 0
         words = int(rng.integers(0, 30))
@@ -63,7 +65,7 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
         ti[L.T_RAISE, i] = int(rng.integers(0, 2)) if rng.random() < 0.1 else 0
         ti[L.T_TIER_RAISE, i] = int(rng.integers(0, 2))
         ti[L.T_FLOOR, i] = int(rng.integers(0, 4)) if rng.random() < 0.05 else 0
-        tf[L.TF_SENTIMENT, i] = sentiment
+        tf[L.TF_SENTIMENT, i] = sentiment if known else 0.0
         tf[L.TF_INTENT_WEIGHT, i] = float(rng.uniform(0, 1))
         tf[L.TF_INTENSITY, i] = float(rng.uniform(0, 1))
         tf[L.TF_ESC_LEVEL, i] = float(rng.uniform(0, 1)) if ti[L.T_ESC_MASK, i] else 0.0

@@ -141,6 +141,12 @@ def test_models_are_used_only_for_the_languages_they_were_trained_on(svc):
     ru = stub.Score(turn(session="lang-ru", turn_id="1", text="Где мой заказ? Это ужасно"))
     assert not ru.HasField("sentiment") and not ru.HasField("intent")
     assert ru.indicators["sentiment_ewma"] == 0.0
+    # a turn without a sentiment leaves the sentiment EWMA where it was (unknown is not neutral)
+    s1 = stub.Score(turn(session="lang-seq", turn_id="1", text="太差了，我很生气，再也不买了"))
+    s2 = stub.Score(turn(session="lang-seq", turn_id="2", text="Где мой заказ? Это ужасно"))
+    assert s1.indicators["sentiment_ewma"] < 0
+    assert s2.indicators["sentiment_ewma"] == s1.indicators["sentiment_ewma"]
+    assert s2.customer_turns == 2
     emoji = stub.Score(turn(session="lang-emoji", turn_id="1", text="😡😡😡"))
     assert emoji.HasField("sentiment")          # no letters: the models may still know emoji
 
