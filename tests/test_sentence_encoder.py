@@ -151,3 +151,17 @@ def test_committed_model_card_and_sanity(committed):
     p = committed.predict_proba(["my card still has not arrived", "I was charged twice for one purchase"])
     assert committed.labels[p[0].argmax()] == "card_arrival"
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+
+
+def test_without_cupy_a_gpu_instance_keeps_the_encoder_on_the_cpu(committed):
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed: this checks the fallback without it")
+    except Exception:
+        pass
+    texts = ["my card still has not arrived"]
+    before = committed.predict_proba(texts)
+    committed.use_device("KIND_GPU", 0)       # what Triton's KIND_GPU instance does
+    assert committed.encoder.xp is np
+    np.testing.assert_array_equal(committed.predict_proba(texts), before)

@@ -24,21 +24,21 @@ TOKENIZER_FILE = "encoder_tokenizer.json"
 PREFIX = "enc/"     # weight names in the artifact's weights.npz
 
 
-def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+def _layer_norm(x, g, b, eps: float, xp=np):
     m = x.mean(-1, keepdims=True)
     d = x - m
     v = (d * d).mean(-1, keepdims=True)
-    return d / np.sqrt(v + np.float32(eps)) * g + b
+    return d / xp.sqrt(v + np.float32(eps)) * g + b
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
+def _gelu(x, xp=np):
     """Exact (erf) GELU, as BERT uses; erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7)."""
-    z = np.abs(x) * np.float32(1 / np.sqrt(2))
+    z = xp.abs(x) * np.float32(1 / np.sqrt(2))
     t = 1 / (1 + np.float32(0.3275911) * z)
     poly = t * (np.float32(0.254829592) + t * (np.float32(-0.284496736) + t * (
         np.float32(1.421413741) + t * (np.float32(-1.453152027) + t * np.float32(1.061405429)))))
-    erf = 1 - poly * np.exp(-z * z)
-    return np.float32(0.5) * x * (1 + np.sign(x) * erf)
+    erf = 1 - poly * xp.exp(-z * z)
+    return np.float32(0.5) * x * (1 + xp.sign(x) * erf)
 
 
 class SentenceEncoder:
@@ -67,6 +67,21 @@ class SentenceEncoder:
         for k, v in w.items():
             self.w[k] = np.ascontiguousarray(v.T) if k.endswith(".weight") and v.ndim == 2 \
                 and not k.startswith("embeddings.") else v
+        self.xp = np                  # the array module: numpy, or cupy after to_gpu()
+        self._host_w = self.w
+
+    def to_gpu(self, device_id: int = 0) -> bool:
+        """Run the encoder with CuPy on GPU ``device_id`` (Triton KIND_GPU); False without
+        CuPy. The same code as on the CPU with ``cupy`` for ``numpy`` -- not yet run on a GPU
+        (no GPU was available when it was written)."""
+        try:
+            import cupy as cp
+        except Exception:  # noqa: BLE001 -- no CuPy: stay on the CPU
+            return False
+        with cp.cuda.Device(device_id):
+            self.w = {k: cp.asarray(v) for k, v in self._host_w.items()}
+        self.xp = cp
+        return True
 
     @property
     def dim(self) -> int:
@@ -78,11 +93,13 @@ class SentenceEncoder:
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Pooled, normalised vectors of one padded batch (ids, mask: [B, T])."""
+        xp = self.xp
         w, B, T, H, nh = self.w, ids.shape[0], ids.shape[1], self.hidden, self.heads
         hd = H // nh
+        ids, mask = xp.asarray(ids), xp.asarray(mask)
         x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T]
              + w["embeddings.token_type_embeddings.weight"][0])
-        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
+        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps, xp)
         keep = mask[:, :, None]
         bias = ((mask - 1) * np.float32(1e9))[:, None, None, :]      # 0 for tokens, -1e9 for padding
         x = (x * keep).reshape(B * T, H)
@@ -91,21 +108,22 @@ class SentenceEncoder:
             q = self._linear(x, p + "attention.self.query").reshape(B, T, nh, hd).transpose(0, 2, 1, 3)
             k = self._linear(x, p + "attention.self.key").reshape(B, T, nh, hd).transpose(0, 2, 3, 1)
             v = self._linear(x, p + "attention.self.value").reshape(B, T, nh, hd).transpose(0, 2, 1, 3)
-            s = np.ascontiguousarray(q) @ np.ascontiguousarray(k) * np.float32(1 / np.sqrt(hd)) + bias
-            s = np.exp(s - s.max(-1, keepdims=True))
+            s = xp.ascontiguousarray(q) @ xp.ascontiguousarray(k) * np.float32(1 / np.sqrt(hd)) + bias
+            s = xp.exp(s - s.max(-1, keepdims=True))
             s /= s.sum(-1, keepdims=True)
-            a = np.ascontiguousarray((s @ np.ascontiguousarray(v)).transpose(0, 2, 1, 3)).reshape(B * T, H)
+            a = xp.ascontiguousarray((s @ xp.ascontiguousarray(v)).transpose(0, 2, 1, 3)).reshape(B * T, H)
             x = _layer_norm(x + self._linear(a, p + "attention.output.dense"),
                             w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
-                            self.eps)
-            f = self._linear(_gelu(self._linear(x, p + "intermediate.dense")), p + "output.dense")
-            x = _layer_norm(x + f, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
+                            self.eps, xp)
+            f = self._linear(_gelu(self._linear(x, p + "intermediate.dense"), xp), p + "output.dense")
+            x = _layer_norm(x + f, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps, xp)
             # padded positions are zeroed: they never reach a real token (masked), and left
             # alone they drift towards denormal floats, which slow the matrix products 100x
             x = (x.reshape(B, T, H) * keep).reshape(B * T, H)
-        pooled = (x.reshape(B, T, H) * keep).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
-        norm = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return pooled / np.where(norm > 0, norm, 1)
+        pooled = (x.reshape(B, T, H) * keep).sum(1) / xp.maximum(mask.sum(1, keepdims=True), 1)
+        norm = xp.linalg.norm(pooled, axis=1, keepdims=True)
+        out = pooled / xp.where(norm > 0, norm, 1)
+        return out if xp is np else xp.asnumpy(out)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = [t if isinstance(t, str) else "" if t is None else str(t) for t in texts]
@@ -139,7 +157,7 @@ class SentenceEncoder:
         """The weights in their original layout ([out, in] matrices), for the artifact."""
         return {PREFIX + k: (np.ascontiguousarray(v.T) if k.endswith(".weight") and v.ndim == 2
                              and not k.startswith("embeddings.") else v)
-                for k, v in self.w.items()}
+                for k, v in self._host_w.items()}
 
     def save(self, path: Path) -> None:
         (Path(path) / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")

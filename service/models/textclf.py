@@ -439,6 +439,8 @@ class HashedNgramClassifier:
         if str(kind).upper().endswith("GPU"):
             for h in self.heads:
                 h.to_gpu(int(device_id))
+            if self.encoder is not None:
+                self.encoder.to_gpu(int(device_id))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, meta: dict, dtype: str = "float16") -> dict:
