@@ -19,6 +19,10 @@ buckets seen in training are stored. One or more heads turn the features into lo
 * ``linear``: ``x @ W + b``;
 * ``mlp``: ``relu(x @ W1 + b1) @ W2 + b2`` (fastText-style dense hidden layer).
 
+Optionally, dense features follow the n-gram columns: pooled pretrained token vectors
+(``token_vectors.py``) and/or a pretrained sentence encoder (``sentence_encoder.py``); the
+first weight matrix of a head then has ``n_buckets + dense_dim`` rows, the dense ones last.
+
 The model's probabilities are ``softmax(sum_k weight_k * logits_k)``. Weights are stored
 as float16 (optionally int8 with a per-row scale) in ``weights.npz`` beside ``model.json``.
 On a GPU instance (Triton ``KIND_GPU``) the matrix products move to the GPU when CuPy is
