@@ -90,12 +90,8 @@ def find_wheel(dist: str, version: str, wheel: str | Path | None = None, env: st
     return found[0]
 
 
-def find_wordllama_wheel(wheel: str | Path | None = None, download: bool = True) -> Path:
-    return find_wheel(WORDLLAMA_DIST, WORDLLAMA_VERSION, wheel, "YUJING_WORDLLAMA_WHEEL", download)
-
-
 def load_wordllama(wheel: str | Path | None = None) -> PretrainedVectors:
-    path = find_wordllama_wheel(wheel)
+    path = find_wheel(WORDLLAMA_DIST, WORDLLAMA_VERSION, wheel, "YUJING_WORDLLAMA_WHEEL")
     with zipfile.ZipFile(path) as z:
         tensors = read_safetensors(z.read(WORDLLAMA_VECTORS))
         tokenizer_json = z.read(WORDLLAMA_TOKENIZER).decode("utf-8")

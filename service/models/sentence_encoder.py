@@ -24,6 +24,11 @@ TOKENIZER_FILE = "encoder_tokenizer.json"
 PREFIX = "enc/"     # weight names in the artifact's weights.npz
 
 
+def _is_linear(name: str, v: np.ndarray) -> bool:
+    """A linear layer's matrix: stored [out, in] (as trained), kept [in, out] in memory."""
+    return name.endswith(".weight") and v.ndim == 2 and not name.startswith("embeddings.")
+
+
 def _layer_norm(x, g, b, eps: float, xp=np):
     m = x.mean(-1, keepdims=True)
     d = x - m
@@ -63,10 +68,7 @@ class SentenceEncoder:
         if self.tokenizer.get_vocab_size() > w["embeddings.word_embeddings.weight"].shape[0]:
             raise ValueError("the tokenizer has more tokens than the embedding table")
         # linear layers kept as [in, out] so that x @ W needs no transpose per call
-        self.w = {}
-        for k, v in w.items():
-            self.w[k] = np.ascontiguousarray(v.T) if k.endswith(".weight") and v.ndim == 2 \
-                and not k.startswith("embeddings.") else v
+        self.w = {k: np.ascontiguousarray(v.T) if _is_linear(k, v) else v for k, v in w.items()}
         self.xp = np                  # the array module: numpy, or cupy after to_gpu()
         self._host_w = self.w
 
@@ -155,8 +157,7 @@ class SentenceEncoder:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The weights in their original layout ([out, in] matrices), for the artifact."""
-        return {PREFIX + k: (np.ascontiguousarray(v.T) if k.endswith(".weight") and v.ndim == 2
-                             and not k.startswith("embeddings.") else v)
+        return {PREFIX + k: np.ascontiguousarray(v.T) if _is_linear(k, v) else v
                 for k, v in self._host_w.items()}
 
     def save(self, path: Path) -> None:

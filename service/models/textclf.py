@@ -496,6 +496,12 @@ def _store(arrays: dict, key: str, arr: np.ndarray, dtype: str) -> None:
         arrays[key] = arr.astype(np.float16)
 
 
+def _fetch(arrays: dict, key: str) -> np.ndarray:
+    """The array stored by :func:`_store` under ``key``, int8 ones scaled back to float32."""
+    a = arrays[key]
+    return a.astype(np.float32) * arrays[key + "__scale"] if a.dtype == np.int8 else a
+
+
 @register_loader(KIND)
 def load(path: Path, meta: dict) -> HashedNgramClassifier:
     wfile = Path(path) / meta.get("weights_file", WEIGHTS_FILE)
@@ -507,29 +513,17 @@ def load(path: Path, meta: dict) -> HashedNgramClassifier:
         cfg = FeatureConfig.from_dict(meta["features"])
         heads = []
         for k, hm in enumerate(meta["heads"]):
-            params = {}
-            for pname in hm["params"]:
-                a = arrays[f"h{k}_{pname}"]
-                if a.dtype == np.int8:
-                    a = a.astype(np.float32) * arrays[f"h{k}_{pname}__scale"]
-                params[pname] = a
+            params = {pname: _fetch(arrays, f"h{k}_{pname}") for pname in hm["params"]}
             heads.append(Head(hm["kind"], hm.get("weight", 1.0), params))
         vectors = None
         if meta.get("token_vectors"):
             from service.models.token_vectors import TokenVectors
-            table = arrays["vectors"]
-            if table.dtype == np.int8:
-                table = table.astype(np.float32) * arrays["vectors__scale"]
-            vectors = TokenVectors.load(path, meta["token_vectors"], table)
+            vectors = TokenVectors.load(path, meta["token_vectors"], _fetch(arrays, "vectors"))
         encoder = None
         if meta.get("sentence_encoder"):
             from service.models.sentence_encoder import PREFIX, SentenceEncoder
-            enc_arrays = {}
-            for k, a in arrays.items():
-                if k.startswith(PREFIX) and not k.endswith("__scale"):
-                    if a.dtype == np.int8:
-                        a = a.astype(np.float32) * arrays[k + "__scale"]
-                    enc_arrays[k] = a
+            enc_arrays = {k: _fetch(arrays, k) for k in arrays
+                          if k.startswith(PREFIX) and not k.endswith("__scale")}
             encoder = SentenceEncoder.load(path, meta["sentence_encoder"], enc_arrays)
         return HashedNgramClassifier(meta["name"], meta["labels"], cfg, arrays["buckets"],
                                      arrays["idf"].astype(np.float32), heads,

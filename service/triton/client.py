@@ -100,17 +100,23 @@ def set_serving_version(model_repository: str | Path, model_name: str, version: 
     tmp.replace(marker)
 
 
+def _model_json_paths(model_repository: str | Path, model_name: str,
+                      version: str | int | None) -> tuple[list[Path], list[Path]]:
+    """The version's ``artifact/model.json`` (if a version is named), and those of all
+    versions, newest first: where a model's metadata is looked up, in that order."""
+    model_dir = Path(model_repository) / model_name
+    named = [model_dir / str(version) / "artifact" / "model.json"] if version not in (None, "") else []
+    newest = [model_dir / str(v) / "artifact" / "model.json"
+              for v in reversed(repository_versions(model_repository, model_name))]
+    return named, newest
+
+
 def read_languages(model_repository: str | Path, model_name: str,
                    version: str | int | None = None) -> tuple[str, ...] | None:
     """The language codes a model was trained on (``languages`` in the version's
     ``artifact/model.json``, else the newest version's); None when it does not say."""
-    model_dir = Path(model_repository) / model_name
-    candidates = []
-    if version not in (None, ""):
-        candidates.append(model_dir / str(version) / "artifact" / "model.json")
-    candidates.extend(model_dir / str(v) / "artifact" / "model.json"
-                      for v in reversed(repository_versions(model_repository, model_name)))
-    for path in candidates:
+    named, newest = _model_json_paths(model_repository, model_name, version)
+    for path in named + newest:
         if path.is_file():
             langs = json.loads(path.read_text(encoding="utf-8")).get("languages")
             return tuple(langs) if langs else None
@@ -121,14 +127,8 @@ def read_labels(model_repository: str | Path, model_name: str,
                 version: str | int | None = None) -> tuple[str, ...]:
     """A model's labels from the repository: the version's ``artifact/model.json``, else
     ``labels.txt`` beside the config, else the newest version's ``model.json``."""
-    model_dir = Path(model_repository) / model_name
-    candidates = []
-    if version not in (None, ""):
-        candidates.append(model_dir / str(version) / "artifact" / "model.json")
-    candidates.append(model_dir / "labels.txt")
-    candidates.extend(model_dir / str(v) / "artifact" / "model.json"
-                      for v in reversed(repository_versions(model_repository, model_name)))
-    for path in candidates:
+    named, newest = _model_json_paths(model_repository, model_name, version)
+    for path in named + [Path(model_repository) / model_name / "labels.txt"] + newest:
         if not path.is_file():
             continue
         if path.suffix == ".txt":
