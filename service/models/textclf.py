@@ -24,7 +24,7 @@ Optionally, dense features follow the n-gram columns: pooled pretrained token ve
 first weight matrix of a head then has ``n_buckets + dense_dim`` rows, the dense ones last.
 
 The model's probabilities are ``softmax(sum_k weight_k * logits_k)``. Weights are stored
-as float16 (optionally int8 with a per-row scale) in ``weights.npz`` beside ``model.json``.
+as float16 (optionally int8 with a per-row scale; ``quantize.py``) in ``weights.npz`` beside ``model.json``.
 On a GPU instance (Triton ``KIND_GPU``) the matrix products move to the GPU when CuPy is
 importable; featurisation stays on the CPU.
 """
@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit
 
 from service.models.artifact import ArtifactError, register_loader
+from service.models.quantize import fetch as _fetch, is_stored_key, store as _store
 
 if TYPE_CHECKING:
     from service.models.sentence_encoder import SentenceEncoder
@@ -482,26 +483,6 @@ class HashedNgramClassifier:
         return full
 
 
-def _store(arrays: dict, key: str, arr: np.ndarray, dtype: str) -> None:
-    """Matrices as float16, or int8 with a per-row float32 scale (``key__scale``);
-    vectors as float32."""
-    if arr.ndim != 2:
-        arrays[key] = np.asarray(arr, np.float32)
-    elif dtype == "int8":
-        scale = np.abs(arr).max(axis=1, keepdims=True) / 127.0
-        scale[scale == 0] = 1.0
-        arrays[key] = np.round(arr / scale).astype(np.int8)
-        arrays[key + "__scale"] = scale.astype(np.float32)
-    else:
-        arrays[key] = arr.astype(np.float16)
-
-
-def _fetch(arrays: dict, key: str) -> np.ndarray:
-    """The array stored by :func:`_store` under ``key``, int8 ones scaled back to float32."""
-    a = arrays[key]
-    return a.astype(np.float32) * arrays[key + "__scale"] if a.dtype == np.int8 else a
-
-
 @register_loader(KIND)
 def load(path: Path, meta: dict) -> HashedNgramClassifier:
     wfile = Path(path) / meta.get("weights_file", WEIGHTS_FILE)
@@ -522,8 +503,7 @@ def load(path: Path, meta: dict) -> HashedNgramClassifier:
         encoder = None
         if meta.get("sentence_encoder"):
             from service.models.sentence_encoder import PREFIX, SentenceEncoder
-            enc_arrays = {k: _fetch(arrays, k) for k in arrays
-                          if k.startswith(PREFIX) and not k.endswith("__scale")}
+            enc_arrays = {k: _fetch(arrays, k) for k in arrays if k.startswith(PREFIX) and is_stored_key(k)}
             encoder = SentenceEncoder.load(path, meta["sentence_encoder"], enc_arrays)
         return HashedNgramClassifier(meta["name"], meta["labels"], cfg, arrays["buckets"],
                                      arrays["idf"].astype(np.float32), heads,
