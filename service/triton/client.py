@@ -7,6 +7,7 @@
 
 Tensor contract (``service.models``): input ``TEXT`` BYTES [n, 1] (UTF-8), output
 ``PROBABILITIES`` FP32 [n, n_labels]. A batch larger than the model's ``max_batch_size``
+(asked of Triton once per model and loaded version set, e.g. 64 for the transformer models)
 is split into several requests sent concurrently.
 
 Labels never come from code: :func:`read_labels` reads them from the model repository,
@@ -146,7 +147,8 @@ class TritonModelClient:
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
         model_repository: the repository Triton serves, for :meth:`labels` (optional).
-        max_batch_size: the models' ``max_batch_size``; bigger batches are split.
+        max_batch_size: the largest request when Triton does not say a model's own
+            ``max_batch_size`` (which is asked once per model); bigger batches are split.
         default_timeout_s: the deadline of calls that give none.
     """
 
@@ -156,6 +158,7 @@ class TritonModelClient:
         self.model_repository = Path(model_repository) if model_repository is not None else None
         self.max_batch_size = max_batch_size
         self.default_timeout_s = default_timeout_s
+        self._model_max_batch: dict[str, int] = {}
         self._client = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -197,7 +200,7 @@ class TritonModelClient:
         n = len(texts)
         if n == 0:
             return np.zeros((0, 0), dtype=np.float32), str(model_version)
-        step = self.max_batch_size
+        step = await self._max_batch(model_name, timeout)
         chunks = [texts[i:i + step] for i in range(0, n, step)]
         parts = await asyncio.gather(*(self._infer_chunk(model_name, c, timeout, str(model_version))
                                        for c in chunks))
@@ -206,6 +209,20 @@ class TritonModelClient:
             raise TritonClientError(f"{model_name}: one batch answered by versions {sorted(versions)}")
         probs = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
         return probs, versions.pop()
+
+    async def _max_batch(self, model_name: str, timeout: float) -> int:
+        """The model's ``max_batch_size`` from Triton (cached); the client's default when
+        Triton cannot say (the request then fails or succeeds on its own)."""
+        size = self._model_max_batch.get(model_name)
+        if size is None:
+            try:
+                cfg = await self.model_config(model_name, timeout_s=timeout)
+                size = int(cfg.get("max_batch_size", 0) or 0)
+            except (TritonClientError, ValueError, TypeError):
+                return self.max_batch_size
+            size = min(size, self.max_batch_size) if size > 0 else self.max_batch_size
+            self._model_max_batch[model_name] = size
+        return size
 
     async def _infer_chunk(self, model_name: str, texts: Sequence[str], timeout: float,
                            model_version: str) -> tuple[np.ndarray, str]:
@@ -272,6 +289,7 @@ class TritonModelClient:
     async def load_model(self, model_name: str, timeout_s: float = 120.0) -> None:
         """(Re)load a model: Triton rescans its folder and serves the versions its
         version_policy selects. Raises :class:`TritonClientError` if the load fails."""
+        self._model_max_batch.pop(model_name, None)      # a reload may bring a new config
         await self._call(f"load {model_name}",
                          self._grpc().load_model(model_name, client_timeout=timeout_s))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest_triton import (
-    COMMITTED_REPO, INTENT_LABELS, SENTIMENT_LABELS, TESTS_DIR, requires_triton, start_triton,
+    COMMITTED_REPO, INTENT_LABELS, SENTIMENT_LABELS, TESTS_DIR, make_model_repo, requires_triton, start_triton,
     write_keyword_artifact,
 )
 from service.models.artifact import load_model
@@ -63,6 +63,24 @@ def test_batch_larger_than_max_batch_size_is_split(triton_server, model_repo):
     probs, version = asyncio.run(go())
     assert probs.shape == (2500, 3) and version == "1"
     np.testing.assert_allclose(probs[0], probs[-1])
+
+
+def test_each_models_own_max_batch_size_is_respected(tmp_path):
+    """The transformer models take at most 64 texts per request; the client asks Triton each
+    model's max_batch_size instead of sending its own (larger) batches."""
+    repo = make_model_repo(tmp_path)
+    cfg = repo / "sentiment" / "config.pbtxt"
+    text = cfg.read_text(encoding="utf-8")
+    assert "max_batch_size: 1024" in text
+    cfg.write_text(text.replace("max_batch_size: 1024", "max_batch_size: 8"), encoding="utf-8")
+    texts = [f"text {i} 谢谢" for i in range(100)]
+    with start_triton(repo) as server:
+        async def go():
+            async with TritonModelClient(server.grpc_url) as client:     # default: up to 1024
+                return await client.infer("sentiment", texts, timeout_s=10), await client.infer(
+                    "intent", texts, timeout_s=10)
+        (s_probs, _), (i_probs, _) = asyncio.run(go())
+    assert s_probs.shape == (100, 3) and i_probs.shape[0] == 100
 
 
 def test_bad_utf8_request_is_answered_with_an_error_not_a_crash(triton_server):
