@@ -30,3 +30,23 @@ class TextModel(Protocol):
 # input TEXT (TYPE_STRING, dims [1], batched), output PROBABILITIES (TYPE_FP32, dims [-1]).
 TRITON_INPUT = "TEXT"
 TRITON_OUTPUT = "PROBABILITIES"
+
+
+class SoftmaxModel:
+    """Base of the models whose probabilities are ``softmax(logits(texts) / temperature)``."""
+
+    labels: tuple[str, ...]
+    temperature: float = 1.0
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.labels)), np.float32)
+        z = np.asarray(self.logits(texts), np.float32) / np.float32(self.temperature)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z

@@ -35,7 +35,7 @@ def register_loader(kind: str):
 def _import_builtin_kinds() -> None:
     # Each module registers its kinds on import; a missing optional one is skipped.
     import importlib
-    for mod in ("service.models.lexicon", "service.models.textclf"):
+    for mod in ("service.models.lexicon", "service.models.textclf", "service.models.encoder_clf"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -56,6 +56,22 @@ def read_meta(path: str | Path) -> dict:
         if key not in meta:
             raise ArtifactError(f"{meta_file}: missing '{key}'")
     return meta
+
+
+def write_meta(path: str | Path, meta: dict) -> None:
+    """Write ``model.json`` (UTF-8, indented, non-ASCII kept readable)."""
+    (Path(path) / MODEL_JSON).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n",
+                                         encoding="utf-8")
+
+
+def read_weights(path: str | Path, meta: dict, default: str = "weights.npz") -> dict:
+    """All arrays of the artifact's weights file (``meta["weights_file"]``, else ``default``)."""
+    import numpy as np
+    wfile = Path(path) / meta.get("weights_file", default)
+    if not wfile.is_file():
+        raise ArtifactError(f"{path}: missing {wfile.name}")
+    with np.load(wfile) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_model(path: str | Path, version: str | None = None) -> TextModel:

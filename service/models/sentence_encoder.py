@@ -1,17 +1,21 @@
-"""A pretrained sentence encoder (a BERT-family transformer) in NumPy: the second dense
-feature block of a text model, beside the n-grams (``textclf``).
+"""A sentence encoder (a BERT-family transformer) in NumPy: a dense feature block beside
+the n-grams of a text model (``textclf``), or the body of a fine-tuned classifier
+(``encoder_clf``).
 
 The encoder is a standard post-LayerNorm BERT: token + position + segment-0 embeddings,
 LayerNorm, then ``layers`` blocks of multi-head self-attention and a GELU feed-forward
 layer, each followed by a residual LayerNorm. A text's vector is the mean of its last
-hidden states over its real tokens (padding masked), L2-normalised, times ``scale``:
+hidden states over its real tokens (padding masked), L2-normalised (unless
+``normalize=False``, as in a fine-tuned classifier, ``encoder_clf.py``), times ``scale``:
 the "mean pooling" of sentence-transformers. Verified against the reference
 implementation (Hugging Face ``BertModel``) to 1e-6 in ``tests/test_sentence_encoder.py``.
 
-The model shipped with yujing is all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads, 22.7 M
-parameters; see :mod:`service.models.pretrained` and MODELS.md), its matrices stored int8
-with a per-row scale. Texts are tokenised by its WordPiece tokenizer (``tokenizers``),
-cut to ``max_tokens``, sorted by length and run in batches so that padding stays small.
+Two encoders ship with yujing: all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads, 22.7 M
+parameters; frozen, in ``intent_banking77_minilm``) and multilingual-e5-small (12 layers,
+384 wide, fine-tuned, vocabulary pruned, in ``sentiment_e5``); see
+:mod:`service.models.pretrained` and MODELS.md. Texts are tokenised by the encoder's own
+tokenizer (``tokenizers`` JSON: WordPiece, or SentencePiece unigram), cut to
+``max_tokens``, sorted by length and run in batches so that padding stays small.
 """
 from __future__ import annotations
 
@@ -47,10 +51,11 @@ def _gelu(x, xp=np):
 
 
 class SentenceEncoder:
-    """WordPiece tokenizer + BERT weights -> pooled sentence vectors ``[n, hidden]``."""
+    """Tokenizer + BERT weights -> pooled sentence vectors ``[n, hidden]``."""
 
     def __init__(self, tokenizer_json: str, weights: dict[str, np.ndarray], layers: int, heads: int,
-                 scale: float = 1.0, max_tokens: int = 128, batch: int = 64, layer_norm_eps: float = 1e-12):
+                 scale: float = 1.0, max_tokens: int = 128, batch: int = 64, layer_norm_eps: float = 1e-12,
+                 normalize: bool = True):
         from tokenizers import Tokenizer
         self.tokenizer_json = tokenizer_json
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
@@ -61,6 +66,7 @@ class SentenceEncoder:
         self.max_tokens = int(max_tokens)
         self.batch = int(batch)
         self.eps = float(layer_norm_eps)
+        self.normalize = bool(normalize)
         w = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
         self.hidden = w["embeddings.word_embeddings.weight"].shape[1]
         if self.hidden % self.heads:
@@ -122,9 +128,10 @@ class SentenceEncoder:
             # padded positions are zeroed: they never reach a real token (masked), and left
             # alone they drift towards denormal floats, which slow the matrix products 100x
             x = (x.reshape(B, T, H) * keep).reshape(B * T, H)
-        pooled = (x.reshape(B, T, H) * keep).sum(1) / xp.maximum(mask.sum(1, keepdims=True), 1)
-        norm = xp.linalg.norm(pooled, axis=1, keepdims=True)
-        out = pooled / xp.where(norm > 0, norm, 1)
+        out = (x.reshape(B, T, H) * keep).sum(1) / xp.maximum(mask.sum(1, keepdims=True), 1)
+        if self.normalize:
+            norm = xp.linalg.norm(out, axis=1, keepdims=True)
+            out = out / xp.where(norm > 0, norm, 1)
         return out if xp is np else xp.asnumpy(out)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -152,7 +159,7 @@ class SentenceEncoder:
     # ------------------------------------------------------------------ persistence
     def meta(self) -> dict:
         return {"tokenizer_file": TOKENIZER_FILE, "architecture": "bert", "layers": self.layers,
-                "heads": self.heads, "hidden": self.hidden, "pooling": "mean", "normalize": True,
+                "heads": self.heads, "hidden": self.hidden, "pooling": "mean", "normalize": self.normalize,
                 "scale": self.scale, "max_tokens": self.max_tokens, "layer_norm_eps": self.eps}
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -164,6 +171,13 @@ class SentenceEncoder:
         (Path(path) / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
 
     @classmethod
+    def from_artifact(cls, path: Path, meta: dict, stored: dict[str, np.ndarray]) -> "SentenceEncoder":
+        """The encoder of an artifact: ``meta`` its ``sentence_encoder`` entry, ``stored`` all
+        arrays of its weights file (as written by ``quantize.store``)."""
+        from service.models.quantize import fetch, is_stored_key
+        return cls.load(path, meta, {k: fetch(stored, k) for k in stored if k.startswith(PREFIX) and is_stored_key(k)})
+
+    @classmethod
     def load(cls, path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> "SentenceEncoder":
         tfile = Path(path) / meta.get("tokenizer_file", TOKENIZER_FILE)
         if not tfile.is_file():
@@ -173,4 +187,4 @@ class SentenceEncoder:
         weights = {k[len(PREFIX):]: v for k, v in arrays.items() if k.startswith(PREFIX)}
         return cls(tfile.read_text(encoding="utf-8"), weights, meta["layers"], meta["heads"],
                    scale=meta.get("scale", 1.0), max_tokens=meta.get("max_tokens", 128),
-                   layer_norm_eps=meta.get("layer_norm_eps", 1e-12))
+                   layer_norm_eps=meta.get("layer_norm_eps", 1e-12), normalize=meta.get("normalize", True))

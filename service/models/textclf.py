@@ -30,7 +30,6 @@ importable; featurisation stays on the CPU.
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,8 +38,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from numba import njit
 
-from service.models.artifact import ArtifactError, register_loader
-from service.models.quantize import fetch as _fetch, is_stored_key, store as _store
+from service.models import SoftmaxModel
+from service.models.artifact import ArtifactError, read_weights, register_loader, write_meta
+from service.models.quantize import fetch as _fetch, store as _store
 
 if TYPE_CHECKING:
     from service.models.sentence_encoder import SentenceEncoder
@@ -376,7 +376,7 @@ class Head:
             return cp.asnumpy(out).astype(np.float32)
 
 
-class HashedNgramClassifier:
+class HashedNgramClassifier(SoftmaxModel):
     """TextModel: hashed n-gram TF-IDF features and one or more heads (see module doc)."""
 
     def __init__(self, name: str, labels: Sequence[str], cfg: FeatureConfig,
@@ -429,16 +429,6 @@ class HashedNgramClassifier:
             z += h.weight * h.logits(ptr, cols, vals, dense)
         return z
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, len(self.labels)), np.float32)
-        z = self.logits(texts) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z.astype(np.float32, copy=False)
-
     def use_device(self, kind: str, device_id: int = 0) -> None:
         """Triton hook: on a GPU instance, run the heads with CuPy when it is there."""
         if str(kind).upper().endswith("GPU"):
@@ -478,19 +468,14 @@ class HashedNgramClassifier:
             full["token_vectors"] = {**full.get("token_vectors", {}), **self.vectors.meta()}
         if self.encoder is not None:
             full["sentence_encoder"] = {**full.get("sentence_encoder", {}), **self.encoder.meta()}
-        (path / "model.json").write_text(json.dumps(full, ensure_ascii=False, indent=2) + "\n",
-                                         encoding="utf-8")
+        write_meta(path, full)
         return full
 
 
 @register_loader(KIND)
 def load(path: Path, meta: dict) -> HashedNgramClassifier:
-    wfile = Path(path) / meta.get("weights_file", WEIGHTS_FILE)
-    if not wfile.is_file():
-        raise ArtifactError(f"{path}: missing {wfile.name}")
+    arrays = read_weights(path, meta, WEIGHTS_FILE)
     try:
-        with np.load(wfile) as z:
-            arrays = {k: z[k] for k in z.files}
         cfg = FeatureConfig.from_dict(meta["features"])
         heads = []
         for k, hm in enumerate(meta["heads"]):
@@ -502,9 +487,8 @@ def load(path: Path, meta: dict) -> HashedNgramClassifier:
             vectors = TokenVectors.load(path, meta["token_vectors"], _fetch(arrays, "vectors"))
         encoder = None
         if meta.get("sentence_encoder"):
-            from service.models.sentence_encoder import PREFIX, SentenceEncoder
-            enc_arrays = {k: _fetch(arrays, k) for k in arrays if k.startswith(PREFIX) and is_stored_key(k)}
-            encoder = SentenceEncoder.load(path, meta["sentence_encoder"], enc_arrays)
+            from service.models.sentence_encoder import SentenceEncoder
+            encoder = SentenceEncoder.from_artifact(path, meta["sentence_encoder"], arrays)
         return HashedNgramClassifier(meta["name"], meta["labels"], cfg, arrays["buckets"],
                                      arrays["idf"].astype(np.float32), heads,
                                      version=str(meta.get("version", "1")),

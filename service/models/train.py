@@ -10,7 +10,6 @@ artifact stores the heads' weights and their mixing weights.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from service.models import evaluate as ev
-from service.models.artifact import MODEL_JSON, load_model, read_meta
+from service.models.artifact import load_model, read_meta, write_meta
 from service.models.data import Dataset, data_dir, file_sha256, load_dataset
 from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
 
@@ -54,6 +53,23 @@ RECIPES: dict[str, dict] = {
         "sentence_encoder": {"source": "all-minilm-l6-v2", "scale": 1.0},
         "heads": [{"kind": "linear", "C": 10.0, "weight": 1.0}],
         "dtype": "int8",
+    },
+    # one transformer for Chinese, English and mixed text, fine-tuned on all four sentiment
+    # sets: multilingual-e5-small (12 layers), vocabulary pruned to the pieces we serve,
+    # matrices 4-bit. Much slower than `sentiment` on a CPU: a GPU model (MODELS.md)
+    "sentiment_e5": {
+        "kind": "fine-tuned-encoder",
+        "sentence_encoder": {"source": "multilingual-e5-small"},
+        "finetune": {"epochs": 2, "lr": 6e-5, "batch": 32, "warmup": 0.06, "weight_decay": 0.01,
+                     "dropout": 0.1, "max_tokens": 128, "seed": 0, "threads": 2},
+        # held out for the per-epoch validation: every 10th training row, offset 3 (of
+        # zh_online_shopping the first quarter of those); zh_online_shopping, 4x the size of
+        # the others, is subsampled (seeded) to this many training rows
+        "validation_every": 10,
+        "train_sample": {"zh_online_shopping": 12000},
+        "dtype": "q4",
+        # the quality regression test scores every 8th test row (tests/test_models_quality.py)
+        "ci_sample_every": 8,
     },
 }
 
@@ -159,6 +175,58 @@ def load_sentence_encoder(spec: dict, wheel: str | Path | None = None):
     return enc, pe.provenance
 
 
+def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
+                        version: str = "1", encoder_wheel: str | Path | None = None):
+    """A ``fine-tuned-encoder`` recipe: prune the pretrained encoder's vocabulary to the
+    training texts, fine-tune it with a linear head (``finetune.py``, PyTorch)."""
+    from service.models.e5_image import unigram_tokenizer_json
+    from service.models.encoder_clf import EncoderClassifier
+    from service.models.finetune import FinetuneSettings, finetune, prune_vocabulary
+    from service.models.pretrained import load_multilingual_e5
+    from service.models.sentence_encoder import SentenceEncoder
+    recipe = recipe or RECIPES[model]
+    if recipe["sentence_encoder"].get("source") != "multilingual-e5-small":
+        raise ValueError(f"unknown encoder {recipe['sentence_encoder'].get('source')!r} "
+                         "(known: multilingual-e5-small)")
+    t0 = time.time()
+    ds = load_dataset(model, data)
+    every = int(recipe.get("validation_every", 10))
+    texts, y, validation = [], [], []
+    binary = [ds.labels.index("negative"), ds.labels.index("positive")] if "negative" in ds.labels else None
+    for sub in ds.train:
+        rows = range(len(sub.texts))
+        train_rows = [i for i in rows if i % every != 3]
+        val_rows = [i for i in rows if i % every == 3]
+        n = recipe.get("train_sample", {}).get(sub.name)
+        if n and n < len(train_rows):
+            rng = np.random.default_rng(0)
+            train_rows = sorted(rng.choice(train_rows, size=n, replace=False).tolist())
+            val_rows = val_rows[:len(val_rows) // 4]
+        texts += [sub.texts[i] for i in train_rows]
+        y += [ds.labels.index(sub.labels[i]) for i in train_rows]
+        validation.append((sub.name, [sub.texts[i] for i in val_rows],
+                           np.array([ds.labels.index(sub.labels[i]) for i in val_rows]),
+                           binary if sub.binary else None))
+    pe = load_multilingual_e5(encoder_wheel)
+    keep, tokenizer_json = prune_vocabulary(pe.config["pieces"], pe.config["scores"], pe.config["special"],
+                                            texts, unigram_tokenizer_json)
+    weights = dict(pe.weights)
+    weights["embeddings.word_embeddings.weight"] = weights["embeddings.word_embeddings.weight"][keep]
+    log(f"{model}: {len(texts)} training texts, {sum(len(v[1]) for v in validation)} held out; "
+        f"vocabulary pruned to {len(keep)} of {len(pe.config['pieces'])} pieces")
+    settings = FinetuneSettings.from_dict(recipe.get("finetune", {}))
+    res = finetune(weights, pe.config, tokenizer_json, texts, np.array(y), len(ds.labels), settings,
+                   validation, log)
+    enc = SentenceEncoder(tokenizer_json, res.weights, pe.config["num_hidden_layers"],
+                          pe.config["num_attention_heads"], max_tokens=settings.max_tokens,
+                          layer_norm_eps=pe.config["layer_norm_eps"], normalize=False)
+    clf = EncoderClassifier(model, ds.labels, enc, res.W, res.b, version=version)
+    info = {"sentence_encoder": {**pe.provenance, "vocabulary_kept": len(keep)},
+            "train_seconds": round(time.time() - t0, 1), "n_train": len(texts),
+            "n_validation": sum(len(v[1]) for v in validation), "epochs": res.history}
+    return clf, ds, info
+
+
 def add_dense(X, dense: np.ndarray):
     """Sparse features with the dense block appended as the last columns (the head's layout)."""
     import scipy.sparse as sp
@@ -217,7 +285,7 @@ def train_model(model: str, data: str | Path | None = None, recipe: dict | None 
     return clf, ds, info
 
 
-def write_artifact(clf: HashedNgramClassifier, ds: Dataset, info: dict, out_repo: str | Path,
+def write_artifact(clf, ds: Dataset, info: dict, out_repo: str | Path,
                    version: str, recipe: dict, data: str | Path | None, command: str,
                    metrics: dict | None = None, dtype: str = "float16") -> Path:
     root = data_dir(data)
@@ -244,25 +312,43 @@ def write_artifact(clf: HashedNgramClassifier, ds: Dataset, info: dict, out_repo
     return art
 
 
+def _metric_rows(report: dict) -> dict:
+    return {r["name"]: {k: r[k] for k in ("n", "accuracy", "macro_f1", "accuracy_3way", "neutral_rate") if k in r}
+            for r in report["subsets"]}
+
+
 def train_and_write(model: str, data=None, out_repo="model_repo", version: str = "1",
                     command: str = "", recipe: dict | None = None,
                     vectors_wheel: str | Path | None = None, encoder_wheel: str | Path | None = None) -> dict:
     recipe = recipe or RECIPES[model]
-    clf, ds, info = train_model(model, data, recipe, version, vectors_wheel, encoder_wheel)
+    if recipe.get("kind") == "fine-tuned-encoder":
+        clf, ds, info = train_encoder_model(model, data, recipe, version, encoder_wheel)
+    else:
+        clf, ds, info = train_model(model, data, recipe, version, vectors_wheel, encoder_wheel)
     dtype = recipe.get("dtype", "float16")
     art = write_artifact(clf, ds, info, out_repo, version, recipe, data, command, dtype=dtype)
     # the recorded metrics are those of the artifact as stored (float16/int8 weights), not of
     # the float32 model in memory
     t0 = time.time()
-    metrics = ev.evaluate(load_model(art).predict_proba, ds)
+    stored = load_model(art)
+    metrics = ev.evaluate(stored.predict_proba, ds)
     log(f"{model}: test (stored artifact) " + ", ".join(
         f"{r['name']} acc={r['accuracy']:.4f} F1={r['macro_f1']:.4f}" for r in metrics["subsets"])
         + f" ({time.time() - t0:.1f}s)")
     meta = read_meta(art)
-    meta["metrics"] = {"test": {r["name"]: {k: r[k] for k in ("n", "accuracy", "macro_f1", "accuracy_3way",
-                                                               "neutral_rate") if k in r}
-                                for r in metrics["subsets"]}}
-    (art / MODEL_JSON).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    meta["metrics"] = {"test": _metric_rows(metrics)}
+    if recipe.get("ci_sample_every"):
+        # a slow model's regression test scores a fixed sample of the test rows
+        every = int(recipe["ci_sample_every"])
+        sample = ds.test_sample(every)
+        meta["metrics"]["test_sample"] = {"every": every, **_metric_rows(ev.evaluate(stored.predict_proba, sample))}
+        if dtype == "q4":
+            # what the 4-bit storage costs: the same sample scored by the float32 model in memory
+            meta["metrics"]["test_sample_float32"] = _metric_rows(ev.evaluate(clf.predict_proba, sample))
+            log(f"{model}: test sample, stored vs float32: " + ", ".join(
+                f"{k} {v['accuracy']:.4f}/{meta['metrics']['test_sample_float32'][k]['accuracy']:.4f}"
+                for k, v in meta["metrics"]["test_sample"].items() if k != "every"))
+    write_meta(art, meta)
     size = sum(p.stat().st_size for p in art.iterdir())
     log(f"{model}: wrote {art} ({size / 1e6:.2f} MB)")
     return {"artifact": str(art), "size_bytes": size, "metrics": metrics, "training": info}

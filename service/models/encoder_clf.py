@@ -1,0 +1,83 @@
+"""A fine-tuned transformer classifier: a BERT encoder, mean pooling, one linear layer.
+
+``probabilities = softmax((mean_pool(bert(text)) @ W + b) / temperature)``: the encoder is
+:class:`service.models.sentence_encoder.SentenceEncoder` with ``normalize=False`` (all its
+weights were trained with the head, ``finetune.py``), so the CPU (NumPy) and GPU (CuPy)
+paths are the ones the frozen encoders use. Unlike ``textclf`` there are no n-gram
+features: the model reads tokens only.
+
+Storage (``weights.npz``, see ``quantize.py``): the encoder's linear layers 4-bit (``q4``),
+its embedding tables int8 per row, LayerNorms, biases and the head float32.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from service.models import SoftmaxModel
+from service.models.artifact import ArtifactError, read_weights, register_loader, write_meta
+from service.models.quantize import store
+from service.models.sentence_encoder import PREFIX, SentenceEncoder
+
+KIND = "fine-tuned-encoder"
+WEIGHTS_FILE = "weights.npz"
+
+
+class EncoderClassifier(SoftmaxModel):
+    """TextModel: fine-tuned encoder + linear head (see module doc)."""
+
+    def __init__(self, name: str, labels: Sequence[str], encoder: SentenceEncoder, W: np.ndarray,
+                 b: np.ndarray, version: str = "1", temperature: float = 1.0):
+        self.name = name
+        self.version = str(version)
+        self.labels = tuple(labels)
+        self.encoder = encoder
+        self.W = np.ascontiguousarray(W, np.float32)
+        self.b = np.ascontiguousarray(b, np.float32)
+        self.temperature = float(temperature)
+        if self.W.shape != (encoder.dim, len(self.labels)) or self.b.shape != (len(self.labels),):
+            raise ArtifactError(f"{name}: head {self.W.shape}/{self.b.shape} does not fit "
+                                f"{encoder.dim} features and {len(self.labels)} labels")
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(texts) @ self.W + self.b
+
+    def use_device(self, kind: str, device_id: int = 0) -> None:
+        """Triton hook: on a GPU instance the encoder runs with CuPy when it is there."""
+        if str(kind).upper().endswith("GPU"):
+            self.encoder.to_gpu(int(device_id))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, meta: dict, dtype: str = "q4") -> dict:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        for key, arr in self.encoder.arrays().items():
+            # embedding tables are looked up row by row: int8 rows keep them exact enough;
+            # the linear layers take the 4-bit blocks
+            table = key[len(PREFIX):].startswith("embeddings.")
+            store(arrays, key, arr, "int8" if table and dtype == "q4" else dtype)
+        arrays["head_W"] = self.W
+        arrays["head_b"] = self.b
+        np.savez_compressed(path / WEIGHTS_FILE, **arrays)
+        self.encoder.save(path)
+        full = dict(meta)
+        full.update({"kind": KIND, "name": self.name, "labels": list(self.labels),
+                     "temperature": self.temperature, "weights_file": WEIGHTS_FILE, "weights_dtype": dtype,
+                     "sentence_encoder": {**full.get("sentence_encoder", {}), **self.encoder.meta()}})
+        write_meta(path, full)
+        return full
+
+
+@register_loader(KIND)
+def load(path: Path, meta: dict) -> EncoderClassifier:
+    arrays = read_weights(path, meta, WEIGHTS_FILE)
+    try:
+        enc = SentenceEncoder.from_artifact(path, meta["sentence_encoder"], arrays)
+        return EncoderClassifier(meta["name"], meta["labels"], enc, arrays["head_W"], arrays["head_b"],
+                                 version=str(meta.get("version", "1")),
+                                 temperature=float(meta.get("temperature", 1.0)))
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+        raise ArtifactError(f"{path}: bad {KIND} artifact ({exc})") from exc
