@@ -31,11 +31,17 @@ def _dataset(model: str):
         pytest.skip(f"reference data incomplete: {exc}")
 
 
-@pytest.mark.parametrize("name", ["sentiment", "intent", "intent_banking77", "intent_banking77_minilm"])
+@pytest.mark.parametrize("name", ["sentiment", "intent", "intent_banking77", "intent_banking77_minilm",
+                                  "sentiment_e5"])
 def test_no_regression_on_test_split(name):
     ds = _dataset(name)
     art = REPO / "model_repo" / name / "1" / "artifact"
     recorded = read_meta(art)["metrics"]["test"]
+    if "test_sample" in read_meta(art)["metrics"]:
+        # a slow model (a 12-layer transformer on the CPU) is checked on the fixed sample of
+        # test rows whose accuracy was recorded at training time
+        recorded = dict(read_meta(art)["metrics"]["test_sample"])
+        ds = ds.test_sample(recorded.pop("every"))
     model = load_model(art)
     rep = ev.evaluate(model.predict_proba, ds, labels=model.labels)
     assert {r["name"] for r in rep["subsets"]} == set(recorded)
@@ -44,6 +50,6 @@ def test_no_regression_on_test_split(name):
         assert r["accuracy"] >= floor, (
             f"{name}/{r['name']}: accuracy {r['accuracy']:.4f} < recorded "
             f"{recorded[r['name']]['accuracy']:.4f} - {TOLERANCE}")
-        if r["lang"] == "zh" and name == "sentiment":
+        if r["lang"] == "zh" and name.startswith("sentiment"):
             # binary data: the 3-way argmax must not drift into 'neutral'
             assert r["neutral_rate"] < 0.05

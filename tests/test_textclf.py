@@ -48,7 +48,7 @@ def test_artifact_metadata_and_size():
         for key in ("training_command", "data_files", "split_rule", "metrics", "created"):
             assert meta.get(key), f"{name}: model.json lacks {key}"
         assert all(len(f["sha256"]) == 64 for f in meta["data_files"])
-        size = sum(p.stat().st_size for p in art.iterdir())
+        size = sum(p.stat().st_size for p in art.rglob("*") if p.is_file())
         assert size < MAX_BYTES, f"{name}: {size} bytes"
         labels_txt = (REPO / "model_repo" / name / "labels.txt").read_text(encoding="utf-8").split("\n")
         assert [l for l in labels_txt if l] == meta["labels"]

