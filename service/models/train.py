@@ -1,11 +1,15 @@
-"""Training of the default text models (sentiment, intent, intent_banking77).
+"""Training of the shipped text models (see :data:`RECIPES`).
 
-Needs the optional ``train`` extra (scikit-learn, SciPy) -- serving does not. Every step
-is deterministic: fixed hashing, fixed seeds, single-threaded solvers.
+Needs the optional ``train`` extra (scikit-learn, SciPy), and for ``sentiment_e5`` also
+``finetune`` (PyTorch, transformers) -- serving needs neither. Every step is seeded:
+fixed hashing, fixed seeds, single-threaded solvers, a fixed thread count for fine-tuning.
 
-Recipe per model (see :data:`RECIPES`): hashed n-gram TF-IDF features (textclf), buckets
-seen fewer than ``min_df`` times dropped, then one or more heads fitted on them; the
-artifact stores the heads' weights and their mixing weights.
+* n-gram recipes: hashed n-gram TF-IDF features (textclf), buckets seen fewer than
+  ``min_df`` times dropped, optional pretrained dense blocks, then one or more heads fitted
+  on them; the artifact stores the heads' weights and their mixing weights.
+* ``kind: fine-tuned-encoder`` (``sentiment_e5``): a pretrained transformer fine-tuned
+  with a linear head on part of the training rows (``finetune.py``), optionally an n-gram
+  companion whose logit weight is chosen on the held-out rows (``train_encoder_model``).
 """
 from __future__ import annotations
 
