@@ -18,7 +18,7 @@ import datetime as _dt
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -210,17 +210,6 @@ def holdout_split(ds: Dataset, recipe: dict) -> tuple[list[Subset], list[Subset]
     return fit, held, rest
 
 
-def _subset_accuracy(z: np.ndarray, sub: Subset, labels: Sequence[str]) -> float:
-    """Accuracy of logits ``z`` on ``sub``: argmax, or negative vs positive on binary data."""
-    y = np.array([labels.index(lab) for lab in sub.labels])
-    if sub.binary:
-        neg, pos = labels.index("negative"), labels.index("positive")
-        pred = np.where(z[:, pos] > z[:, neg], pos, neg)
-    else:
-        pred = z.argmax(1)
-    return float((pred == y).mean()) if len(y) else 0.0
-
-
 def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
                         version: str = "1", encoder_wheel: str | Path | None = None,
                         reuse_from: str | Path | None = None):
@@ -261,7 +250,10 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
         z_ng = [companion.logits(sub.texts) for sub in held]
         grid = {}
         for w in spec["weights"]:
-            accs = [_subset_accuracy(a + np.float32(w) * b, sub, ds.labels) for a, b, sub in zip(z_enc, z_ng, held)]
+            # score_subset's decision (argmax; negative vs positive on binary data) works on
+            # logits as on probabilities
+            accs = [ev.score_subset(a + np.float32(w) * b, sub, ds.labels)["accuracy"]
+                    for a, b, sub in zip(z_enc, z_ng, held)]
             grid[str(w)] = {"mean": round(float(np.mean(accs)), 4),
                             **{sub.name: round(acc, 4) for sub, acc in zip(held, accs)}}
         # the best mean held-out accuracy over the data sets (each counts once); ties: less n-gram
