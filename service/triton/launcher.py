@@ -25,8 +25,6 @@ and sets ``PYTHONPATH`` (the repository root, site-packages, extras), which each
 from __future__ import annotations
 
 import atexit
-import ctypes
-import ctypes.util
 import glob
 import os
 import queue
@@ -204,26 +202,26 @@ def _stop_all() -> None:
         server.stop(grace_s=5.0)
 
 
-def _load_prctl():
-    # Resolved in the parent: loading a library between fork and exec can deadlock.
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl
-    except (OSError, AttributeError):
-        return None
+# Runs in the child, after spawn, before tritonserver: asks the kernel to SIGKILL the child
+# when the spawner thread goes away (PR_SET_PDEATHSIG survives exec), then execs the server.
+# It is a separate interpreter rather than a Popen preexec_fn on purpose: a preexec_fn forces
+# fork() instead of vfork(), fork() runs gRPC's at-fork handlers in the child, and gRPC's
+# restarted poller thread then aborts the child (SIGABRT, "epoll_wait error: Bad file
+# descriptor") once close_fds closes its epoll descriptor. Seen once in CI while the test
+# process had gRPC calls in flight. With no preexec_fn, Popen uses vfork(): no handlers run.
+_EXEC_WITH_PDEATHSIG = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL('libc.so.6', use_errno=True)\n"
+    f"libc.prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGKILL)}, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"  # the parent died before prctl took effect
+    "    os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-def _die_with_parent_fn():
-    """A preexec_fn: SIGKILL this child when the forking thread (the spawner) goes away."""
-    prctl = _load_prctl()
-    parent = os.getpid()
-
-    def preexec() -> None:
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    return preexec
+def _die_with_parent(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` wrapped so the child is SIGKILLed when the spawning thread goes away."""
+    return [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *cmd]
 
 
 class TritonServer:
@@ -354,9 +352,9 @@ class TritonServer:
         self._log_file = open(log_path, "ab", buffering=0)
         self._log_file.write(f"\n=== yujing: starting {' '.join(cmd)}\n".encode())
         self._proc = _spawner().submit(
-            subprocess.Popen, cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
+            subprocess.Popen, _die_with_parent(cmd), stdin=subprocess.DEVNULL, stdout=self._log_file,
             stderr=subprocess.STDOUT, env=env, cwd=run_dir, process_group=0,
-            preexec_fn=_die_with_parent_fn(), close_fds=True).result()
+            close_fds=True).result()
         _RUNNING.add(self)
         try:
             self.wait_ready(self.startup_timeout_s)

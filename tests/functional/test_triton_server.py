@@ -4,6 +4,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -158,6 +161,40 @@ def test_stop_leaves_no_process_behind(model_repo):
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the process group (tritonserver + Python stubs) is gone
     server.close()
+
+
+def test_tritonserver_dies_with_the_process_that_started_it(model_repo):
+    # The owner is SIGKILLed (no atexit, no stop()): PR_SET_PDEATHSIG must take the server down.
+    script = (
+        "import sys, time\n"
+        f"sys.path[:0] = [{str(TESTS_DIR)!r}, {str(TESTS_DIR.parent)!r}]\n"
+        "from conftest_triton import start_triton\n"
+        f"server = start_triton(__import__('pathlib').Path({str(model_repo)!r}), ['sentiment'])\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(owner.stdout.readline())
+        # the wrapper exec'd the server itself: the pid we hold is tritonserver's
+        assert os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "tritonserver"
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        assert not _alive(pid), "tritonserver outlived the process that started it"
+    finally:
+        owner.kill()
+        owner.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 def test_discover_models_skips_models_without_artifacts(model_repo):
