@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from service.models.artifact import load_model, read_meta
-from service.models.sentence_encoder import SentenceEncoder, _gelu
+from service.models.sentence_encoder import SentenceEncoder, _gelu, token_ids
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "minilm_reference.json"
@@ -124,6 +124,30 @@ def test_batching_and_padding_do_not_change_a_vector():
     together = enc.encode(texts)
     alone = np.concatenate([enc.encode([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_long_texts_keep_head_and_tail_when_asked(tmp_path):
+    from tokenizers import Tokenizer
+    rng = np.random.default_rng(5)
+    w = random_bert(rng)
+    words = WORDS[2:]
+    long_text = " ".join(words[i % len(words)] for i in range(40))      # 40 tokens
+    all_ids = Tokenizer.from_str(word_tokenizer_json()).encode(long_text).ids
+    # head + tail: the first 3 tokens and the last 5
+    tail = SentenceEncoder(word_tokenizer_json(), w, layers=2, heads=2, max_tokens=8, head_tokens=3)
+    assert token_ids(tail.tokenizer, [long_text, "my card"], 8, 3) == [all_ids[:3] + all_ids[-5:], all_ids[:2]]
+    np.testing.assert_allclose(tail.encode([long_text])[0],
+                               reference_vector(w, all_ids[:3] + all_ids[-5:], 2, 2), atol=2e-5)
+    # the default: the first 8 (the tokenizer's own truncation)
+    head = SentenceEncoder(word_tokenizer_json(), w, layers=2, heads=2, max_tokens=8)
+    np.testing.assert_allclose(head.encode([long_text])[0], reference_vector(w, all_ids[:8], 2, 2), atol=2e-5)
+    # the choice is part of the artifact's meta and comes back on load
+    assert tail.meta()["head_tokens"] == 3 and head.meta()["head_tokens"] == 0
+    tail.save(tmp_path)
+    back = SentenceEncoder.load(tmp_path, tail.meta(), tail.arrays())
+    np.testing.assert_allclose(back.encode([long_text]), tail.encode([long_text]), atol=1e-6)
+    with pytest.raises(ValueError, match="head_tokens"):
+        token_ids(tail.tokenizer, [long_text], 8, 8)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     dropout: float = 0.1
     max_tokens: int = 128           # texts are cut to this many tokens (specials included)
+    head_tokens: int = 0            # > 0: keep this many first tokens and the rest from the end
     seed: int = 0
     threads: int = 2
 
@@ -94,12 +95,13 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertModel
 
+    from service.models.sentence_encoder import token_ids
+
     s = settings
     torch.manual_seed(s.seed)
     torch.set_num_threads(s.threads)
     tok = Tokenizer.from_str(tokenizer_json)
     tok.no_padding()
-    tok.enable_truncation(s.max_tokens)
     H = weights["embeddings.word_embeddings.weight"].shape[1]
     bc = BertConfig(vocab_size=weights["embeddings.word_embeddings.weight"].shape[0], hidden_size=H,
                     num_hidden_layers=config["num_hidden_layers"],
@@ -129,7 +131,7 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
         raise ValueError(f"weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
 
     def ids_of(batch_texts):
-        return [e.ids for e in tok.encode_batch(list(batch_texts))]
+        return token_ids(tok, batch_texts, s.max_tokens, s.head_tokens)   # as served
 
     def tensors(ids, rows):
         L = max(len(ids[i]) for i in rows)

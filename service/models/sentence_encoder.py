@@ -15,7 +15,8 @@ parameters; frozen, in ``intent_banking77_minilm``) and multilingual-e5-small (1
 384 wide, fine-tuned, vocabulary pruned, in ``sentiment_e5``); see
 :mod:`service.models.pretrained` and MODELS.md. Texts are tokenised by the encoder's own
 tokenizer (``tokenizers`` JSON: WordPiece, or SentencePiece unigram), cut to
-``max_tokens``, sorted by length and run in batches so that padding stays small.
+``max_tokens`` (:func:`token_ids`), sorted by length and run in batches so that padding
+stays small.
 """
 from __future__ import annotations
 
@@ -26,6 +27,29 @@ import numpy as np
 
 TOKENIZER_FILE = "encoder_tokenizer.json"
 PREFIX = "enc/"     # weight names in the artifact's weights.npz
+
+
+def token_ids(tokenizer, texts: Sequence[str], max_tokens: int, head_tokens: int = 0) -> list[list[int]]:
+    """Token ids of each text (special tokens included), at most ``max_tokens`` of them.
+
+    ``head_tokens == 0``: a long text keeps its first tokens (the tokenizer's own truncation,
+    which keeps the closing special token: BERT's usual cut). ``head_tokens > 0``: it keeps
+    its first ``head_tokens`` and its last ``max_tokens - head_tokens`` tokens ("head +
+    tail", Sun et al. 2019, "How to Fine-Tune BERT for Text Classification": a review's
+    verdict is often at its end). Sets ``tokenizer``'s truncation. Only the first (and, for
+    head + tail, the last) ``16 * max_tokens`` characters are tokenised: no more can survive
+    the cut."""
+    clip = 16 * int(max_tokens)
+    if not head_tokens:
+        tokenizer.enable_truncation(int(max_tokens))
+        return [e.ids for e in tokenizer.encode_batch([t[:clip] for t in texts])]
+    if not 0 < head_tokens < max_tokens:
+        raise ValueError(f"head_tokens {head_tokens} must be in (0, {max_tokens})")
+    tokenizer.no_truncation()
+    texts = [t if len(t) <= 2 * clip else t[:clip] + " " + t[-clip:] for t in texts]
+    tail = max_tokens - head_tokens
+    return [ids if len(ids) <= max_tokens else ids[:head_tokens] + ids[-tail:]
+            for ids in (e.ids for e in tokenizer.encode_batch(list(texts)))]
 
 
 def _is_linear(name: str, v: np.ndarray) -> bool:
@@ -55,12 +79,12 @@ class SentenceEncoder:
 
     def __init__(self, tokenizer_json: str, weights: dict[str, np.ndarray], layers: int, heads: int,
                  scale: float = 1.0, max_tokens: int = 128, batch: int = 64, layer_norm_eps: float = 1e-12,
-                 normalize: bool = True):
+                 normalize: bool = True, head_tokens: int = 0):
         from tokenizers import Tokenizer
         self.tokenizer_json = tokenizer_json
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(int(max_tokens))
+        self.head_tokens = int(head_tokens)
         self.layers, self.heads = int(layers), int(heads)
         self.scale = float(scale)
         self.max_tokens = int(max_tokens)
@@ -139,10 +163,8 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.hidden), np.float32)
         if not texts:
             return out
-        # a text is cut to max_tokens tokens anyway: do not tokenise megabytes for that
-        clip = 16 * self.max_tokens
-        encs = self.tokenizer.encode_batch([t[:clip] for t in texts])
-        lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
+        encs = token_ids(self.tokenizer, texts, self.max_tokens, self.head_tokens)
+        lens = np.fromiter((len(e) for e in encs), np.int64, len(encs))
         order = np.argsort(lens, kind="stable")
         order = order[lens[order] > 0]          # a text without tokens keeps a zero vector
         for a in range(0, len(order), self.batch):
@@ -151,7 +173,7 @@ class SentenceEncoder:
             ids = np.zeros((len(rows), T), np.int64)
             mask = np.zeros((len(rows), T), np.float32)
             for r, i in enumerate(rows):
-                ids[r, :lens[i]] = encs[i].ids
+                ids[r, :lens[i]] = encs[i]
                 mask[r, :lens[i]] = 1
             out[rows] = self._forward(ids, mask)
         return out * np.float32(self.scale)
@@ -160,7 +182,8 @@ class SentenceEncoder:
     def meta(self) -> dict:
         return {"tokenizer_file": TOKENIZER_FILE, "architecture": "bert", "layers": self.layers,
                 "heads": self.heads, "hidden": self.hidden, "pooling": "mean", "normalize": self.normalize,
-                "scale": self.scale, "max_tokens": self.max_tokens, "layer_norm_eps": self.eps}
+                "scale": self.scale, "max_tokens": self.max_tokens, "head_tokens": self.head_tokens,
+                "layer_norm_eps": self.eps}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The weights in their original layout ([out, in] matrices), for the artifact."""
@@ -187,4 +210,5 @@ class SentenceEncoder:
         weights = {k[len(PREFIX):]: v for k, v in arrays.items() if k.startswith(PREFIX)}
         return cls(tfile.read_text(encoding="utf-8"), weights, meta["layers"], meta["heads"],
                    scale=meta.get("scale", 1.0), max_tokens=meta.get("max_tokens", 128),
-                   layer_norm_eps=meta.get("layer_norm_eps", 1e-12), normalize=meta.get("normalize", True))
+                   layer_norm_eps=meta.get("layer_norm_eps", 1e-12), normalize=meta.get("normalize", True),
+                   head_tokens=meta.get("head_tokens", 0))
