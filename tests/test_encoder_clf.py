@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -216,6 +217,51 @@ def test_save_load_keeps_probabilities(tmp_path):
     clf.save(float16, {}, dtype="float16")
     assert np.abs(load_model(float16).predict_proba(TEXTS) - p0).max() < 2e-3
     assert back.predict_proba([]).shape == (0, 3)
+
+
+def test_storage_per_part(tmp_path):
+    clf = tiny_classifier(np.random.default_rng(8))
+    parts = {"embeddings": "q4", "attention": "int8", "ffn": "q4"}
+    meta = clf.save(tmp_path, {}, dtype=parts)
+    assert meta["weights_dtype"] == parts
+    stored = np.load(tmp_path / "weights.npz")
+    q4 = lambda k: k + "__q4scale" in stored.files           # noqa: E731
+    int8 = lambda k: stored[k].dtype == np.int8               # noqa: E731
+    assert q4("enc/embeddings.word_embeddings.weight") and q4("enc/encoder.layer.1.output.dense.weight")
+    assert q4("enc/encoder.layer.0.intermediate.dense.weight")
+    assert int8("enc/encoder.layer.0.attention.self.query.weight")
+    assert int8("enc/encoder.layer.1.attention.output.dense.weight")
+    assert stored["enc/encoder.layer.0.attention.output.LayerNorm.weight"].dtype == np.float32
+    # closer to float32 than all-q4 (measured as the mean |logit| difference)
+    z = clf.logits(TEXTS)
+    clf.save(tmp_path / "q4", {}, dtype="q4")
+    err_parts = np.abs(load_model(tmp_path).logits(TEXTS) - z).mean()
+    err_q4 = np.abs(load_model(tmp_path / "q4").logits(TEXTS) - z).mean()
+    assert err_parts < err_q4
+
+
+def test_float_checkpoint_round_trip(tmp_path, monkeypatch):
+    from service.models import train as T
+    from service.models.finetune import FinetuneResult, FinetuneSettings
+    monkeypatch.setenv("YUJING_CACHE_DIR", str(tmp_path))
+    clf = tiny_classifier(np.random.default_rng(9))
+    settings = FinetuneSettings(max_tokens=16, head_tokens=4)
+    recipe = {"finetune": dataclasses.asdict(settings)}
+    weights = {k[len("enc/"):]: v for k, v in clf.encoder.arrays().items()}
+    res = FinetuneResult(weights, clf.W, clf.b, [], dataclasses.asdict(settings))
+    path = T._save_float_checkpoint("toy", "3", res, clf.encoder.tokenizer_json,
+                                    {"n_train": 5, "encoder_config": {"layers": 2, "heads": 4,
+                                                                      "layer_norm_eps": 1e-12}})
+    assert path.parent == tmp_path / "finetuned"
+    ds = type("DS", (), {"labels": clf.labels})()
+    back, info = T._load_float_checkpoint("toy", ds, path, recipe, "3")
+    assert info == {"n_train": 5, "float32_checkpoint": str(path)}
+    assert back.encoder.head_tokens == 4 and back.version == "3"
+    want = EncoderClassifier("toy", clf.labels, SentenceEncoder(
+        clf.encoder.tokenizer_json, weights, 2, 4, max_tokens=16, head_tokens=4, normalize=False), clf.W, clf.b)
+    assert np.abs(back.logits(TEXTS) - want.logits(TEXTS)).max() < 1e-5
+    with pytest.raises(ValueError, match="fine-tuned with"):      # another recipe's weights
+        T._load_float_checkpoint("toy", ds, path, {"finetune": {**recipe["finetune"], "epochs": 9}}, "3")
 
 
 def test_ngram_companion_adds_its_weighted_logits_and_survives_save_load(tmp_path):

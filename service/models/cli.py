@@ -37,12 +37,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     command = "yujing models train --model {m} --version {v}".format(m="{m}", v=args.version)
     if args.reuse_encoder:
         command += " --reuse-encoder"
+    if args.from_checkpoint:
+        command += f" --from-checkpoint {args.from_checkpoint}"
     summary = {}
     t0 = time.time()
     for m in _models(args.model, training=True):
         res = train_and_write(m, data=args.data_dir, out_repo=args.out, version=str(args.version),
                               command=command.format(m=m), vectors_wheel=args.vectors_wheel,
-                              encoder_wheel=args.encoder_wheel, reuse_encoder=args.reuse_encoder)
+                              encoder_wheel=args.encoder_wheel, reuse_encoder=args.reuse_encoder,
+                              checkpoint=args.from_checkpoint)
         summary[m] = {"artifact": res["artifact"], "size_bytes": res["size_bytes"],
                       "train_seconds": res["training"]["train_seconds"],
                       "accuracy": {r["name"]: round(r["accuracy"], 4) for r in res["metrics"]["subsets"]}}
@@ -147,6 +150,10 @@ def add_subcommands(models_subparsers) -> None:
                    help="sentiment_e5: keep the fine-tuned encoder and head of the artifact already at "
                         "--out/<model>/<version> and redo the rest (n-gram companion, its weight, metrics): "
                         "minutes instead of ~45, no PyTorch")
+    p.add_argument("--from-checkpoint", default=None, metavar="NPZ",
+                   help="sentiment_e5: start from the float32 fine-tuned weights a previous run kept "
+                        "(<cache>/finetuned/*.npz, named in its model.json) instead of fine-tuning again; "
+                        "the rest (storage, companion, metrics) is redone. No PyTorch")
     p.set_defaults(func=cmd_train)
 
     p = models_subparsers.add_parser("eval", parents=[common], help="evaluate models on the test splits")

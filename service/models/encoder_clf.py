@@ -31,6 +31,13 @@ WEIGHTS_FILE = "weights.npz"
 COMPANION_DIR = "ngrams"
 
 
+def weight_part(name: str) -> str:
+    """Which part of a BERT encoder a weight belongs to: embeddings, attention or ffn."""
+    if name.startswith("embeddings."):
+        return "embeddings"
+    return "attention" if ".attention." in name else "ffn"
+
+
 class EncoderClassifier(SoftmaxModel):
     """TextModel: fine-tuned encoder + linear head (see module doc)."""
 
@@ -69,15 +76,17 @@ class EncoderClassifier(SoftmaxModel):
                 self.companion.use_device(kind, device_id)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path, meta: dict, dtype: str = "q4") -> dict:
+    def save(self, path: str | Path, meta: dict, dtype: str | dict = "q4") -> dict:
+        """``dtype``: one storage for every matrix, except that "q4" keeps the embedding
+        tables int8; or a storage per part: ``{"embeddings": .., "attention": ..,
+        "ffn": ..}`` (the attention projections, the feed-forward layers)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        parts = dtype if isinstance(dtype, dict) else {
+            "embeddings": "int8" if dtype == "q4" else dtype, "attention": dtype, "ffn": dtype}
         arrays: dict[str, np.ndarray] = {}
         for key, arr in self.encoder.arrays().items():
-            # embedding tables are looked up row by row: int8 rows keep them exact enough;
-            # the linear layers take the 4-bit blocks
-            table = key[len(PREFIX):].startswith("embeddings.")
-            store(arrays, key, arr, "int8" if table and dtype == "q4" else dtype)
+            store(arrays, key, arr, parts[weight_part(key[len(PREFIX):])])
         arrays["head_W"] = self.W
         arrays["head_b"] = self.b
         np.savez_compressed(path / WEIGHTS_FILE, **arrays)

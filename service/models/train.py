@@ -215,14 +215,16 @@ def holdout_split(ds: Dataset, recipe: dict) -> tuple[list[Subset], list[Subset]
 
 def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict | None = None,
                         version: str = "1", encoder_wheel: str | Path | None = None,
-                        reuse_from: str | Path | None = None):
+                        reuse_from: str | Path | None = None, checkpoint: str | Path | None = None):
     """A ``fine-tuned-encoder`` recipe: prune the pretrained encoder's vocabulary to the
     training texts, fine-tune it with a linear head (``finetune.py``, PyTorch); then, if the
     recipe names a ``companion``, fit that n-gram model on the rows not held out and choose
     its logit weight on the held-out rows.
 
     ``reuse_from``: an artifact of this model whose fine-tuned encoder and head are kept
-    as stored (no PyTorch needed, minutes instead of ~45); its fine-tuning record is kept."""
+    as stored (no PyTorch needed, minutes instead of ~45); its fine-tuning record is kept.
+    ``checkpoint``: the float32 fine-tuned weights a previous run of this recipe kept
+    (``_save_float_checkpoint``), used instead of fine-tuning again."""
     from service.models.encoder_clf import EncoderClassifier
     recipe = recipe or RECIPES[model]
     t0 = time.time()
@@ -242,6 +244,8 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
                                         "finetune_seconds": prev.get("training", {}).get("finetune_seconds"),
                                         "metrics": prev.get("metrics", {})}}
         log(f"{model}: fine-tuned encoder and head reused from {reuse_from}")
+    elif checkpoint is not None:
+        clf, info = _load_float_checkpoint(model, ds, checkpoint, recipe, version)
     else:
         clf, info = _finetune_encoder(model, ds, fit, held, recipe, version, encoder_wheel)
     if recipe.get("companion"):
@@ -305,12 +309,15 @@ def _finetune_encoder(model: str, ds: Dataset, fit: list[Subset], held: list[Sub
     clf = EncoderClassifier(model, ds.labels, enc, res.W, res.b, version=version)
     info = {"sentence_encoder": {**pe.provenance, "vocabulary_kept": len(keep)},
             "finetune_seconds": round(time.time() - t0, 1), "n_train": len(texts),
-            "n_validation": sum(len(v[1]) for v in validation), "epochs": res.history,
-            "float32_checkpoint": str(_save_float_checkpoint(model, version, res, tokenizer_json))}
+            "n_validation": sum(len(v[1]) for v in validation), "epochs": res.history}
+    enc_cfg = {"layers": pe.config["num_hidden_layers"], "heads": pe.config["num_attention_heads"],
+               "layer_norm_eps": pe.config["layer_norm_eps"]}
+    info["float32_checkpoint"] = str(_save_float_checkpoint(model, version, res, tokenizer_json,
+                                                            {**info, "encoder_config": enc_cfg}))
     return clf, info
 
 
-def _save_float_checkpoint(model: str, version: str, res, tokenizer_json: str) -> Path:
+def _save_float_checkpoint(model: str, version: str, res, tokenizer_json: str, info: dict) -> Path:
     """The fine-tuned float32 weights, kept outside the repository (the artifact holds them
     4-bit): enough to try another storage or companion without the 45+ minutes of training."""
     from service.models.pretrained import cache_dir
@@ -319,9 +326,35 @@ def _save_float_checkpoint(model: str, version: str, res, tokenizer_json: str) -
     np.savez(path, head_W=res.W, head_b=res.b,
              tokenizer_json=np.frombuffer(tokenizer_json.encode("utf-8"), np.uint8),
              settings_json=np.frombuffer(json.dumps(res.settings).encode("utf-8"), np.uint8),
+             info_json=np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8),
              **{"enc/" + k: v for k, v in res.weights.items()})
     log(f"{model}: float32 fine-tuned weights kept in {path}")
     return path
+
+
+def _load_float_checkpoint(model: str, ds: Dataset, path: str | Path, recipe: dict, version: str):
+    """The classifier (float32) and training record of a checkpoint ``_save_float_checkpoint`` wrote."""
+    from service.models.encoder_clf import EncoderClassifier
+    from service.models.sentence_encoder import SentenceEncoder
+    ck = np.load(path)
+    text = lambda key: bytes(ck[key]).decode("utf-8")  # noqa: E731
+    settings, info = json.loads(text("settings_json")), json.loads(text("info_json"))
+    if settings != json.loads(json.dumps(_finetune_settings(recipe))):
+        raise ValueError(f"{path}: fine-tuned with {settings}, the recipe asks {_finetune_settings(recipe)}")
+    enc_cfg = info.pop("encoder_config")
+    weights = {k[len("enc/"):]: ck[k] for k in ck.files if k.startswith("enc/")}
+    enc = SentenceEncoder(text("tokenizer_json"), weights, enc_cfg["layers"], enc_cfg["heads"],
+                          max_tokens=settings["max_tokens"], head_tokens=settings.get("head_tokens", 0),
+                          layer_norm_eps=enc_cfg["layer_norm_eps"], normalize=False)
+    clf = EncoderClassifier(model, ds.labels, enc, ck["head_W"], ck["head_b"], version=version)
+    info["float32_checkpoint"] = str(path)
+    log(f"{model}: fine-tuned encoder and head read from {path} (float32)")
+    return clf, info
+
+
+def _finetune_settings(recipe: dict) -> dict:
+    from service.models.finetune import FinetuneSettings
+    return dataclasses.asdict(FinetuneSettings.from_dict(recipe.get("finetune", {})))
 
 
 def add_dense(X, dense: np.ndarray):
@@ -386,7 +419,7 @@ def train_model(model: str, data: str | Path | None = None, recipe: dict | None 
 
 def write_artifact(clf, ds: Dataset, info: dict, out_repo: str | Path,
                    version: str, recipe: dict, data: str | Path | None, command: str,
-                   metrics: dict | None = None, dtype: str = "float16") -> Path:
+                   metrics: dict | None = None, dtype: str | dict = "float16") -> Path:
     root = data_dir(data)
     art = Path(out_repo) / clf.name / str(version) / "artifact"
     meta = {
@@ -419,11 +452,11 @@ def _metric_rows(report: dict) -> dict:
 def train_and_write(model: str, data=None, out_repo="model_repo", version: str = "1",
                     command: str = "", recipe: dict | None = None,
                     vectors_wheel: str | Path | None = None, encoder_wheel: str | Path | None = None,
-                    reuse_encoder: bool = False) -> dict:
+                    reuse_encoder: bool = False, checkpoint: str | Path | None = None) -> dict:
     recipe = recipe or RECIPES[model]
     if recipe.get("kind") == "fine-tuned-encoder":
         reuse_from = Path(out_repo) / model / str(version) / "artifact" if reuse_encoder else None
-        clf, ds, info = train_encoder_model(model, data, recipe, version, encoder_wheel, reuse_from)
+        clf, ds, info = train_encoder_model(model, data, recipe, version, encoder_wheel, reuse_from, checkpoint)
     else:
         clf, ds, info = train_model(model, data, recipe, version, vectors_wheel, encoder_wheel)
     dtype = recipe.get("dtype", "float16")
@@ -443,7 +476,7 @@ def train_and_write(model: str, data=None, out_repo="model_repo", version: str =
         every = int(recipe["ci_sample_every"])
         sample = ds.test_sample(every)
         meta["metrics"]["test_sample"] = {"every": every, **_metric_rows(ev.evaluate(stored.predict_proba, sample))}
-        if dtype == "q4" and "encoder_reused_from" not in info:
+        if dtype != "float16" and "encoder_reused_from" not in info:
             # what the 4-bit storage costs: the same sample scored by the float32 model in memory
             # (a reused encoder is already the stored one: its first run recorded this)
             meta["metrics"]["test_sample_float32"] = _metric_rows(ev.evaluate(clf.predict_proba, sample))
