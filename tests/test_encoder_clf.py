@@ -58,32 +58,23 @@ TEXTS = ["very good service", "the service is bad!", "服务很好", "服务很�
 
 # --------------------------------------------------------------------------- quantize
 
-def _q4_first_rule(a: np.ndarray) -> np.ndarray:
-    """The first version's q4 rounding (scale max|block| / 7), written out independently."""
-    rows, cols = a.shape
-    b = a.reshape(rows, cols // 32, 32)
-    d = (np.abs(b).max(2, keepdims=True) / 7).astype(np.float16).astype(np.float32)
-    d[d == 0] = 1
-    return (np.clip(np.round(b / d), -8, 7) * d).reshape(rows, cols)
-
-
-def test_q4_round_trip_is_never_worse_than_max_over_7_and_better_overall():
+def test_q4_round_trip_within_half_a_step():
     rng = np.random.default_rng(1)
-    a = np.concatenate([rng.standard_normal((40, 96)), rng.laplace(size=(40, 96))]).astype(np.float32)
+    a = rng.standard_normal((7, 96)).astype(np.float32)
     a[2, :32] = 0                                # an all-zero block
     arrays = {}
     store(arrays, "m", a, "q4")
-    assert arrays["m"].dtype == np.uint8 and arrays["m"].shape == (80, 48)
+    assert arrays["m"].dtype == np.uint8 and arrays["m"].shape == (7, 48)
     back = fetch(arrays, "m")
-    assert np.all(back[2, :32] == 0)
-    # every weight is a 4-bit code times its block's stored scale
     d = np.repeat(arrays["m__q4scale"].astype(np.float32), 32, axis=1)
-    codes = back / d
-    assert np.allclose(codes, np.round(codes), atol=1e-3) and codes.min() >= -8 and codes.max() <= 7
-    err_new = ((back - a) ** 2).reshape(80, 3, 32).sum(2)
-    err_old = ((_q4_first_rule(a) - a) ** 2).reshape(80, 3, 32).sum(2)
-    assert np.all(err_new <= err_old + 1e-9)     # the first rule is one of the candidates
-    assert err_new.sum() < 0.85 * err_old.sum()  # measured 0.70 on MiniLM's weights
+    assert np.all(np.abs(back - a) <= d / 2 + 1e-6)
+    assert np.all(back[2, :32] == 0)
+    # the largest weight of each block is kept (to the float16 scale's precision)
+    blocks = a.reshape(7, 3, 32)
+    i = np.abs(blocks).argmax(2)
+    big = np.take_along_axis(blocks, i[..., None], 2)[..., 0]
+    got = np.take_along_axis(back.reshape(7, 3, 32), i[..., None], 2)[..., 0]
+    assert np.allclose(got, big, rtol=2e-3)
 
 
 def test_int8_float16_and_fallbacks():

@@ -7,14 +7,10 @@ float32 (or as stored, for float16). Vectors (1-D) are always float32. Matrices:
 * ``int8``: one float32 scale per row (``key__scale``), ``round(w / scale)``, scale =
   max|row| / 127;
 * ``q4``: 4 bits per weight in blocks of 32 along a row, one float16 scale per block
-  (``key__q4scale``, may be negative), ``w ~ q * d`` with ``q = clip(round(w / d), -8, 7)``,
-  two weights per byte (``key`` holds the packed bytes: the low nibble is weight ``2j``, the
-  high one ``2j + 1``). Rows whose length is not a multiple of 32 fall back to int8.
-  The scale of each block is the one with the smallest squared error among: ``max|w| / 7``
-  (the largest weight keeps its value; the first version's only choice), ``-m / k`` for
-  ``k`` in 6.5, 6.75, ..., 8.5 (``m`` the block's largest-magnitude weight, so that it lands
-  on -k and the -8 level is used too), and the least-squares scale ``sum(w q) / sum(q q)``
-  for the best of those ``q``. Reading is the same whichever was chosen.
+  (``key__q4scale``), ``q = clip(round(w / d), -8, 7)`` with d = max|block| / 7 (the largest
+  weight keeps its value), two weights per byte (``key`` holds the packed bytes: the low
+  nibble is weight ``2j``, the high one ``2j + 1``). Rows whose length is not a multiple of
+  32 fall back to int8.
 """
 from __future__ import annotations
 
@@ -32,8 +28,11 @@ def store(arrays: dict, key: str, arr: np.ndarray, dtype: str) -> None:
         arrays[key] = arr
     elif dtype == "q4" and arr.shape[1] % Q4_BLOCK == 0:
         rows, cols = arr.shape
-        d, q = _q4_blocks(arr.reshape(rows, cols // Q4_BLOCK, Q4_BLOCK))
-        q = q.reshape(rows, cols) + 8
+        blocks = arr.reshape(rows, cols // Q4_BLOCK, Q4_BLOCK)
+        d = np.abs(blocks).max(axis=2, keepdims=True) / 7.0
+        d = d.astype(np.float16).astype(np.float32)     # the scale as it will be read back
+        d[d == 0] = 1.0
+        q = np.clip(np.round(blocks / d), -8, 7).astype(np.int8).reshape(rows, cols) + 8
         arrays[key] = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
         arrays[key + "__q4scale"] = d.reshape(rows, cols // Q4_BLOCK).astype(np.float16)
     elif dtype in ("int8", "q4"):
@@ -43,31 +42,6 @@ def store(arrays: dict, key: str, arr: np.ndarray, dtype: str) -> None:
         arrays[key + "__scale"] = scale.astype(np.float32)
     else:
         arrays[key] = arr.astype(np.float16)
-
-
-def _q4_round(blocks: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scale as stored in float16, q, squared error per block) for scales ``d`` [..., 1]."""
-    d = d.astype(np.float16).astype(np.float32)
-    d[d == 0] = 1.0
-    q = np.clip(np.round(blocks / d), -8, 7)
-    return d, q, ((blocks - q * d) ** 2).sum(axis=-1, keepdims=True)
-
-
-def _q4_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block scale [..., 1] and int8 codes in [-8, 7] of ``blocks`` [..., 32]."""
-    amax = np.abs(blocks).max(axis=-1, keepdims=True)
-    m = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)
-    best_d, best_q, best_e = _q4_round(blocks, amax / 7.0)
-    candidates = [-m / k for k in np.arange(6.5, 8.51, 0.25)]
-    for d in candidates + [None]:
-        if d is None:   # least squares on the best codes so far
-            qq = (best_q * best_q).sum(axis=-1, keepdims=True)
-            d = np.where(qq > 0, (blocks * best_q).sum(axis=-1, keepdims=True) / np.maximum(qq, 1e-30), best_d)
-        d, q, e = _q4_round(blocks, d)
-        better = e < best_e
-        best_d, best_e = np.where(better, d, best_d), np.where(better, e, best_e)
-        best_q = np.where(better, q, best_q)
-    return best_d, best_q.astype(np.int8)
 
 
 def fetch(arrays: dict, key: str) -> np.ndarray:
