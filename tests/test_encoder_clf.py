@@ -333,6 +333,13 @@ def test_committed_sentiment_e5(committed):
     for key in ("training_command", "data_files", "split_rule", "created"):
         assert meta.get(key), key
     assert set(meta["metrics"]["test_sample"]) - {"every"} == set(meta["metrics"]["test"])
+    # built by the recipe train.py holds now: storage, truncation, fine-tuning settings
+    from service.models.train import RECIPES
+    recipe = RECIPES["sentiment_e5"]
+    assert meta["weights_dtype"] == recipe["dtype"] == meta["recipe"]["dtype"]
+    assert meta["recipe"]["finetune"] == recipe["finetune"]
+    assert meta["sentence_encoder"]["head_tokens"] == recipe["finetune"]["head_tokens"]
+    assert [e["epoch"] for e in meta["training"]["epochs"]] == list(range(1, recipe["finetune"]["epochs"] + 1))
     p = committed.predict_proba(["I have been on hold for two hours, this is ridiculous!",
                                  "thank you so much, great help", "你们的服务太差了，我要投诉", "谢谢，态度很好"])
     assert list(p.argmax(1)) == [0, 2, 0, 2]

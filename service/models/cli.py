@@ -149,7 +149,7 @@ def add_subcommands(models_subparsers) -> None:
     p.add_argument("--reuse-encoder", action="store_true",
                    help="sentiment_e5: keep the fine-tuned encoder and head of the artifact already at "
                         "--out/<model>/<version> and redo the rest (n-gram companion, its weight, metrics): "
-                        "minutes instead of ~45, no PyTorch")
+                        "minutes instead of ~70, no PyTorch")
     p.add_argument("--from-checkpoint", default=None, metavar="NPZ",
                    help="sentiment_e5: start from the float32 fine-tuned weights a previous run kept "
                         "(<cache>/finetuned/*.npz, named in its model.json) instead of fine-tuning again; "

@@ -10,9 +10,10 @@ Optionally an n-gram model (``textclf``) trained on the same rows adds its logit
 rows (``train.py``). The two make different mistakes (sub-word context vs. exact character
 n-grams), and the n-grams cost ~1 % of the transformer's time.
 
-Storage (``weights.npz``, see ``quantize.py``): the encoder's linear layers 4-bit (``q4``),
-its embedding tables int8 per row, LayerNorms, biases and the head float32; the companion
-is an artifact of its own in the ``ngrams/`` folder.
+Storage (``weights.npz``, see ``quantize.py``): each part of the encoder (embedding tables,
+attention projections, feed-forward layers) int8 per row or 4-bit (``q4``) as the recipe
+says (``sentiment_e5``: int8 attention, the rest 4-bit); LayerNorms, biases and the head
+float32; the companion is an artifact of its own in the ``ngrams/`` folder.
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ RECIPES: dict[str, dict] = {
     },
     # one transformer for Chinese, English and mixed text, fine-tuned on all four sentiment
     # sets: multilingual-e5-small (12 layers), vocabulary pruned to the pieces we serve,
-    # matrices 4-bit. Much slower than `sentiment` on a CPU: a GPU model (MODELS.md)
+    # matrices int8 / 4-bit. Much slower than `sentiment` on a CPU: a GPU model (MODELS.md)
     "sentiment_e5": {
         "kind": "fine-tuned-encoder",
         "sentence_encoder": {"source": "multilingual-e5-small"},
@@ -224,7 +224,7 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
     its logit weight on the held-out rows.
 
     ``reuse_from``: an artifact of this model whose fine-tuned encoder and head are kept
-    as stored (no PyTorch needed, minutes instead of ~45); its fine-tuning record is kept.
+    as stored (no PyTorch needed, minutes instead of ~70); its fine-tuning record is kept.
     ``checkpoint``: the float32 fine-tuned weights a previous run of this recipe kept
     (``_save_float_checkpoint``), used instead of fine-tuning again."""
     from service.models.encoder_clf import EncoderClassifier
@@ -321,7 +321,8 @@ def _finetune_encoder(model: str, ds: Dataset, fit: list[Subset], held: list[Sub
 
 def _save_float_checkpoint(model: str, version: str, res, tokenizer_json: str, info: dict) -> Path:
     """The fine-tuned float32 weights, kept outside the repository (the artifact holds them
-    4-bit): enough to try another storage or companion without the 45+ minutes of training."""
+    int8 / 4-bit): enough to try another storage or companion without the ~70 minutes of
+    fine-tuning."""
     from service.models.pretrained import cache_dir
     path = cache_dir() / "finetuned" / f"{model}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -479,7 +480,7 @@ def train_and_write(model: str, data=None, out_repo="model_repo", version: str =
         sample = ds.test_sample(every)
         meta["metrics"]["test_sample"] = {"every": every, **_metric_rows(ev.evaluate(stored.predict_proba, sample))}
         if dtype != "float16" and "encoder_reused_from" not in info:
-            # what the 4-bit storage costs: the same sample scored by the float32 model in memory
+            # what the int8/4-bit storage costs: the same sample scored by the float32 model in memory
             # (a reused encoder is already the stored one: its first run recorded this)
             meta["metrics"]["test_sample_float32"] = _metric_rows(ev.evaluate(clf.predict_proba, sample))
             log(f"{model}: test sample, stored vs float32: " + ", ".join(
