@@ -345,3 +345,11 @@ def test_committed_sentiment_e5(committed):
     assert list(p.argmax(1)) == [0, 2, 0, 2]
     odd = committed.predict_proba(["", "  ", "\x00", "🙂" * 10, "好" * 5000])
     assert np.isfinite(odd).all() and np.allclose(odd.sum(1), 1, atol=1e-5)
+
+
+def test_train_refuses_two_starting_points():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "service.models.cli", "train", "--model", "sentiment_e5",
+                          "--reuse-encoder", "--from-checkpoint", "x.npz"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "two different starting points" in out.stderr

@@ -33,6 +33,9 @@ def _err(msg: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from service.models.train import train_and_write
 
+    if args.reuse_encoder and args.from_checkpoint:
+        _err("--reuse-encoder and --from-checkpoint are two different starting points: give one")
+        return 2
     _pin_threads()
     command = "yujing models train --model {m} --version {v}".format(m="{m}", v=args.version)
     if args.reuse_encoder:
