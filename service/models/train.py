@@ -342,8 +342,9 @@ def _load_float_checkpoint(model: str, ds: Dataset, path: str | Path, recipe: di
     ck = np.load(path)
     text = lambda key: bytes(ck[key]).decode("utf-8")  # noqa: E731
     settings, info = json.loads(text("settings_json")), json.loads(text("info_json"))
-    if settings != json.loads(json.dumps(_finetune_settings(recipe))):
-        raise ValueError(f"{path}: fine-tuned with {settings}, the recipe asks {_finetune_settings(recipe)}")
+    wanted = _finetune_settings(recipe)
+    if settings != wanted:
+        raise ValueError(f"{path}: fine-tuned with {settings}, the recipe asks {wanted}")
     enc_cfg = info.pop("encoder_config")
     weights = {k[len("enc/"):]: ck[k] for k in ck.files if k.startswith("enc/")}
     enc = SentenceEncoder(text("tokenizer_json"), weights, enc_cfg["layers"], enc_cfg["heads"],
