@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 from pathlib import Path
 
@@ -231,28 +232,58 @@ def test_storage_per_part(tmp_path):
     assert err_parts < err_q4
 
 
-def test_float_checkpoint_round_trip(tmp_path, monkeypatch):
+def test_float_checkpoint_round_trip_and_stages(tmp_path, monkeypatch):
     from service.models import train as T
-    from service.models.finetune import FinetuneResult, FinetuneSettings
+    from service.models.finetune import FinetuneSettings
     monkeypatch.setenv("YUJING_CACHE_DIR", str(tmp_path))
     clf = tiny_classifier(np.random.default_rng(9))
     settings = FinetuneSettings(max_tokens=16, head_tokens=4)
-    recipe = {"finetune": dataclasses.asdict(settings)}
+    recipe = {"finetune": dataclasses.asdict(settings), "train_sample": {"a": 5},
+              "finetune_more": [{"epochs": 1, "lr": 1e-5, "train_sample": {"a": 9}}]}
+    stages = T._finetune_stages(recipe)
+    # a later stage: the first stage's settings less what it overrides, and its own rows
+    assert stages[0] == dataclasses.asdict(settings)
+    assert stages[1] == {**dataclasses.asdict(settings), "epochs": 1, "lr": 1e-5, "train_sample": {"a": 9}}
     weights = {k[len("enc/"):]: v for k, v in clf.encoder.arrays().items()}
-    res = FinetuneResult(weights, clf.W, clf.b, [], dataclasses.asdict(settings))
-    path = T._save_float_checkpoint("toy", "3", res, clf.encoder.tokenizer_json,
-                                    {"n_train": 5, "encoder_config": {"layers": 2, "heads": 4,
-                                                                      "layer_norm_eps": 1e-12}})
+    config = {"num_hidden_layers": 2, "num_attention_heads": 4, "layer_norm_eps": 1e-12}
+    state = {"weights": weights, "W": clf.W, "b": clf.b, "tokenizer_json": clf.encoder.tokenizer_json,
+             "config": config, "stages": stages, "info": {"n_train": 5}}
+    path = T._save_float_checkpoint("toy", "3", state)
     assert path.parent == tmp_path / "finetuned"
+    start = T._read_float_checkpoint("toy", path, recipe)
+    assert start["stages"] == stages and start["config"] == config
     ds = type("DS", (), {"labels": clf.labels})()
-    back, info = T._load_float_checkpoint("toy", ds, path, recipe, "3")
+    back, info = T._finetune_encoder("toy", ds, [], recipe, "3", start=start)     # every stage done
     assert info == {"n_train": 5, "float32_checkpoint": str(path)}
     assert back.encoder.head_tokens == 4 and back.version == "3"
     want = EncoderClassifier("toy", clf.labels, SentenceEncoder(
         clf.encoder.tokenizer_json, weights, 2, 4, max_tokens=16, head_tokens=4, normalize=False), clf.W, clf.b)
     assert np.abs(back.logits(TEXTS) - want.logits(TEXTS)).max() < 1e-5
     with pytest.raises(ValueError, match="fine-tuned with"):      # another recipe's weights
-        T._load_float_checkpoint("toy", ds, path, {"finetune": {**recipe["finetune"], "epochs": 9}}, "3")
+        T._read_float_checkpoint("toy", path, {"finetune": {**recipe["finetune"], "epochs": 9}})
+    # after the first stage: a recipe with the same first stage continues there; another is refused
+    first = T._save_float_checkpoint("toy", "3", {**state, "stages": stages[:1]})
+    assert T._read_float_checkpoint("toy", first, recipe)["stages"] == stages[:1]
+    with pytest.raises(ValueError, match="fine-tuned with"):
+        T._read_float_checkpoint("toy", first, {**recipe, "finetune": {**recipe["finetune"], "lr": 1.0}})
+
+
+def test_checkpoint_from_before_stages_is_read(tmp_path):
+    """The committed sentiment_e5 came from a checkpoint holding one settings dict and its
+    encoder config inside the info: it still reads, as the first stage."""
+    from service.models import train as T
+    from service.models.finetune import FinetuneSettings
+    clf = tiny_classifier(np.random.default_rng(9))
+    settings = dataclasses.asdict(FinetuneSettings(max_tokens=16))
+    blob = lambda obj: np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)  # noqa: E731
+    np.savez(tmp_path / "old.npz", head_W=clf.W, head_b=clf.b, settings_json=blob(settings),
+             tokenizer_json=np.frombuffer(clf.encoder.tokenizer_json.encode("utf-8"), np.uint8),
+             info_json=blob({"n_train": 5, "encoder_config": {"layers": 2, "heads": 4, "layer_norm_eps": 1e-12}}),
+             **clf.encoder.arrays())
+    start = T._read_float_checkpoint("toy", tmp_path / "old.npz",
+                                     {"finetune": settings, "finetune_more": [{"epochs": 1}]})
+    assert start["stages"] == [settings] and start["info"] == {"n_train": 5}
+    assert start["config"] == {"num_hidden_layers": 2, "num_attention_heads": 4, "layer_norm_eps": 1e-12}
 
 
 def test_ngram_companion_adds_its_weighted_logits_and_survives_save_load(tmp_path):
@@ -313,6 +344,13 @@ def test_finetune_learns_and_numpy_matches_torch():
     with torch.no_grad():
         h = bert(input_ids=torch.tensor([ids])).last_hidden_state.mean(1).numpy()
     assert np.allclose(clf.logits(["the service is bad"]), h @ res.W + res.b, atol=1e-4)
+    # a later stage starts from the head it is given (at learning rate 0 it stays there)
+    again = finetune(res.weights, {"num_hidden_layers": 2, "num_attention_heads": 4}, tj, texts, y, 3,
+                     FinetuneSettings(epochs=1, lr=0.0, batch=8, max_tokens=16, threads=1),
+                     log=lambda m: None, head=(res.W, res.b))
+    assert np.allclose(again.W, res.W) and np.allclose(again.b, res.b)
+    assert np.allclose(again.weights["encoder.layer.1.output.dense.weight"],
+                       res.weights["encoder.layer.1.output.dense.weight"])
 
 
 # --------------------------------------------------------------------------- the committed model

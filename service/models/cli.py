@@ -155,8 +155,9 @@ def add_subcommands(models_subparsers) -> None:
                         "minutes instead of ~70, no PyTorch")
     p.add_argument("--from-checkpoint", default=None, metavar="NPZ",
                    help="sentiment_e5: start from the float32 fine-tuned weights a previous run kept "
-                        "(<cache>/finetuned/*.npz, named in its model.json) instead of fine-tuning again; "
-                        "the rest (storage, companion, metrics) is redone. No PyTorch")
+                        "after a fine-tuning stage (<cache>/finetuned/*.npz, named in its model.json): "
+                        "the stages it holds are not run again (no PyTorch when it holds them all), "
+                        "the rest (storage, companion, metrics) is redone")
     p.set_defaults(func=cmd_train)
 
     p = models_subparsers.add_parser("eval", parents=[common], help="evaluate models on the test splits")

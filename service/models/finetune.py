@@ -87,10 +87,12 @@ class FinetuneResult:
 def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, texts: Sequence[str],
              y: np.ndarray, n_labels: int, settings: FinetuneSettings,
              validation: Sequence[tuple[str, Sequence[str], np.ndarray, Sequence[int] | None]] = (),
-             log: Callable[[str], None] = print) -> FinetuneResult:
+             log: Callable[[str], None] = print,
+             head: tuple[np.ndarray, np.ndarray] | None = None) -> FinetuneResult:
     """Train encoder + head on ``texts``/``y``. ``validation``: (name, texts, y, classes) per
     subset, scored after every epoch (argmax over ``classes`` when given, e.g. negative vs
-    positive for binary data)."""
+    positive for binary data). ``head``: a trained head ``(W [hidden, labels], b)`` to start
+    from (a later fine-tuning stage); else the head starts at random."""
     import torch
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertModel
@@ -129,6 +131,10 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
         {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in weights.items()}, strict=False)
     if missing or unexpected:
         raise ValueError(f"weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
+    if head is not None:
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(np.ascontiguousarray(head[0].T, np.float32)))
+            model.head.bias.copy_(torch.from_numpy(np.asarray(head[1], np.float32)))
 
     def ids_of(batch_texts):
         return token_ids(tok, batch_texts, s.max_tokens, s.head_tokens)   # as served

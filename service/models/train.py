@@ -225,13 +225,13 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
 
     ``reuse_from``: an artifact of this model whose fine-tuned encoder and head are kept
     as stored (no PyTorch needed, minutes instead of ~70); its fine-tuning record is kept.
-    ``checkpoint``: the float32 fine-tuned weights a previous run of this recipe kept
-    (``_save_float_checkpoint``), used instead of fine-tuning again."""
+    ``checkpoint``: the float32 fine-tuned weights a previous run of this recipe kept after
+    one of its stages (``_save_float_checkpoint``): the stages it holds are not run again."""
     from service.models.encoder_clf import EncoderClassifier
     recipe = recipe or RECIPES[model]
     t0 = time.time()
     ds = load_dataset(model, data)
-    fit, held, rest = holdout_split(ds, recipe)
+    _, held, rest = holdout_split(ds, recipe)
     if reuse_from is not None:
         base = load_model(reuse_from)
         prev = read_meta(reuse_from)
@@ -246,10 +246,9 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
                                         "finetune_seconds": prev.get("training", {}).get("finetune_seconds"),
                                         "metrics": prev.get("metrics", {})}}
         log(f"{model}: fine-tuned encoder and head reused from {reuse_from}")
-    elif checkpoint is not None:
-        clf, info = _load_float_checkpoint(model, ds, checkpoint, recipe, version)
     else:
-        clf, info = _finetune_encoder(model, ds, fit, held, recipe, version, encoder_wheel)
+        start = _read_float_checkpoint(model, checkpoint, recipe) if checkpoint is not None else None
+        clf, info = _finetune_encoder(model, ds, held, recipe, version, encoder_wheel, start)
     if recipe.get("companion"):
         spec = recipe["companion"]
         t1 = time.time()
@@ -278,87 +277,128 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
     return clf, ds, info
 
 
-def _finetune_encoder(model: str, ds: Dataset, fit: list[Subset], held: list[Subset], recipe: dict,
-                      version: str, encoder_wheel: str | Path | None):
-    from service.models.e5_image import unigram_tokenizer_json
+def _finetune_stages(recipe: dict) -> list[dict]:
+    """The fine-tuning stages, as a checkpoint records them: the recipe's ``finetune`` settings
+    (on the rows ``train_sample`` picks), then each of ``finetune_more``, which continues from
+    the previous stage's weights with ``finetune``'s settings less what it overrides, on the
+    rows its own ``train_sample`` picks."""
+    from service.models.finetune import FinetuneSettings
+    first = dataclasses.asdict(FinetuneSettings.from_dict(recipe.get("finetune", {})))
+    stages = [first]
+    for more in recipe.get("finetune_more", []):
+        settings = FinetuneSettings.from_dict({**first, **more})
+        stages.append({**dataclasses.asdict(settings),
+                       "train_sample": more.get("train_sample", recipe.get("train_sample", {}))})
+    return stages
+
+
+def _finetune_encoder(model: str, ds: Dataset, held: list[Subset], recipe: dict, version: str,
+                      encoder_wheel: str | Path | None = None, start: dict | None = None):
+    """Run the recipe's fine-tuning stages (``_finetune_stages``), keeping a float32
+    checkpoint after each. ``start``: a checkpoint's state (``_read_float_checkpoint``) whose
+    stages are done; only the ones after it run."""
     from service.models.encoder_clf import EncoderClassifier
-    from service.models.finetune import FinetuneSettings, finetune, prune_vocabulary
-    from service.models.pretrained import load_multilingual_e5
+    from service.models.finetune import FinetuneSettings, finetune
     from service.models.sentence_encoder import SentenceEncoder
-    if recipe["sentence_encoder"].get("source") != "multilingual-e5-small":
-        raise ValueError(f"unknown encoder {recipe['sentence_encoder'].get('source')!r} "
-                         "(known: multilingual-e5-small)")
-    t0 = time.time()
-    texts = [t for sub in fit for t in sub.texts]
-    y = [ds.labels.index(lab) for sub in fit for lab in sub.labels]
+    stages = _finetune_stages(recipe)
     binary = [ds.labels.index("negative"), ds.labels.index("positive")] if "negative" in ds.labels else None
     validation = [(sub.name, sub.texts, np.array([ds.labels.index(lab) for lab in sub.labels]),
                    binary if sub.binary else None) for sub in held]
+
+    def rows(stage: dict) -> tuple[list[str], np.ndarray]:
+        fit = holdout_split(ds, {**recipe, "train_sample": stage.get("train_sample", recipe.get("train_sample", {}))})[0]
+        return ([t for sub in fit for t in sub.texts],
+                np.array([ds.labels.index(lab) for sub in fit for lab in sub.labels]))
+
+    state = start or _pretrained_start(model, recipe, rows(stages[0])[0], encoder_wheel)
+    t0 = time.time()
+    for i in range(len(state["stages"]), len(stages)):
+        texts, y = rows(stages[i])
+        log(f"{model}: fine-tuning stage {i + 1}/{len(stages)}: {len(texts)} training texts, "
+            f"{sum(len(v[1]) for v in validation)} held out")
+        settings = FinetuneSettings.from_dict(stages[i])
+        res = finetune(state["weights"], state["config"], state["tokenizer_json"], texts, y,
+                       len(ds.labels), settings, validation, log,
+                       head=(state["W"], state["b"]) if i else None)
+        record = {"n_train": len(texts), "n_validation": sum(len(v[1]) for v in validation),
+                  "epochs": res.history}
+        if i == 0:
+            state["info"].update(record)
+        else:
+            state["info"].setdefault("finetune_more", []).append({**record, "settings": stages[i]})
+        state["info"]["finetune_seconds"] = round(state["info"].get("finetune_seconds", 0)
+                                                  + time.time() - t0, 1)
+        t0 = time.time()
+        state.update(weights=res.weights, W=res.W, b=res.b, stages=stages[:i + 1])
+        state["path"] = _save_float_checkpoint(model, version, state)
+    cfg = state["config"]
+    first = stages[0]
+    enc = SentenceEncoder(state["tokenizer_json"], state["weights"], cfg["num_hidden_layers"],
+                          cfg["num_attention_heads"], max_tokens=first["max_tokens"],
+                          head_tokens=first["head_tokens"], layer_norm_eps=cfg["layer_norm_eps"],
+                          normalize=False)
+    clf = EncoderClassifier(model, ds.labels, enc, state["W"], state["b"], version=version)
+    return clf, {**state["info"], "float32_checkpoint": str(state["path"])}
+
+
+def _pretrained_start(model: str, recipe: dict, texts: list[str], encoder_wheel) -> dict:
+    """Stage 0: the pretrained encoder, its vocabulary pruned to ``texts`` (the first stage's)."""
+    from service.models.e5_image import unigram_tokenizer_json
+    from service.models.finetune import prune_vocabulary
+    from service.models.pretrained import load_multilingual_e5
+    if recipe["sentence_encoder"].get("source") != "multilingual-e5-small":
+        raise ValueError(f"unknown encoder {recipe['sentence_encoder'].get('source')!r} "
+                         "(known: multilingual-e5-small)")
     pe = load_multilingual_e5(encoder_wheel)
     keep, tokenizer_json = prune_vocabulary(pe.config["pieces"], pe.config["scores"], pe.config["special"],
                                             texts, unigram_tokenizer_json)
     weights = dict(pe.weights)
     weights["embeddings.word_embeddings.weight"] = weights["embeddings.word_embeddings.weight"][keep]
-    log(f"{model}: {len(texts)} training texts, {sum(len(v[1]) for v in validation)} held out; "
-        f"vocabulary pruned to {len(keep)} of {len(pe.config['pieces'])} pieces")
-    settings = FinetuneSettings.from_dict(recipe.get("finetune", {}))
-    res = finetune(weights, pe.config, tokenizer_json, texts, np.array(y), len(ds.labels), settings,
-                   validation, log)
-    enc = SentenceEncoder(tokenizer_json, res.weights, pe.config["num_hidden_layers"],
-                          pe.config["num_attention_heads"], max_tokens=settings.max_tokens,
-                          head_tokens=settings.head_tokens,
-                          layer_norm_eps=pe.config["layer_norm_eps"], normalize=False)
-    clf = EncoderClassifier(model, ds.labels, enc, res.W, res.b, version=version)
-    info = {"sentence_encoder": {**pe.provenance, "vocabulary_kept": len(keep)},
-            "finetune_seconds": round(time.time() - t0, 1), "n_train": len(texts),
-            "n_validation": sum(len(v[1]) for v in validation), "epochs": res.history}
-    enc_cfg = {"layers": pe.config["num_hidden_layers"], "heads": pe.config["num_attention_heads"],
-               "layer_norm_eps": pe.config["layer_norm_eps"]}
-    info["float32_checkpoint"] = str(_save_float_checkpoint(model, version, res, tokenizer_json,
-                                                            {**info, "encoder_config": enc_cfg}))
-    return clf, info
+    log(f"{model}: vocabulary pruned to {len(keep)} of {len(pe.config['pieces'])} pieces")
+    config = {k: pe.config[k] for k in ("num_hidden_layers", "num_attention_heads", "layer_norm_eps")}
+    return {"weights": weights, "W": None, "b": None, "tokenizer_json": tokenizer_json, "config": config,
+            "stages": [], "info": {"sentence_encoder": {**pe.provenance, "vocabulary_kept": len(keep)}}}
 
 
-def _save_float_checkpoint(model: str, version: str, res, tokenizer_json: str, info: dict) -> Path:
-    """The fine-tuned float32 weights, kept outside the repository (the artifact holds them
-    int8 / 4-bit): enough to try another storage or companion without the ~70 minutes of
-    fine-tuning."""
+def _save_float_checkpoint(model: str, version: str, state: dict) -> Path:
+    """The fine-tuned float32 weights after a stage, kept outside the repository (the artifact
+    holds them int8 / 4-bit): enough to try another storage or companion, or to run a later
+    stage, without fine-tuning again (~70 minutes)."""
     from service.models.pretrained import cache_dir
     path = cache_dir() / "finetuned" / f"{model}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, head_W=res.W, head_b=res.b,
-             tokenizer_json=np.frombuffer(tokenizer_json.encode("utf-8"), np.uint8),
-             settings_json=np.frombuffer(json.dumps(res.settings).encode("utf-8"), np.uint8),
-             info_json=np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8),
-             **{"enc/" + k: v for k, v in res.weights.items()})
-    log(f"{model}: float32 fine-tuned weights kept in {path}")
+    blob = lambda obj: np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)  # noqa: E731
+    np.savez(path, head_W=state["W"], head_b=state["b"],
+             tokenizer_json=np.frombuffer(state["tokenizer_json"].encode("utf-8"), np.uint8),
+             settings_json=blob(state["stages"]), info_json=blob(state["info"]),
+             config_json=blob(state["config"]),
+             **{"enc/" + k: v for k, v in state["weights"].items()})
+    log(f"{model}: float32 fine-tuned weights after stage {len(state['stages'])} kept in {path}")
     return path
 
 
-def _load_float_checkpoint(model: str, ds: Dataset, path: str | Path, recipe: dict, version: str):
-    """The classifier (float32) and training record of a checkpoint ``_save_float_checkpoint`` wrote."""
-    from service.models.encoder_clf import EncoderClassifier
-    from service.models.sentence_encoder import SentenceEncoder
+def _read_float_checkpoint(model: str, path: str | Path, recipe: dict) -> dict:
+    """The state ``_save_float_checkpoint`` wrote; refused unless its stages are the recipe's
+    first stages. (A checkpoint from before stages existed holds one settings dict and its
+    encoder config inside the info.)"""
     ck = np.load(path)
     text = lambda key: bytes(ck[key]).decode("utf-8")  # noqa: E731
-    settings, info = json.loads(text("settings_json")), json.loads(text("info_json"))
-    wanted = _finetune_settings(recipe)
-    if settings != wanted:
-        raise ValueError(f"{path}: fine-tuned with {settings}, the recipe asks {wanted}")
-    enc_cfg = info.pop("encoder_config")
-    weights = {k[len("enc/"):]: ck[k] for k in ck.files if k.startswith("enc/")}
-    enc = SentenceEncoder(text("tokenizer_json"), weights, enc_cfg["layers"], enc_cfg["heads"],
-                          max_tokens=settings["max_tokens"], head_tokens=settings.get("head_tokens", 0),
-                          layer_norm_eps=enc_cfg["layer_norm_eps"], normalize=False)
-    clf = EncoderClassifier(model, ds.labels, enc, ck["head_W"], ck["head_b"], version=version)
-    info["float32_checkpoint"] = str(path)
-    log(f"{model}: fine-tuned encoder and head read from {path} (float32)")
-    return clf, info
-
-
-def _finetune_settings(recipe: dict) -> dict:
-    from service.models.finetune import FinetuneSettings
-    return dataclasses.asdict(FinetuneSettings.from_dict(recipe.get("finetune", {})))
+    done, info = json.loads(text("settings_json")), json.loads(text("info_json"))
+    done = done if isinstance(done, list) else [done]
+    if "config_json" in ck.files:
+        config = json.loads(text("config_json"))
+    else:
+        old = info.pop("encoder_config")
+        config = {"num_hidden_layers": old["layers"], "num_attention_heads": old["heads"],
+                  "layer_norm_eps": old["layer_norm_eps"]}
+    wanted = _finetune_stages(recipe)
+    if done != wanted[:len(done)]:
+        raise ValueError(f"{path}: fine-tuned with {done}, the recipe asks {wanted}")
+    log(f"{model}: fine-tuned encoder and head read from {path} (float32, "
+        f"{len(done)} of {len(wanted)} stages done)")
+    return {"weights": {k[len("enc/"):]: ck[k] for k in ck.files if k.startswith("enc/")},
+            "W": ck["head_W"], "b": ck["head_b"], "tokenizer_json": text("tokenizer_json"),
+            "config": config, "stages": done, "info": info, "path": Path(path)}
 
 
 def add_dense(X, dense: np.ndarray):
