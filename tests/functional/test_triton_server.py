@@ -86,6 +86,16 @@ def test_each_models_own_max_batch_size_is_respected(tmp_path):
     assert s_probs.shape == (100, 3) and i_probs.shape[0] == 100
 
 
+def test_eval_scorer_answers_in_the_callers_order(triton_server, model_repo):
+    """`yujing models eval --triton-url` sends texts sorted by length (less padding) in
+    requests of the model's max_batch_size: the rows must come back where the caller put them."""
+    from service.models.evaluate import triton_scorer
+    texts = [t * k for k in (9, 1, 4) for t in TEXTS] * 30          # 450 texts, lengths shuffled
+    probs = triton_scorer(triton_server.grpc_url, "sentiment")(texts)
+    local = load_model(model_repo / "sentiment" / "1" / "artifact").predict_proba(texts)
+    np.testing.assert_allclose(probs, local, atol=1e-6)
+
+
 def test_bad_utf8_request_is_answered_with_an_error_not_a_crash(triton_server):
     import tritonclient.grpc as grpcclient
 
