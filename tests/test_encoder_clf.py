@@ -376,6 +376,8 @@ def test_committed_sentiment_e5(committed):
     recipe = RECIPES["sentiment_e5"]
     assert meta["weights_dtype"] == recipe["dtype"] == meta["recipe"]["dtype"]
     assert meta["recipe"]["finetune"] == recipe["finetune"]
+    assert meta["recipe"].get("finetune_more", []) == recipe.get("finetune_more", [])
+    assert len(meta["training"].get("finetune_more", [])) == len(recipe.get("finetune_more", []))
     assert meta["sentence_encoder"]["head_tokens"] == recipe["finetune"]["head_tokens"]
     assert [e["epoch"] for e in meta["training"]["epochs"]] == list(range(1, recipe["finetune"]["epochs"] + 1))
     p = committed.predict_proba(["I have been on hold for two hours, this is ridiculous!",
