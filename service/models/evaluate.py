@@ -55,15 +55,25 @@ def top_confusions(cm: np.ndarray, labels: Sequence[str], k: int = 5) -> list[di
     return out
 
 
+def decide(scores: np.ndarray, among: Sequence[int] | None = None) -> np.ndarray:
+    """The label index each row of ``scores`` (probabilities or logits) is given: the argmax
+    over all labels, or, for a binary set scored by a model with more labels, the argmax over
+    the label indices ``among`` only (a tie goes to the first of them). The one decision rule
+    of the test metrics and of the fine-tuning's per-epoch validation."""
+    if among is None:
+        return scores.argmax(axis=1)
+    among = np.asarray(among)
+    return among[scores[:, among].argmax(axis=1)]
+
+
 def score_subset(probs: np.ndarray, subset: Subset, labels: Sequence[str]) -> dict:
     labels = list(labels)
     y = np.array([labels.index(l) for l in subset.labels], np.int64)
-    pred3 = probs.argmax(axis=1)
+    pred3 = decide(probs)
     res: dict = {"name": subset.name, "lang": subset.lang, "n": int(len(y))}
     if subset.binary and "neutral" in labels:
-        neg, pos = labels.index("negative"), labels.index("positive")
-        pred = np.where(probs[:, pos] > probs[:, neg], pos, neg)
-        keep = [neg, pos]
+        keep = [labels.index("negative"), labels.index("positive")]
+        pred = decide(probs, keep)
         cm = confusion(y, pred, len(labels))[np.ix_(keep, keep)]
         res.update({
             "decision": "binary argmax(negative, positive)",

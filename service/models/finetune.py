@@ -166,6 +166,7 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
     def validate() -> dict:
         model.eval()
         res = {}
+        from service.models.evaluate import decide
         with torch.no_grad():
             for name, vtexts, vy, classes in validation:
                 vids = ids_of(vtexts)
@@ -174,10 +175,7 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
                 for a in range(0, len(order), 64):
                     rows = order[a:a + 64]
                     z[rows] = model(*tensors(vids, rows)).numpy()
-                if classes:
-                    pred = np.asarray(classes)[z[:, list(classes)].argmax(1)]
-                else:
-                    pred = z.argmax(1)
+                pred = decide(z, classes or None)   # as the test metrics decide
                 res[name] = round(float((pred == np.asarray(vy)).mean()), 4)
         model.train()
         return res
