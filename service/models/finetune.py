@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from service.models.evaluate import decide
+
 
 @dataclass(frozen=True)
 class FinetuneSettings:
@@ -166,7 +168,6 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
     def validate() -> dict:
         model.eval()
         res = {}
-        from service.models.evaluate import decide
         with torch.no_grad():
             for name, vtexts, vy, classes in validation:
                 vids = ids_of(vtexts)
