@@ -1,7 +1,7 @@
 """Pure array kernels: the session/agent state layout, the per-turn update and the
 composite score, as a CPU (Numba njit) and a GPU (numba.cuda, CuPy arrays) variant side
-by side, plus a plain-Python reference. Nothing here imports from ``service``; CuPy is
-imported only when the GPU backend is chosen, so ``import kernels`` works without CUDA.
+by side, plus a plain-Python reference. Nothing here imports from ``yujing.service``; CuPy is
+imported only when the GPU backend is chosen, so ``import yujing.kernels`` works without CUDA.
 """
 import hashlib
 import os
@@ -10,17 +10,25 @@ from pathlib import Path
 
 def _pin_numba_cache() -> None:
     """Numba's on-disk cache does not notice when a jitted function calls code from
-    another file that changed (the CPU driver inlines kernels/turn_update.py). Keying
-    the cache folder on a hash of this package's sources makes a stale kernel
-    impossible. NUMBA_CACHE_DIR, when set, wins."""
+    another file that changed (the CPU driver inlines kernels/turn_update.py). The cache
+    folder is therefore always keyed on a hash of this package's sources, under
+    ``$NUMBA_CACHE_DIR`` when it is set (CI, containers) and ``~/.cache/yujing/numba``
+    otherwise, so a stale kernel cannot be loaded."""
     import numba
 
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
+    digest = source_digest()
+    base = os.environ.get("NUMBA_CACHE_DIR")
+    if base:
+        numba.config.CACHE_DIR = str(Path(base) / f"yujing-{digest}")
+    else:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        numba.config.CACHE_DIR = str(home / "yujing" / "numba" / digest)
+
+
+def source_digest() -> str:
+    """A hash of every source file of this package (the numba cache key)."""
     here = Path(__file__).resolve().parent
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    numba.config.CACHE_DIR = str(base / "yujing" / "numba" / digest)
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
 
 
 _pin_numba_cache()
@@ -36,11 +44,11 @@ def get_backend(name: str = "auto"):
         except Exception:  # no CuPy, no driver, no device: the CPU twin
             name = "cpu"
     if name == "cpu":
-        from kernels.update_cpu import CpuKernels
+        from yujing.kernels.update_cpu import CpuKernels
 
         return CpuKernels()
     if name == "gpu":
-        from kernels.update_gpu import GpuKernels
+        from yujing.kernels.update_gpu import GpuKernels
 
         return GpuKernels()
     raise ValueError(f"unknown kernel backend {name!r}: expected cpu, gpu or auto")

@@ -78,7 +78,7 @@ SC_ROWS = 8
 B_LEVEL = 0          # 0 none, 1 blue, 2 yellow, 3 red (with hysteresis)
 B_PRIORITY = 1       # 0 none, 1 P3, 2 P2, 3 P1, 4 P0
 B_FLAGS = 2          # FLAG_* bits
-B_ESC_MASK = 3       # OR of the escalation-cue categories seen (service.featurize)
+B_ESC_MASK = 3       # OR of the escalation-cue categories seen (yujing.service.featurize)
 B_RAISE = 4          # sticky priority raise from intent categories and cues
 B_FLOOR = 5          # sticky minimum level from cues and tier rules
 SB_ROWS = 6
@@ -129,7 +129,7 @@ TI_ROWS = 15
 
 TF_SENTIMENT = 0     # P(pos) - P(neg), in [-1, 1]
 TF_INTENT_WEIGHT = 1 # the policy's risk weight of the intent, [0, 1]
-TF_INTENSITY = 2     # service.featurize intensity, [0, 1]
+TF_INTENSITY = 2     # yujing.service.featurize intensity, [0, 1]
 TF_ESC_LEVEL = 3     # the policy's level of the strongest cue in this text, [0, 1]
 TF_SLA_MS = 4        # response-time SLA for this turn's tier and channel (ms)
 TFL_ROWS = 5

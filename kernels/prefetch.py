@@ -4,7 +4,7 @@
 The CPU kernel walks a batch in arrival order and the sessions are at random slots, so
 each update waits on main memory; prefetching the rows of the turn a few places ahead
 overlaps those waits (measured: 1.4 -> 2.2 M updates/s at 1 M sessions). The GPU build
-passes a no-op instead (``kernels.update_gpu``).
+passes a no-op instead (``yujing.kernels.update_gpu``).
 """
 from llvmlite import ir
 from numba import types

@@ -3,10 +3,10 @@
 Where the kernels fold one turn at a time into a few numbers per session, this module
 keeps every turn and evaluates each indicator from its definition (closed-form EWMAs,
 sums of decayed terms, window counts over the whole list). It is slow on purpose and
-exists to check :mod:`kernels.update_cpu` and :mod:`kernels.update_gpu`.
+exists to check :mod:`yujing.kernels.update_cpu` and :mod:`yujing.kernels.update_gpu`.
 
 Input: the concatenated per-turn arrays of every batch ever applied (``ti``, ``tf``,
-``th`` in the layout of :mod:`kernels.layout`); a session's life runs from a turn with
+``th`` in the layout of :mod:`yujing.kernels.layout`); a session's life runs from a turn with
 ``T_NEW`` set to the next one on the same slot (same for agents and ``T_NEW_AGENT``).
 Output: ``(of, oi)`` shaped like the kernels' outputs.
 """
@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from kernels import layout as L
+from yujing.kernels import layout as L
 
 
 def _ewma(values, alpha):

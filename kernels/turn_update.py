@@ -1,15 +1,15 @@
 """The per-turn update, written once and compiled twice.
 
 :func:`build` takes a jit decorator and returns the device functions that fold one
-turn into the agent table and the session table and score it. ``kernels.update_cpu``
+turn into the agent table and the session table and score it. ``yujing.kernels.update_cpu``
 builds them with ``numba.njit`` and loops over a batch in arrival order;
-``kernels.update_gpu`` builds them with ``numba.cuda.jit(device=True)`` and runs one
+``yujing.kernels.update_gpu`` builds them with ``numba.cuda.jit(device=True)`` and runs one
 thread per session (and per agent), each walking its own turns in arrival order, so
 the two agree turn for turn and the GPU has no races.
 
-The state layout and every name used here are in :mod:`kernels.layout`; the
+The state layout and every name used here are in :mod:`yujing.kernels.layout`; the
 indicator formulas are in the README's indicator table and, as an independent
-plain-Python recomputation from the full history, in :mod:`kernels.reference`.
+plain-Python recomputation from the full history, in :mod:`yujing.kernels.reference`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from kernels import layout as L
+from yujing.kernels import layout as L
 
 LN2 = math.log(2.0)
 PREFETCH_AHEAD = 6   # turns between a session's prefetch and its update

@@ -1,7 +1,7 @@
 """CPU batch update: Numba ``@njit`` over a batch of turns, in arrival order.
 
-Same device functions as :mod:`kernels.update_gpu` (built from
-:mod:`kernels.turn_update`); the batch is folded turn by turn, agents first (they do
+Same device functions as :mod:`yujing.kernels.update_gpu` (built from
+:mod:`yujing.kernels.turn_update`); the batch is folded turn by turn, agents first (they do
 not depend on sessions), then sessions, so every turn sees exactly the state left by
 the turns before it.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels import layout as L
-from kernels.prefetch import prefetch_row
-from kernels.turn_update import build
+from yujing.kernels import layout as L
+from yujing.kernels.prefetch import prefetch_row
+from yujing.kernels.turn_update import build
 
 _jit = njit(cache=True, nogil=True, error_model="numpy", inline="always", _nrt=False)
 agent_steps, session_steps, fill_indicators = build(_jit, prefetch_row)

@@ -2,7 +2,7 @@
 
 The turns of a batch are grouped by session slot (a stable sort keeps arrival order
 inside a group); thread ``g`` walks group ``g`` and folds its turns one after the
-other with the same device functions as the CPU kernel (:mod:`kernels.turn_update`).
+other with the same device functions as the CPU kernel (:mod:`yujing.kernels.turn_update`).
 Two threads never touch the same session or agent, so there are no races and no
 atomics, and several turns of one session in a batch give exactly the sequential
 result. The agent pass runs first (a separate launch) because each session turn reads
@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from kernels import layout as L
-from kernels.turn_update import build
+from yujing.kernels import layout as L
+from yujing.kernels.turn_update import build
 
 
 

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest import report as R
-from loadtest.runner import RunSpec, run_load
+from yujing.loadtest import report as R
+from yujing.loadtest.runner import RunSpec, run_load
 
 
 def add_subcommand(subparsers) -> None:

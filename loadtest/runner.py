@@ -283,7 +283,7 @@ class StreamDispatcher:
 
 class BatchDispatcher:
     def __init__(self, stub, rec: Recorder, spec: RunSpec, hard_end: float):
-        from service.contract import pb
+        from yujing.service.contract import pb
 
         self.pb = pb
         self.stub, self.rec, self.spec, self.hard_end = stub, rec, spec, hard_end
@@ -352,8 +352,8 @@ def _share(total: int, parts: int, i: int) -> int:
 
 async def run_worker(spec: RunSpec, idx: int, start_wall: float, progress_cb=None) -> dict:
     """Send this process's share of the schedule; returns its (picklable) result."""
-    from loadtest.traffic import make_traffic
-    from service.contract import pb_grpc
+    from yujing.loadtest.traffic import make_traffic
+    from yujing.service.contract import pb_grpc
 
     P = spec.processes
     n = _share(spec.planned_turns(), P, idx)
@@ -364,7 +364,7 @@ async def run_worker(spec: RunSpec, idx: int, start_wall: float, progress_cb=Non
     arrivals = random.Random(spec.seed * 7919 + idx)
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     channel = grpc.aio.insecure_channel(spec.target, options=options)
-    from service.contract import pb_grpc as _pg  # noqa: F401
+    from yujing.service.contract import pb_grpc as _pg  # noqa: F401
     stub = pb_grpc.RiskScorerStub(channel)
     try:
         await asyncio.wait_for(channel.channel_ready(), timeout=10.0)

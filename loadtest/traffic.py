@@ -28,7 +28,7 @@ import random
 import time
 from pathlib import Path
 
-from service.contract import pb
+from yujing.service.contract import pb
 
 TENANTS = ("acme-bank", "jd-retail", "telco-east", "air-lines", "ins-mutual", "")
 QUEUES = ("billing", "refunds", "tech-support", "sales", "claims", "vip-care", "logistics")

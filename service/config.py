@@ -11,50 +11,65 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from service.errors import ConfigError
+from yujing.service.errors import ConfigError
+from yujing.service.paths import DEFAULT_MODEL_REPO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPO = REPO_ROOT / "model_repo"
+
+
+def setting(default, help: str, *, flag: bool = True, choices=None, type=None):
+    """A field of :class:`Config` with its ``--help`` text: the command line is generated
+    from these fields (``yujing.cli``), so a setting is written once."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "type": type})
 
 
 @dataclass
 class Config:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int | None = None        # Prometheus /metrics; None: off
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(50051, "gRPC port (0: any free port)")
+    metrics_port: int | None = setting(None, "serve Prometheus /metrics on this port (default: off)", type=int)
     # session table
-    backend: str = "auto"                  # cpu | gpu | auto
-    capacity: int = 1 << 20                # sessions (1,048,576); up to 4,194,304 and beyond
-    agent_capacity: int = 1 << 16
-    ttl_s: float = 30 * 60.0               # idle sessions expire after this
-    evict_min_idle_s: float = 60.0         # only sessions idle this long may be evicted when full
+    backend: str = setting("auto", "kernel backend: the GPU when CuPy sees one (auto), or cpu / gpu",
+                           choices=("auto", "cpu", "gpu"))
+    capacity: int = setting(1 << 20, "session table slots (4,194,304 and more work)")
+    agent_capacity: int = setting(1 << 16, "agent table slots (per-agent fatigue windows)")
+    ttl_s: float = setting(30 * 60.0, "seconds of inactivity (server clock) after which a session expires")
+    evict_min_idle_s: float = setting(
+        60.0, "when the table is full, only sessions idle at least this many seconds may be evicted "
+              "(else the turn is refused RESOURCE_EXHAUSTED)")
     # micro-batcher
-    max_batch: int = 256                   # turns per kernel launch
-    max_delay_ms: float = 2.0              # wait at most this long to fill a batch
+    max_batch: int = setting(256, "turns per micro-batch (one model call and one kernel launch)")
+    max_delay_ms: float = setting(2.0, "how long a batch waits for more turns while traffic is concurrent; "
+                                       "a lone sequential caller is not held back")
     # admission control: unary and batch calls are refused (RESOURCE_EXHAUSTED) while this
     # many turns are accepted and not yet answered; streams are bounded by their window
-    max_pending_turns: int = 32_768
+    max_pending_turns: int = setting(32_768, "admission control: refuse Score/ScoreBatch (RESOURCE_EXHAUSTED) "
+                                             "while this many turns wait to be answered")
     # calls gRPC core may hold before the service picks them up; beyond it gRPC core itself
     # cancels calls (its default, 1,000 to 3,000 with random early drop, cancelled bursts)
-    max_pending_rpcs: int = 65_536
+    max_pending_rpcs: int = setting(65_536, "calls gRPC core may queue before the service picks them up")
     # limits on what a client may send
-    max_text_bytes: int = 16 * 1024
-    max_id_bytes: int = 128
-    max_batch_turns: int = 4096            # turns in one ScoreBatch request
-    max_future_skew_s: float = 300.0       # timestamps further ahead of the server clock are refused
-    idempotency_window: int = 262_144      # answers kept for repeated turn_ids
+    max_text_bytes: int = setting(16 * 1024, "longest turn text accepted, in UTF-8 bytes")
+    max_id_bytes: int = setting(128, "longest id (tenant, session, turn, agent, queue) accepted, in bytes")
+    max_batch_turns: int = setting(4096, "most turns in one ScoreBatch request")
+    max_future_skew_s: float = setting(300.0, "timestamps further ahead of the server clock are refused")
+    idempotency_window: int = setting(262_144, "answers kept to recognise a repeated (tenant, session, turn) id")
     # models
-    models: str = "embedded"               # embedded (start Triton) | external (--triton-url) | in-process
-    triton_url: str | None = None
-    triton_port: int = 8001                # the embedded Triton's gRPC port (0: a free one)
-    model_repo: Path = DEFAULT_MODEL_REPO
-    sentiment_model: str = "sentiment"
-    intent_model: str = "intent"
-    triton_timeout_ms: float = 500.0
+    models: str = setting("embedded", "where the models run: an embedded Triton server, an external one "
+                                      "(--triton-url), or in-process only (default: embedded, or external "
+                                      "when --triton-url is given)",
+                          choices=("embedded", "external", "in-process"))
+    triton_url: str | None = setting(None, "host:port of an external Triton (implies --models external)", type=str)
+    triton_port: int = setting(8001, "gRPC port of the embedded Triton, what `yujing models deploy` talks to "
+                                     "(0: any free port)")
+    model_repo: Path = setting(DEFAULT_MODEL_REPO, "Triton model repository", type=Path)
+    sentiment_model: str = setting("sentiment", "sentiment model name in the repository (e.g. sentiment_e5)")
+    intent_model: str = setting("intent", "intent model name in the repository (e.g. intent_banking77)")
+    triton_timeout_ms: float = setting(500.0, "deadline of one Triton call before the in-process fallback answers")
     # policy and shutdown
-    policy: Path | None = None             # None: service/policy_default.toml
-    grace_s: float = 5.0
-    extra: dict = field(default_factory=dict)
+    policy: Path | None = setting(None, "risk policy TOML (default: the packaged service/policy_default.toml)",
+                                  type=Path)
+    grace_s: float = setting(5.0, "seconds calls in flight get to finish on SIGINT/SIGTERM")
+    extra: dict = field(default_factory=dict, metadata={"flag": False})
 
     def validate(self) -> "Config":
         def need(ok: bool, name: str, msg: str):
@@ -93,7 +108,3 @@ class Config:
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-
-def data_dir() -> Path:
-    """The shared data sets: $YUJING_DATA_DIR, else ../shared/data beside the repo."""
-    return Path(os.environ.get("YUJING_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))

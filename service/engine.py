@@ -6,7 +6,7 @@
 The model call is the only awaited step; everything after it runs synchronously on
 the event loop, one batch at a time, so batches are applied strictly in order and a
 turn's state change is visible to the next batch. A turn refused here (table full)
-changes nothing; every other refusal happens earlier, in :mod:`service.validate`.
+changes nothing; every other refusal happens earlier, in :mod:`yujing.service.validate`.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels import layout as L
-from service.contract import pb
-from service.errors import YujingError
-from service.featurize import ESCALATION_CATEGORIES, featurize_batch, language_mask
-from service.policy import Policy
-from service.session_table import SessionTable
+from yujing.kernels import layout as L
+from yujing.service.contract import pb
+from yujing.service.errors import YujingError
+from yujing.service.featurize import ESCALATION_CATEGORIES, featurize_batch, language_mask
+from yujing.service.policy import Policy
+from yujing.service.session_table import SessionTable
 
 FORMAL_COMPLAINT_BIT = 1 << ESCALATION_CATEGORIES.index("formal_complaint")
 _ACTIONS = ((L.ACTION_HANDOFF, pb.HANDOFF_TO_HUMAN), (L.ACTION_SUPERVISOR, pb.SUPERVISOR_ALERT))

@@ -88,7 +88,7 @@ __all__ = [
     "featurize_batch",
     "hamming64",
     "normalize_for_simhash",
-    # building blocks for cue-based models (service.models.lexicon)
+    # building blocks for cue-based models (yujing.service.models.lexicon)
     "TOKEN_MARK",
     "compile_cues",
     "english_cues",

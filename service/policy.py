@@ -3,7 +3,7 @@ the kernels read (thresholds, windows, weights, saturations) and the lookup tabl
 batcher applies per turn (SLA by channel and tier, tier and cue raises and floors,
 intent categories and weights).
 
-    >>> from service.policy import load_policy
+    >>> from yujing.service.policy import load_policy
     >>> p = load_policy()          # the packaged default (service/policy_default.toml)
     >>> p.version.startswith("default")
     True
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import layout as L
-from service.errors import ConfigError
+from yujing.kernels import layout as L
+from yujing.service.errors import ConfigError
 
 log = logging.getLogger(__name__)
-DEFAULT_POLICY = Path(__file__).with_name("policy_default.toml")
+from yujing.service.paths import DEFAULT_POLICY  # noqa: E402
 
 CHANNELS = ("CHAT", "VOICE", "CHAT", "EMAIL", "SOCIAL", "APP")   # by proto enum number
 TIERS = ("STANDARD", "STANDARD", "GOLD", "DIAMOND", "VIP")      # by proto enum number
@@ -32,7 +32,7 @@ LEVEL_NAMES = ("NONE", "BLUE", "YELLOW", "RED")
 
 
 def _escalation_categories() -> tuple[str, ...]:
-    from service.featurize import ESCALATION_CATEGORIES
+    from yujing.service.featurize import ESCALATION_CATEGORIES
 
     return tuple(ESCALATION_CATEGORIES)
 

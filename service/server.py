@@ -19,15 +19,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.batcher import MicroBatcher
-from service.config import Config
-from service.contract import SERVICE_NAME, pb, pb_grpc
-from service.engine import Engine
-from service.metrics import Metrics, MetricsInterceptor
-from service.errors import InvalidTurn, Overloaded, ShuttingDown, YujingError
-from service.policy import load_policy
-from service.session_table import SessionTable
-from service.validate import session_key, validate_turn
+from yujing.service.batcher import MicroBatcher
+from yujing.service.config import Config
+from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
+from yujing.service.engine import Engine
+from yujing.service.metrics import Metrics, MetricsInterceptor
+from yujing.service.errors import InvalidTurn, Overloaded, ShuttingDown, YujingError
+from yujing.service.policy import load_policy
+from yujing.service.session_table import SessionTable
+from yujing.service.validate import session_key, validate_turn
 
 log = logging.getLogger("yujing")
 STREAM_WINDOW = 4096
@@ -212,12 +212,12 @@ class YujingServer:
         self.metrics = Metrics()
 
     async def _start_models(self) -> None:
-        from service.triton.router import ModelRouter
+        from yujing.service.triton.router import ModelRouter
 
         cfg = self.config
         url = None
         if cfg.models == "embedded":
-            from service.triton.launcher import TritonServer
+            from yujing.service.triton.launcher import TritonServer
 
             port = cfg.triton_port
             if port and not _port_free(port):
@@ -335,7 +335,7 @@ class YujingServer:
         if self.router is not None:
             await self.router.close()
         if self.triton is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.triton.stop)
+            await asyncio.get_running_loop().run_in_executor(None, self.triton.close)
         self.metrics.stop_http()
 
     async def wait(self) -> None:

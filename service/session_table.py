@@ -1,5 +1,5 @@
 """The session table: (tenant, session) -> slot in the struct-of-arrays state of
-:mod:`kernels.layout`, with TTL expiry, least-recently-active eviction, and the agent
+:mod:`yujing.kernels.layout`, with TTL expiry, least-recently-active eviction, and the agent
 table beside it.
 
 Slot life: a new key takes a free slot and its first turn carries ``T_NEW`` (the kernel
@@ -21,9 +21,9 @@ import logging
 
 import numpy as np
 
-from kernels import get_backend
-from kernels import layout as L
-from service.errors import SessionNotFound, TableFull
+from yujing.kernels import get_backend
+from yujing.kernels import layout as L
+from yujing.service.errors import SessionNotFound, TableFull
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class SessionTable:
 
     def snapshot(self, key, pf) -> dict:
         """Indicators (at the session clock), score, level, priority and counters."""
-        from kernels.update_cpu import session_indicators
+        from yujing.kernels.update_cpu import session_indicators
 
         slot = self.slot(key)
         host = {name: self.kernels.to_host(arr[slot:slot + 1]) for name, arr in self.state.items()}

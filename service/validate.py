@@ -1,14 +1,18 @@
 """Checks every field a client can send, before anything is queued.
 
 A turn that fails a check is refused with INVALID_ARGUMENT naming the field (an
-:class:`~service.errors.InvalidTurn`), and nothing of it reaches the session table.
+:class:`~yujing.service.errors.InvalidTurn`), and nothing of it reaches the session table.
 """
 from __future__ import annotations
 
-from service.config import Config
-from service.contract import pb
-from service.engine import PendingTurn
-from service.errors import InvalidTurn
+from yujing.service.config import Config
+from yujing.service.contract import pb
+from yujing.service.engine import PendingTurn
+from yujing.service.errors import InvalidTurn
+
+# A timestamp in milliseconds below this (1973-03-03) is almost surely one sent in seconds
+# (1.79e9 s is 2026; read as ms it is January 1970): refused, with a message saying so.
+MIN_TIMESTAMP_MS = 100_000_000_000
 
 _ENUMS = tuple((name, enum, frozenset(enum.values()), zero_ok) for name, enum, zero_ok in (
     ("speaker", pb.Speaker, False),
@@ -56,6 +60,10 @@ def validate_turn(turn, cfg: Config, now_ms: int, prefix: str = "") -> PendingTu
     ts = turn.timestamp_ms
     if ts < 0:
         raise InvalidTurn(f"{prefix}timestamp_ms = {ts} is negative", prefix + "timestamp_ms")
+    if 0 < ts < MIN_TIMESTAMP_MS:
+        raise InvalidTurn(f"{prefix}timestamp_ms = {ts} looks like seconds, not milliseconds since the "
+                          f"epoch (it would be {ts / 86_400_000:.1f} days after 1970-01-01); send "
+                          f"milliseconds, or 0 for the server clock", prefix + "timestamp_ms")
     if ts > now_ms + cfg.max_future_skew_s * 1000:
         raise InvalidTurn(f"{prefix}timestamp_ms = {ts} is more than {cfg.max_future_skew_s:g} s ahead "
                           f"of the server clock ({now_ms})", prefix + "timestamp_ms")

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from service.models.artifact import ArtifactError, register_loader
+from yujing.service.models.artifact import ArtifactError, register_loader
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -139,7 +139,7 @@ requires_triton = pytest.mark.skipif(TRITON_UNAVAILABLE is not None, reason=TRIT
 
 def start_triton(repo: Path, models: Sequence[str] | None = None, **kwargs):
     """A started TritonServer on ``repo`` that knows the test-only artifact kind."""
-    from service.triton.launcher import TritonServer
+    from yujing.service.triton.launcher import TritonServer
     kwargs.setdefault("allow_http", False)
     kwargs.setdefault("allow_metrics", False)
     kwargs.setdefault("startup_timeout_s", 60.0)

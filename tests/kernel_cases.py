@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import layout as L
-from service.policy import load_policy
+from yujing.kernels import layout as L
+from yujing.service.policy import load_policy
 
 _PF = None
 
@@ -82,7 +82,7 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
 
 def run_cpu(ti, tf, th, pf, batch: int, n_slots: int, n_agents: int):
     """Apply the history in batches of ``batch`` with the CPU backend; concatenated outputs."""
-    from kernels.update_cpu import CpuKernels
+    from yujing.kernels.update_cpu import CpuKernels
 
     k = CpuKernels()
     s = L.new_session_arrays(n_slots)

@@ -1,71 +1,11 @@
-"""A real service in a background thread (its own uvloop event loop), reached over
-real gRPC on a free port, for the tests."""
+"""The tests' ways to run a real service: in a background thread (:class:`ServiceThread`),
+or as the ``yujing serve`` command (:class:`ServeProcess`), reached over real gRPC."""
 from __future__ import annotations
-
-import asyncio
-import threading
 
 import grpc
 
-from service.config import Config
-from service.contract import pb, pb_grpc
-
-
-class ServiceThread:
-    def __init__(self, config: Config):
-        self.config = config
-        self.loop = None
-        self.srv = None
-        self.port = None
-        self._ready = threading.Event()
-        self._error = None
-        self._stop = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="yujing-test-service")
-
-    def _run(self):
-        import uvloop
-
-        async def main():
-            from service.server import create_server
-
-            self.loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            try:
-                self.srv, self.port = await create_server(self.config)
-            except BaseException as exc:  # surfaced in start()
-                self._error = exc
-                self._ready.set()
-                return
-            self._ready.set()
-            await self._stop.wait()
-            await self.srv.stop(self.config.grace_s)
-
-        uvloop.run(main())
-
-    def start(self, timeout_s: float = 180.0) -> "ServiceThread":
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError("service did not start")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def call(self, fn, *args):
-        """Run ``fn(srv, *args)`` on the service's loop (for white-box checks)."""
-        async def go():
-            return fn(self.srv, *args)
-        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)
-
-    def stop(self):
-        if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
-
-    def stub(self) -> pb_grpc.RiskScorerStub:
-        return pb_grpc.RiskScorerStub(self.channel())
+from yujing.service.background import ServiceThread  # noqa: F401 (the tests' in-process service)
+from yujing.service.contract import pb, pb_grpc
 
 
 def turn(session="s1", turn_id="1", text="hello", speaker=pb.CUSTOMER, ts=0, **kw) -> pb.Turn:
@@ -76,7 +16,8 @@ class ServeProcess:
     """``yujing serve`` as a child process on a free port (the port read from its
     ready line), for tests that need the real command with its embedded Triton."""
 
-    def __init__(self, *args: str, timeout_s: float = 240.0):
+    def __init__(self, *args: str, timeout_s: float = 240.0, command: list[str] | None = None,
+                 cwd: str | None = None, env: dict | None = None):
         import os
         import re
         import subprocess
@@ -85,9 +26,10 @@ class ServeProcess:
         import time
 
         self.log = tempfile.NamedTemporaryFile("w+", prefix="yujing-serve-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--triton-port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        cmd = [*(command or [sys.executable, "-m", "yujing.cli"]), "serve", "--port", "0", "--triton-port", "0",
+               *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=cwd or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         deadline = time.monotonic() + timeout_s
         self.port = None
         while time.monotonic() < deadline:

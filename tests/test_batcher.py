@@ -3,7 +3,7 @@ in order), a concurrent burst is gathered into batches, a crash fails only its o
 batch, and close() drains what is queued."""
 import asyncio
 
-from service.batcher import MicroBatcher
+from yujing.service.batcher import MicroBatcher
 
 
 def test_batches_run_one_at_a_time_in_arrival_order():

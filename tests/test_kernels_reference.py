@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from kernels import layout as L
-from kernels.reference import reference
+from yujing.kernels import layout as L
+from yujing.kernels.reference import reference
 from tests.kernel_cases import default_pf, random_history, run_cpu
 
 

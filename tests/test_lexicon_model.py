@@ -1,4 +1,4 @@
-"""service.models.lexicon: the last-resort sentiment and intent models."""
+"""yujing.service.models.lexicon: the last-resort sentiment and intent models."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from service.models import TextModel
-from service.models.artifact import ArtifactError, load_model
-from service.models.lexicon import (
+from yujing.service.models import TextModel
+from yujing.service.models.artifact import ArtifactError, load_model
+from yujing.service.models.lexicon import (
     INTENT_LABELS,
     SENTIMENT_LABELS,
     LexiconIntent,

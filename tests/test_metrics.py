@@ -9,8 +9,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.contract import pb, pb_grpc
-from service.metrics import Metrics, MetricsInterceptor
+from yujing.service.contract import pb, pb_grpc
+from yujing.service.metrics import Metrics, MetricsInterceptor
 
 
 def scrape(port: int) -> dict:
@@ -165,7 +165,7 @@ def test_watch_reads_table_and_router_at_scrape():
 
 def test_real_service_metrics(tmp_path_factory):
     """The real service, when server.py wires the metrics (Config.metrics_port)."""
-    from service.config import Config
+    from yujing.service.config import Config
     from tests.service_harness import ServiceThread, turn
     from tests.service_models import in_process_repo
 
@@ -175,7 +175,7 @@ def test_real_service_metrics(tmp_path_factory):
     try:
         metrics = getattr(svc.srv, "metrics", None)
         if metrics is None or getattr(metrics, "port", None) is None:
-            pytest.skip("server.py does not wire service.metrics yet")
+            pytest.skip("server.py does not wire yujing.service.metrics yet")
         stub = svc.stub()
         for i in range(4):
             stub.Score(turn(session="m1", turn_id=str(i), text="我要投诉"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.models import evaluate as ev
-from service.models.artifact import load_model, read_meta
-from service.models.data import DataMissing, data_dir, load_dataset
+from yujing.training import evaluate as ev
+from yujing.service.models.artifact import load_model, read_meta
+from yujing.training.data import DataMissing, data_dir, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.01

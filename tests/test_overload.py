@@ -16,8 +16,8 @@ import time
 import grpc
 import pytest
 
-from service.config import Config
-from service.contract import pb, pb_grpc
+from yujing.service.config import Config
+from yujing.service.contract import pb, pb_grpc
 from tests.service_harness import ServiceThread, turn
 
 NOW = int(time.time() * 1000)

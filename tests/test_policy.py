@@ -4,9 +4,9 @@ import re
 import numpy as np
 import pytest
 
-from kernels import layout as L
-from service.errors import ConfigError
-from service.policy import DEFAULT_POLICY, load_policy
+from yujing.kernels import layout as L
+from yujing.service.errors import ConfigError
+from yujing.service.policy import DEFAULT_POLICY, load_policy
 
 
 def test_default_policy_loads_with_domain_numbers():

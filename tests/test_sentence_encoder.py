@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.models.artifact import load_model, read_meta
-from service.models.sentence_encoder import SentenceEncoder, _gelu, token_ids
+from yujing.service.models.artifact import load_model, read_meta
+from yujing.service.models.sentence_encoder import SentenceEncoder, _gelu, token_ids
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "minilm_reference.json"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kernels import layout as L
-from service.config import Config
-from service.contract import pb
+from yujing.kernels import layout as L
+from yujing.service.config import Config
+from yujing.service.contract import pb
 from tests.service_harness import ServiceThread, turn
 
 NOW = int(time.time() * 1000)
@@ -57,6 +57,7 @@ BAD_TURNS = [
     (dict(event=17), "event"),
     (dict(timestamp_ms=-5), "timestamp_ms"),
     (dict(timestamp_ms=NOW + 3600_000), "timestamp_ms"),
+    (dict(timestamp_ms=1_790_000_000), "timestamp_ms"),   # seconds, not milliseconds
 ]
 
 

@@ -5,8 +5,8 @@ import asyncio
 import grpc
 import pytest
 
-from service.config import Config
-from service.contract import pb, pb_grpc
+from yujing.service.config import Config
+from yujing.service.contract import pb, pb_grpc
 from tests.service_harness import ServiceThread, turn
 from tests.service_models import in_process_repo
 

@@ -3,10 +3,10 @@ and property tests of the table + kernel against the reference over random histo
 import numpy as np
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from kernels import layout as L
-from kernels.reference import reference
-from service.errors import TableFull
-from service.session_table import SessionTable
+from yujing.kernels import layout as L
+from yujing.kernels.reference import reference
+from yujing.service.errors import TableFull
+from yujing.service.session_table import SessionTable
 from tests.kernel_cases import default_pf, random_history
 from tests.test_kernels_reference import assert_outputs_equal
 

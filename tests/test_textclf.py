@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.models import TextModel
-from service.models.artifact import ArtifactError, load_model, read_meta
-from service.models.textclf import KIND, FeatureConfig, hash_features
+from yujing.service.models import TextModel
+from yujing.service.models.artifact import ArtifactError, load_model, read_meta
+from yujing.service.models.textclf import KIND, FeatureConfig, hash_features
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("sentiment", "intent", "intent_banking77", "intent_banking77_minilm")
@@ -125,7 +125,7 @@ def test_broken_artifact(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_save_load_roundtrip_all_head_kinds(tmp_path, dtype):
-    from service.models.textclf import HashedNgramClassifier, Head
+    from yujing.service.models.textclf import HashedNgramClassifier, Head
 
     rng = np.random.default_rng(0)
     cfg = FeatureConfig(hash_bits=12)

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.models.artifact import ArtifactError, load_model, read_meta
-from service.models.pretrained import read_safetensors
-from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head
-from service.models.token_vectors import TokenVectors
+from yujing.service.models.artifact import ArtifactError, load_model, read_meta
+from yujing.training.pretrained import read_safetensors
+from yujing.service.models.textclf import FeatureConfig, HashedNgramClassifier, Head
+from yujing.service.models.token_vectors import TokenVectors
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["[UNK]", "my", "card", "has", "not", "arrived", "where", "is", "refund", "the", "still"]

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from service.models import TextModel
+from yujing.service.models import TextModel
 
 MODEL_JSON = "model.json"
 _LOADERS: dict[str, Callable[[Path, dict], TextModel]] = {}
@@ -35,7 +35,7 @@ def register_loader(kind: str):
 def _import_builtin_kinds() -> None:
     # Each module registers its kinds on import; a missing optional one is skipped.
     import importlib
-    for mod in ("service.models.lexicon", "service.models.textclf", "service.models.encoder_clf"):
+    for mod in ("yujing.service.models.lexicon", "yujing.service.models.textclf", "yujing.service.models.encoder_clf"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -1,7 +1,7 @@
 """A fine-tuned transformer classifier: a BERT encoder, mean pooling, one linear layer.
 
 ``probabilities = softmax((mean_pool(bert(text)) @ W + b) / temperature)``: the encoder is
-:class:`service.models.sentence_encoder.SentenceEncoder` with ``normalize=False`` (all its
+:class:`yujing.service.models.sentence_encoder.SentenceEncoder` with ``normalize=False`` (all its
 weights were trained with the head, ``finetune.py``), so the CPU (NumPy) and GPU (CuPy)
 paths are the ones the frozen encoders use.
 
@@ -22,10 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
-from service.models import SoftmaxModel
-from service.models.artifact import ArtifactError, read_weights, register_loader, write_meta
-from service.models.quantize import store
-from service.models.sentence_encoder import PREFIX, SentenceEncoder
+from yujing.service.models import SoftmaxModel
+from yujing.service.models.artifact import ArtifactError, read_weights, register_loader, write_meta
+from yujing.service.models.quantize import store
+from yujing.service.models.sentence_encoder import PREFIX, SentenceEncoder
 
 KIND = "fine-tuned-encoder"
 WEIGHTS_FILE = "weights.npz"
@@ -112,7 +112,7 @@ def load(path: Path, meta: dict) -> EncoderClassifier:
         enc = SentenceEncoder.from_artifact(path, meta["sentence_encoder"], arrays)
         companion, weight = None, 0.0
         if meta.get("companion"):
-            from service.models.artifact import load_model
+            from yujing.service.models.artifact import load_model
             companion = load_model(Path(path) / meta["companion"].get("folder", COMPANION_DIR))
             weight = float(meta["companion"]["weight"])
         return EncoderClassifier(meta["name"], meta["labels"], enc, arrays["head_W"], arrays["head_b"],

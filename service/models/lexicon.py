@@ -33,7 +33,7 @@ words on their lists and read no context beyond a few tokens.
     cancel_order).
 
 Artifacts: a directory with ``model.json`` of kind ``lexicon`` loads through
-:func:`service.models.artifact.load_model`::
+:func:`yujing.service.models.artifact.load_model`::
 
     {"kind": "lexicon", "name": "sentiment", "task": "sentiment",
      "labels": ["negative", "neutral", "positive"], "version": "1",
@@ -45,7 +45,7 @@ Artifacts: a directory with ``model.json`` of kind ``lexicon`` loads through
 goes to ``none``. ``terms`` (sentiment: term -> weight) and ``cues`` (intent: intent ->
 {cue: weight}) extend or override the built-in lists, in the syntax of the files.
 
-Measured on ``../shared/data`` (``python -m service.models.lexicon --evaluate``; no
+Measured on ``../shared/data`` (``python -m yujing.service.models.lexicon --evaluate``; no
 training, so every row is held out; argmax accuracy, and the majority-class baseline):
 
     =====================================================  ========  =========
@@ -72,8 +72,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from service.featurize import TOKEN_MARK, compile_cues, english_cues, mark_tokens
-from service.models.artifact import ArtifactError, register_loader
+from yujing.service.featurize import TOKEN_MARK, compile_cues, english_cues, mark_tokens
+from yujing.service.models.artifact import ArtifactError, register_loader
+from yujing.service.paths import LEXICON_DIR
 
 __all__ = [
     "INTENT_LABELS",
@@ -84,7 +85,6 @@ __all__ = [
     "write_artifact",
 ]
 
-LEXICON_DIR = Path(__file__).resolve().parent.parent / "lexicons"
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 INTENT_LABELS = (
     "complaint", "contact_human_agent", "contact_customer_service", "get_refund",

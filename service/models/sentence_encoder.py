@@ -13,7 +13,7 @@ implementation (Hugging Face ``BertModel``) to 1e-6 in ``tests/test_sentence_enc
 Two encoders ship with yujing: all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads, 22.7 M
 parameters; frozen, in ``intent_banking77_minilm``) and multilingual-e5-small (12 layers,
 384 wide, fine-tuned, vocabulary pruned, in ``sentiment_e5``); see
-:mod:`service.models.pretrained` and MODELS.md. Texts are tokenised by the encoder's own
+:mod:`yujing.training.pretrained` and MODELS.md. Texts are tokenised by the encoder's own
 tokenizer (``tokenizers`` JSON: WordPiece, or SentencePiece unigram), cut to
 ``max_tokens`` (:func:`token_ids`), sorted by length and run in batches so that padding
 stays small.
@@ -197,7 +197,7 @@ class SentenceEncoder:
     def from_artifact(cls, path: Path, meta: dict, stored: dict[str, np.ndarray]) -> "SentenceEncoder":
         """The encoder of an artifact: ``meta`` its ``sentence_encoder`` entry, ``stored`` all
         arrays of its weights file (as written by ``quantize.store``)."""
-        from service.models.quantize import fetch, is_stored_key
+        from yujing.service.models.quantize import fetch, is_stored_key
         return cls.load(path, meta, {k: fetch(stored, k) for k in stored if k.startswith(PREFIX) and is_stored_key(k)})
 
     @classmethod

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from numba import njit
 
-from service.models import SoftmaxModel
-from service.models.artifact import ArtifactError, read_weights, register_loader, write_meta
-from service.models.quantize import fetch as _fetch, store as _store
+from yujing.service.models import SoftmaxModel
+from yujing.service.models.artifact import ArtifactError, read_weights, register_loader, write_meta
+from yujing.service.models.quantize import fetch as _fetch, store as _store
 
 if TYPE_CHECKING:
-    from service.models.sentence_encoder import SentenceEncoder
-    from service.models.token_vectors import TokenVectors
+    from yujing.service.models.sentence_encoder import SentenceEncoder
+    from yujing.service.models.token_vectors import TokenVectors
 
 KIND = "hashed-ngram"
 WEIGHTS_FILE = "weights.npz"
@@ -483,11 +483,11 @@ def load(path: Path, meta: dict) -> HashedNgramClassifier:
             heads.append(Head(hm["kind"], hm.get("weight", 1.0), params))
         vectors = None
         if meta.get("token_vectors"):
-            from service.models.token_vectors import TokenVectors
+            from yujing.service.models.token_vectors import TokenVectors
             vectors = TokenVectors.load(path, meta["token_vectors"], _fetch(arrays, "vectors"))
         encoder = None
         if meta.get("sentence_encoder"):
-            from service.models.sentence_encoder import SentenceEncoder
+            from yujing.service.models.sentence_encoder import SentenceEncoder
             encoder = SentenceEncoder.from_artifact(path, meta["sentence_encoder"], arrays)
         return HashedNgramClassifier(meta["name"], meta["labels"], cfg, arrays["buckets"],
                                      arrays["idf"].astype(np.float32), heads,

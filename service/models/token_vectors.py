@@ -8,7 +8,7 @@ the n-grams cannot: tokens never seen in the training data but close in meaning 
 that were ("card hasn't arrived" / "card still not delivered").
 
 The vectors shipped with yujing's models come from WordLlama (see
-:mod:`service.models.pretrained` and MODELS.md): 32,000 Llama-2 tokens x 256 dimensions.
+:mod:`yujing.training.pretrained` and MODELS.md): 32,000 Llama-2 tokens x 256 dimensions.
 Inference needs ``tokenizers`` and NumPy/Numba; no ML framework.
 """
 from __future__ import annotations

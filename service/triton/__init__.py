@@ -1,12 +1,12 @@
 """Triton Inference Server integration: launch it, talk to it, route around it.
 
-* :mod:`service.triton.launcher` -- :class:`TritonServer`, a local ``tritonserver`` child
+* :mod:`yujing.service.triton.launcher` -- :class:`TritonServer`, a local ``tritonserver`` child
   process on our ``model_repo/`` (the one in the nvidia-pytriton wheel, or a given install).
-* :mod:`service.triton.client` -- :class:`TritonModelClient`, an asyncio gRPC client:
+* :mod:`yujing.service.triton.client` -- :class:`TritonModelClient`, an asyncio gRPC client:
   infer, readiness, metadata, labels, load/unload.
-* :mod:`service.triton.router` -- :class:`ModelRouter`, what the micro-batcher calls once
+* :mod:`yujing.service.triton.router` -- :class:`ModelRouter`, what the micro-batcher calls once
   per batch: Triton when healthy, the same artifacts in-process when not.
-* :mod:`service.triton.deploy` -- ``yujing models deploy``: a new model version, loaded,
+* :mod:`yujing.service.triton.deploy` -- ``yujing models deploy``: a new model version, loaded,
   smoke-checked, then switched to.
 
 Nothing here imports ``tritonclient`` or ``pytriton`` at package import time.

@@ -5,7 +5,7 @@
     >>> probs.shape, client.labels("sentiment", version)  # doctest: +SKIP
     ((2, 3), ('negative', 'neutral', 'positive'))
 
-Tensor contract (``service.models``): input ``TEXT`` BYTES [n, 1] (UTF-8), output
+Tensor contract (``yujing.service.models``): input ``TEXT`` BYTES [n, 1] (UTF-8), output
 ``PROBABILITIES`` FP32 [n, n_labels]. A batch larger than the model's ``max_batch_size``
 (asked of Triton once per model and loaded version set, e.g. 64 for the transformer models)
 is split into several requests sent concurrently.
@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from service.models import TRITON_INPUT, TRITON_OUTPUT
+from yujing.service.models import TRITON_INPUT, TRITON_OUTPUT
 
 __all__ = [
     "TritonModelClient", "TritonClientError", "read_labels", "read_languages", "repository_versions",

@@ -2,7 +2,7 @@
 
 Steps, each of which must pass before the next:
 
-1. The artifact at ``PATH`` loads in-process (:func:`service.models.artifact.load_model`)
+1. The artifact at ``PATH`` loads in-process (:func:`yujing.service.models.artifact.load_model`)
    and answers the smoke set validly: probabilities in [0, 1], rows summing to 1, one
    column per label. (The in-process fallback must be able to load it too.)
 2. It is copied as version ``max(existing) + 1`` into ``model_repo/NAME/<version>/``
@@ -14,7 +14,7 @@ Steps, each of which must pass before the next:
 4. The smoke set runs on Triton against exactly the new version and must match the
    in-process answers.
 5. Only then ``model_repo/NAME/serving_version`` is rewritten (atomically). The running
-   service's :class:`~service.triton.router.ModelRouter` re-reads it every second and
+   service's :class:`~yujing.service.triton.router.ModelRouter` re-reads it every second and
    switches; no admin call, no restart.
 
 If any step fails, the new version folder is removed, Triton is asked to reload ``NAME``
@@ -43,7 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
-from service.triton.client import (
+from yujing.service.triton.client import (
     TritonClientError, TritonModelClient, repository_versions, serving_version, set_serving_version,
 )
 
@@ -61,15 +61,8 @@ SMOKE_TEXTS: tuple[str, ...] = (
 )
 
 MODEL_PY = '''\
-# Triton Python-backend entry point; the generic implementation is
-# service/models/triton_backend.py. The stub's embedded Python runs isolated (it ignores
-# PYTHONPATH), so the path the launcher sets is applied here.
-import os
-import sys
-
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
-
-from service.models.triton_backend import TritonPythonModel  # noqa: E402,F401
+# Triton Python-backend entry point: the generic model is yujing.service.triton.backend.
+from yujing.service.triton.backend import TritonPythonModel  # noqa: F401
 '''
 
 # The Triton beside the service (Dockerfile.gpu sets $YUJING_TRITON_URL).
@@ -124,7 +117,7 @@ def _model_lock(model_dir: Path):
 
 
 def _smoke_in_process(artifact: Path, smoke_texts: Sequence[str]):
-    from service.models.artifact import load_model
+    from yujing.service.models.artifact import load_model
     try:
         model = load_model(artifact)
     except Exception as exc:

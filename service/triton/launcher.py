@@ -19,8 +19,9 @@ folder with the right stub; the wheel is never written to, and concurrent server
 The stub embeds the *system* libpython of that version, in isolated mode: it ignores
 ``PYTHONPATH`` and takes its prefix from the first ``python3`` on ``PATH``. The launcher
 puts this interpreter's folder first on ``PATH`` (so a venv's site-packages are found)
-and sets ``PYTHONPATH`` (the repository root, site-packages, extras), which each
-``model.py`` prepends to ``sys.path`` itself.
+and sets ``PYTHONPATH`` (site-packages, extras), which the backend module
+(:mod:`yujing.service.triton.backend`) prepends to ``sys.path`` before it imports any
+plug-in artifact loader; ``yujing`` itself is found as an installed package.
 """
 from __future__ import annotations
 
@@ -142,15 +143,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _repo_root() -> Path:
-    import service
-    return Path(service.__file__).resolve().parent.parent
-
-
 def model_pythonpath(extra: Iterable[str | Path] = ()) -> list[str]:
     """The ``PYTHONPATH`` the model code needs inside the stub's embedded Python."""
     paths: list[str] = [str(p) for p in extra]
-    paths.append(str(_repo_root()))
     for key in ("purelib", "platlib"):
         paths.append(sysconfig.get_paths()[key])
     paths.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
@@ -200,6 +195,25 @@ def _spawner() -> _Spawner:
 def _stop_all() -> None:
     for server in list(_RUNNING):
         server.stop(grace_s=5.0)
+        server.close()
+
+
+_RUN_DIR_PREFIX = "yujing-triton-"
+
+
+def _sweep_stale_run_dirs() -> None:
+    """Remove run directories whose owner process is gone (one SIGKILLed, say): each is
+    named ``yujing-triton-<pid>-<random>``, and only a dead pid's are removed."""
+    for d in Path(tempfile.gettempdir()).glob(f"{_RUN_DIR_PREFIX}*-*"):
+        pid = d.name[len(_RUN_DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 # Runs in the child, after spawn, before tritonserver: asks the kernel to SIGKILL the child
@@ -444,7 +458,8 @@ class TritonServer:
     # -- internals --------------------------------------------------------------------
     def _ensure_run_dir(self) -> Path:
         if self._run_dir is None:
-            self._run_dir = Path(tempfile.mkdtemp(prefix="yujing-triton-"))
+            _sweep_stale_run_dirs()
+            self._run_dir = Path(tempfile.mkdtemp(prefix=f"{_RUN_DIR_PREFIX}{os.getpid()}-"))
         return self._run_dir
 
     def _prepare_backends(self, run_dir: Path) -> Path:

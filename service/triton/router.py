@@ -13,7 +13,7 @@ The micro-batcher calls :meth:`ModelRouter.classify` once per batch::
 Sentiment and intent go to Triton concurrently under one deadline (``deadline_s``). When
 Triton is unreachable, too slow, answers with an error, or breaks the contract, the batch
 is scored by the same artifacts loaded in-process
-(``model_repo/<model>/<version>/artifact`` through :func:`service.models.artifact.load_model`)
+(``model_repo/<model>/<version>/artifact`` through :func:`yujing.service.models.artifact.load_model`)
 and marked ``degraded``. That also opens a circuit breaker: later batches go straight
 in-process, without waiting on Triton, while a background probe (every
 ``probe_interval_s``) scores a one-text batch on Triton; once that succeeds, batches go
@@ -23,7 +23,7 @@ Without ``triton_url`` the router is purely in-process (``served_by="in-process"
 degraded).
 
 Which version is used: the router pins each model to
-:func:`service.triton.client.serving_version` (``model_repo/<model>/serving_version``,
+:func:`yujing.service.triton.client.serving_version` (``model_repo/<model>/serving_version``,
 written by ``yujing models deploy`` after the new version loaded and passed its smoke
 check; else the newest version folder) and re-reads it every ``version_poll_s``, so a
 deploy switches the running service within about a second, without a restart. Triton is
@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from service.triton.client import TritonModelClient, read_labels, read_languages, serving_version
+from yujing.service.triton.client import TritonModelClient, read_labels, read_languages, serving_version
 
 __all__ = ["ModelRouter", "ClassifyResult", "ModelScores", "RouterError", "TRITON", "IN_PROCESS"]
 
@@ -91,8 +91,8 @@ class RouterStats:
 
 
 def _load_and_warm_up(path: Path, version: str):
-    from service.models.artifact import load_model
-    from service.models.triton_backend import WARM_UP_TEXTS
+    from yujing.service.models.artifact import load_model
+    from yujing.service.triton.backend import WARM_UP_TEXTS
     model = load_model(path, version)
     model.predict_proba(list(WARM_UP_TEXTS))  # JIT compilation now, not in a degraded batch
     return model
@@ -361,8 +361,12 @@ class ModelRouter:
             self.stats.breaker_opened += 1
             log.warning("Triton unavailable (%s): scoring in-process, degraded", reason)
         else:
+            first = self.stats.breaker_closed == 0 and self.stats.breaker_opened == 0
             self.stats.breaker_closed += 1
-            log.info("Triton healthy again (%s): scoring on Triton", reason)
+            if first:
+                log.info("Triton ready: scoring on Triton")
+            else:
+                log.info("Triton healthy again (%s): scoring on Triton", reason)
         self.stats.last_change_monotonic = time.monotonic()
         self._notify(old, self.served_by, reason)
 

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from kernels import layout as L
+from yujing.kernels import layout as L
 
 pytestmark = pytest.mark.benchmark_suite
 
 
 @pytest.fixture(scope="module")
 def pf():
-    from service.policy import load_policy
+    from yujing.service.policy import load_policy
 
     return load_policy().pf
 
@@ -18,8 +18,8 @@ def pf():
 @pytest.mark.parametrize("sessions", [10_000, 262_144])
 @pytest.mark.parametrize("batch", [256, 4096, 65536])
 def test_kernel_updates(benchmark, pf, sessions, batch):
-    from kernels.update_cpu import CpuKernels
-    from service.bench import _init_table, make_batch
+    from yujing.kernels.update_cpu import CpuKernels
+    from yujing.loadtest.bench import _init_table, make_batch
 
     rng = np.random.default_rng(0)
     k = CpuKernels()

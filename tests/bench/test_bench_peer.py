@@ -11,8 +11,8 @@ TURNS, SESSIONS = 100_000, 2_000
 
 @pytest.fixture(scope="module")
 def log():
-    from service.bench_peer import generate_log, to_frame
-    from service.policy import load_policy
+    from yujing.loadtest.bench.peer import generate_log, to_frame
+    from yujing.service.policy import load_policy
 
     pf = load_policy().pf
     ti, tf, th = generate_log(TURNS, SESSIONS, seed=0)
@@ -25,7 +25,7 @@ def results():
 
 
 def test_peer_kernel(benchmark, log, results):
-    from service.bench_peer import run_kernel
+    from yujing.loadtest.bench.peer import run_kernel
 
     pf, ti, tf, th, _ = log
     run_kernel(ti[:, :4096], tf[:, :4096], th[:4096], pf, 4096, SESSIONS)  # compile
@@ -35,33 +35,17 @@ def test_peer_kernel(benchmark, log, results):
 
 
 def test_peer_polars(benchmark, log, results):
-    from service.bench_peer import compare, polars_query
+    from yujing.loadtest.bench.peer import compare, polars_query
 
     pf, ti, tf, th, df = log
     polars_query(df, pf).collect()
     frame = benchmark.pedantic(lambda: polars_query(df, pf).collect(), rounds=5, iterations=1)
     benchmark.extra_info["turns_per_s"] = TURNS / benchmark.stats.stats.min
     if "kernel" not in results:
-        from service.bench_peer import run_kernel
+        from yujing.loadtest.bench.peer import run_kernel
         results["kernel"] = (run_kernel(ti, tf, th, pf, 4096, SESSIONS)[1], None)
     diffs = compare(results["kernel"][0], frame)
     assert max(diffs.values()) <= 1e-6, diffs
     if results["kernel"][1]:
         benchmark.extra_info["ratio_kernel_over_polars"] = benchmark.stats.stats.min / results["kernel"][1]
 
-
-def test_peer_reference_agrees():
-    """The plain reference on a small sample agrees with kernel (all 18) and polars (16)."""
-    from kernels import layout as L
-    from kernels.reference import reference
-    from service.bench_peer import POLARS_INDICATORS, generate_log, polars_query, run_kernel, to_frame
-    from service.policy import load_policy
-
-    pf = load_policy().pf
-    ti, tf, th = generate_log(800, 20, seed=5)
-    rof, _ = reference(ti, tf, th, pf)
-    _, kof = run_kernel(ti, tf, th, pf, 256, 20)
-    assert np.max(np.abs(kof[:L.N_INDICATORS] - rof[:L.N_INDICATORS])) <= 1e-6
-    fr = polars_query(to_frame(ti, tf), pf).collect()
-    for name in POLARS_INDICATORS:
-        assert np.max(np.abs(fr[name].to_numpy() - rof[L.IND[name]])) <= 1e-6, name

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Config
+from yujing.service.config import Config
 from tests.service_harness import ServiceThread
 from tests.service_models import in_process_repo
 
-from loadtest.cli import run_knee, run_once
-from loadtest.runner import RunSpec
-from loadtest.traffic import ConversationTraffic, FileTraffic
+from yujing.loadtest.cli import run_knee, run_once
+from yujing.loadtest.runner import RunSpec
+from yujing.loadtest.traffic import ConversationTraffic, FileTraffic
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from service.contract import pb
+from yujing.service.contract import pb
 from tests.service_harness import ServeProcess
 
 pytestmark = pytest.mark.triton

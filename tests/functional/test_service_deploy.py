@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Config
+from yujing.service.config import Config
 from tests.service_harness import ServiceThread, turn
 from tests.service_models import in_process_repo
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def deploy(path, name, repo, url):
-    return subprocess.run([sys.executable, "-m", "service.cli", "models", "deploy", str(path), "--name", name,
+    return subprocess.run([sys.executable, "-m", "yujing.cli", "models", "deploy", str(path), "--name", name,
                            "--model-repository", str(repo), "--triton-url", url],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 

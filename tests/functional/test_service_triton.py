@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from service.config import Config
-from service.contract import pb
+from yujing.service.config import Config
+from yujing.service.contract import pb
 from tests.service_harness import ServiceThread, turn
 from tests.service_models import in_process_repo
 

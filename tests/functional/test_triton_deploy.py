@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest_triton import SENTIMENT_KEYWORDS, SENTIMENT_LABELS, requires_triton, write_keyword_artifact
-from service.triton.client import TritonModelClient, serving_version
-from service.triton.deploy import DeployError, deploy_model, deploy_model_async, main
-from service.triton.router import TRITON, ModelRouter
+from yujing.service.triton.client import TritonModelClient, serving_version
+from yujing.service.triton.deploy import DeployError, deploy_model, deploy_model_async, main
+from yujing.service.triton.router import TRITON, ModelRouter
 
 FIVE_LABELS = ("very_negative", "negative", "neutral", "positive", "very_positive")
 FIVE_KEYWORDS = {"very_negative": ["投诉", "terrible"], "very_positive": ["谢谢", "great"]}

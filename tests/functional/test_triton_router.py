@@ -10,9 +10,9 @@ import pytest
 from conftest_triton import (
     INTENT_LABELS, SENTIMENT_KEYWORDS, SENTIMENT_LABELS, make_model_repo, requires_triton, start_triton,
 )
-from service.models.artifact import load_model
-from service.triton.launcher import free_port
-from service.triton.router import IN_PROCESS, TRITON, ModelRouter
+from yujing.service.models.artifact import load_model
+from yujing.service.triton.launcher import free_port
+from yujing.service.triton.router import IN_PROCESS, TRITON, ModelRouter
 
 TEXTS = ["你们的服务太差了，我要投诉！", "谢谢，很满意", "Thanks, great help.", "cancel my bill now"]
 

@@ -15,10 +15,10 @@ from conftest_triton import (
     COMMITTED_REPO, INTENT_LABELS, SENTIMENT_LABELS, TESTS_DIR, make_model_repo, requires_triton, start_triton,
     write_keyword_artifact,
 )
-from service.models.artifact import load_model
-from service.triton.client import TritonClientError, TritonModelClient, read_labels
-from service.triton.deploy import MODEL_PY
-from service.triton.launcher import TritonServer, TritonServerError, discover_models
+from yujing.service.models.artifact import load_model
+from yujing.service.triton.client import TritonClientError, TritonModelClient, read_labels
+from yujing.service.triton.deploy import MODEL_PY
+from yujing.service.triton.launcher import TritonServer, TritonServerError, discover_models
 
 pytestmark = [pytest.mark.triton, requires_triton]
 
@@ -89,7 +89,7 @@ def test_each_models_own_max_batch_size_is_respected(tmp_path):
 def test_eval_scorer_answers_in_the_callers_order(triton_server, model_repo):
     """`yujing models eval --triton-url` sends texts sorted by length (less padding) in
     requests of the model's max_batch_size: the rows must come back where the caller put them."""
-    from service.models.evaluate import triton_scorer
+    from yujing.training.evaluate import triton_scorer
     texts = [t * k for k in (9, 1, 4) for t in TEXTS] * 30          # 450 texts, lengths shuffled
     probs = triton_scorer(triton_server.grpc_url, "sentiment")(texts)
     local = load_model(model_repo / "sentiment" / "1" / "artifact").predict_proba(texts)

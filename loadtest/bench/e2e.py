@@ -6,11 +6,11 @@ In one run, on this machine:
 
 * the service: ``yujing serve`` as a child process with the embedded Triton server and
   the default models (``--models embedded``), Prometheus metrics on, default batching;
-* the echo server: ``python -m service.bench_e2e echo``, a bare ``grpc.aio`` server on
+* the echo server: ``python -m yujing.loadtest.bench.e2e echo``, a bare ``grpc.aio`` server on
   uvloop implementing the same ``RiskScorer`` service with the same channel options and
   no interceptor, answering every Turn with a canned TurnRisk captured from the service
   in this run (realistic size: indicators, reasons, model versions), ids copied in;
-* the load generator (:mod:`loadtest.runner`, open loop, latency from the intended send
+* the load generator (:mod:`yujing.loadtest.runner`, open loop, latency from the intended send
   time, one client process on uvloop) drives each in unary ``Score``, ``ScoreStream``
   (4 streams) and ``ScoreBatch`` (256 turns a call; a partial batch leaves after 100 ms),
   with a rate ladder (x1.6 a step)
@@ -46,7 +46,7 @@ START_RATE = {"unary": 400.0, "stream": 1500.0, "batch": 3000.0}
 async def _echo_serve(port: int, canned_path: str | None) -> None:
     import grpc
 
-    from service.contract import pb, pb_grpc
+    from yujing.service.contract import pb, pb_grpc
 
     canned = pb.TurnRisk()
     if canned_path:
@@ -120,7 +120,7 @@ CLIENT_PROCESSES = 1
 
 
 def _spec(target: str, mode: str, rate: float, duration: float, run_id: str):
-    from loadtest.runner import RunSpec
+    from yujing.loadtest.runner import RunSpec
 
     return RunSpec(target=target, mode=mode, rate=rate, duration=duration, sessions=20_000,
                    processes=CLIENT_PROCESSES,
@@ -129,8 +129,8 @@ def _spec(target: str, mode: str, rate: float, duration: float, run_id: str):
 
 
 def _point(target: str, mode: str, rate: float, duration: float, run_id: str, metrics_url=None) -> dict:
-    from loadtest import report as R
-    from loadtest.runner import run_load
+    from yujing.loadtest import report as R
+    from yujing.loadtest.runner import run_load
 
     before = R.scrape(metrics_url) if metrics_url else None
     rep = R.summarize(run_load(_spec(target, mode, rate, duration, run_id)), before,
@@ -198,7 +198,7 @@ def knee(target: str, duration: float, tag: str, p99_ms: float = 10.0, start: fl
 def _capture_answer(port: int, path: str) -> int:
     import grpc
 
-    from service.contract import pb, pb_grpc
+    from yujing.service.contract import pb, pb_grpc
 
     stub = pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     ans = None
@@ -220,7 +220,7 @@ def bench_e2e(args) -> dict:
                  "note": "server(s), Triton and the load generator share the same cores"}
     py = sys.executable
     t = time.perf_counter()
-    svc = Child([py, "-m", "service.cli", "serve", "--port", "0", "--triton-port", "0", "--metrics-port", "0"],
+    svc = Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--metrics-port", "0"],
                 r"yujing serving on [\d.]+:(\d+)")
     out["service_start_s"] = time.perf_counter() - t
     canned = tempfile.NamedTemporaryFile(prefix="yujing-canned-", suffix=".bin", delete=False).name
@@ -236,7 +236,7 @@ def bench_e2e(args) -> dict:
                                                        2 * duration, "svc-half", metrics)
     finally:
         svc.stop()
-    echo = Child([py, "-m", "service.bench_e2e", "echo", "--port", "0", "--canned", canned],
+    echo = Child([py, "-m", "yujing.loadtest.bench.e2e", "echo", "--port", "0", "--canned", canned],
                  r"echo serving on [\d.]+:(\d+)")
     try:
         out["echo"] = {m: capacity(f"127.0.0.1:{echo.port}", m, duration, "echo") for m in MODES}
@@ -251,7 +251,7 @@ def bench_e2e(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m service.bench_e2e")
+    ap = argparse.ArgumentParser(prog="python -m yujing.loadtest.bench.e2e")
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("echo", help="run the bare echo RiskScorer server")
     e.add_argument("--port", type=int, default=0)

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR_ENV = "YUJING_DATA_DIR"
+from yujing.service.paths import DATA_DIR_ENV, data_dir  # noqa: F401 (re-exported)
+
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 
@@ -62,13 +62,6 @@ class DataMissing(FileNotFoundError):
     """The data directory or one of its files is absent."""
 
 
-def data_dir(explicit: str | Path | None = None) -> Path:
-    if explicit:
-        return Path(explicit).resolve()
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env).resolve()
-    return (REPO_ROOT / ".." / "shared" / "data").resolve()
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """``yujing bench``: the benchmark suites that write the JSON behind BENCHMARKS.md.
 
     yujing bench kernels [--sessions 10000 1048576 4194304] [--batch 256 ... 65536] [--out FILE]
-    yujing bench peer    [--turns 1000000] [--peer-sessions 20000] [--out FILE] (service/bench_peer.py)
-    yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (service/bench_models.py)
-    yujing bench e2e     [--duration 10] [--client-processes 1] [--out FILE]    (service/bench_e2e.py)
+    yujing bench peer    [--turns 1000000] [--peer-sessions 20000] [--out FILE] (loadtest/bench/peer.py)
+    yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (loadtest/bench/models.py)
+    yujing bench e2e     [--duration 10] [--client-processes 1] [--out FILE]    (loadtest/bench/e2e.py)
     yujing bench projection [--batch ...]     (arithmetic for one H100; a projection, not a measurement)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import layout as L
+from yujing.kernels import layout as L
 
 # Bytes one update reads and writes: the session's state row (read + write), the
 # turn's inputs and outputs. The agent table is small and stays in cache.
@@ -152,7 +152,7 @@ def _phase_kernels():
     functions), so a run can say where an update's time goes."""
     from numba import njit
 
-    from kernels.update_cpu import agent_steps, fill_indicators, session_steps
+    from yujing.kernels.update_cpu import agent_steps, fill_indicators, session_steps
 
     @njit(nogil=True)  # no cache: it inlines kernels/ device functions, which may change
     def agents_only(ai, aw, ti, pf, fatigue):
@@ -211,8 +211,8 @@ def _init_table(k, n, rng, pf, t_ms):
 
 def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096, 16384, 65536),
                   seconds: float = 1.5, seed: int = 0) -> dict:
-    from kernels.update_cpu import CpuKernels
-    from service.policy import load_policy
+    from yujing.kernels.update_cpu import CpuKernels
+    from yujing.service.policy import load_policy
 
     if isinstance(batches, int):
         batches = (batches,)
@@ -367,14 +367,14 @@ def _run(args) -> int:
     elif args.suite == "projection":
         result = h100_projection(tuple(args.batch or (256, 1024, 4096, 16384, 65536)))
     elif args.suite == "peer":
-        from service.bench_peer import bench_peer
+        from yujing.loadtest.bench.peer import bench_peer
         result = bench_peer(turns=args.turns, sessions=args.peer_sessions, batch=(args.batch or [4096])[0],
                             ref_turns=args.ref_turns)
     elif args.suite == "models":
-        from service.bench_models import bench_models
+        from yujing.loadtest.bench.models import bench_models
         result = bench_models(batches=tuple(args.batch or (1, 8, 64, 256, 1024)), seconds=args.seconds)
     elif args.suite == "e2e":
-        from service.bench_e2e import bench_e2e
+        from yujing.loadtest.bench.e2e import bench_e2e
         result = bench_e2e(args)
     else:
         raise SystemExit(f"unknown suite {args.suite}")

@@ -5,8 +5,8 @@ size, in-process and through the embedded Triton server, in one run.
 
 In-process: the model artifact Triton serves (``model_repo/<model>/<version>/artifact``),
 loaded here and called with ``predict_proba`` on this thread. Triton: the embedded
-server (:class:`service.triton.launcher.TritonServer` on ``model_repo``) called with the
-service's own client (:class:`service.triton.client.TritonModelClient`), one request in
+server (:class:`yujing.service.triton.launcher.TritonServer` on ``model_repo``) called with the
+service's own client (:class:`yujing.service.triton.client.TritonModelClient`), one request in
 flight (latency-bound) and ``--concurrency`` in flight (throughput). Texts are the load
 generator's conversation texts (zh, en, mixed). Server and client share this machine.
 """
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1] / "model_repo"
 
 
 def sample_texts(n: int = 4096, seed: int = 3) -> list[str]:
-    from loadtest.traffic import ConversationTraffic
+    from yujing.loadtest.traffic import ConversationTraffic
 
     gen = ConversationTraffic(seed=seed, sessions=100_000, concurrent=2_000)
     out = []
@@ -33,7 +33,7 @@ def sample_texts(n: int = 4096, seed: int = 3) -> list[str]:
 
 
 def _version(model: str) -> str:
-    from service.triton.client import repository_versions, serving_version
+    from yujing.service.triton.client import repository_versions, serving_version
 
     return serving_version(REPO, model) or str(max(repository_versions(REPO, model)))
 
@@ -83,7 +83,7 @@ async def _triton_point(client, model: str, batch: int, texts: list[str], second
 
 def bench_models(batches=(1, 8, 64, 256, 1024), seconds: float = 1.5, concurrency: int = 4,
                  triton: bool = True) -> dict:
-    from service.models.artifact import load_model
+    from yujing.service.models.artifact import load_model
 
     texts = sample_texts()
     out: dict = {"models": {}, "texts": len(texts), "seconds_per_point": seconds,
@@ -94,8 +94,8 @@ def bench_models(batches=(1, 8, 64, 256, 1024), seconds: float = 1.5, concurrenc
         out["models"][m] = {"version": v, "labels": len(model.labels),
                             "in_process": [_timed(model.predict_proba, b, texts, seconds) for b in batches]}
     if triton:
-        from service.triton.client import TritonModelClient
-        from service.triton.launcher import TritonServer
+        from yujing.service.triton.client import TritonModelClient
+        from yujing.service.triton.launcher import TritonServer
 
         t = time.perf_counter()
         with TritonServer(REPO, models=list(MODELS), allow_http=False, allow_metrics=False,

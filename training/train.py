@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from service.models import evaluate as ev
-from service.models.artifact import load_model, read_meta, write_meta
-from service.models.data import Dataset, Subset, data_dir, file_sha256, load_dataset
-from service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
+from yujing.training import evaluate as ev
+from yujing.service.models.artifact import load_model, read_meta, write_meta
+from yujing.training.data import Dataset, Subset, data_dir, file_sha256, load_dataset
+from yujing.service.models.textclf import FeatureConfig, HashedNgramClassifier, Head, hash_features, _tfidf_remap
 
 # the n-gram features every shipped model uses (service/models/textclf.py)
 NGRAMS = {"hash_bits": 20, "word_ngrams": 2, "cjk_ngrams": 3, "char_min": 2, "char_max": 5}
@@ -167,8 +167,8 @@ def sample_weights(ds: Dataset, recipe: dict) -> np.ndarray | None:
 
 def load_token_vectors(spec: dict, wheel: str | Path | None = None):
     """The recipe's pretrained token vectors as a TokenVectors, and where they came from."""
-    from service.models.pretrained import load_wordllama
-    from service.models.token_vectors import TokenVectors
+    from yujing.training.pretrained import load_wordllama
+    from yujing.service.models.token_vectors import TokenVectors
     if spec.get("source") != "wordllama":
         raise ValueError(f"unknown token vector source {spec.get('source')!r} (known: wordllama)")
     pv = load_wordllama(wheel)
@@ -177,8 +177,8 @@ def load_token_vectors(spec: dict, wheel: str | Path | None = None):
 
 def load_sentence_encoder(spec: dict, wheel: str | Path | None = None):
     """The recipe's pretrained sentence encoder, and where it came from."""
-    from service.models.pretrained import load_minilm
-    from service.models.sentence_encoder import SentenceEncoder
+    from yujing.training.pretrained import load_minilm
+    from yujing.service.models.sentence_encoder import SentenceEncoder
     if spec.get("source") != "all-minilm-l6-v2":
         raise ValueError(f"unknown sentence encoder {spec.get('source')!r} (known: all-minilm-l6-v2)")
     pe = load_minilm(wheel)
@@ -227,7 +227,7 @@ def train_encoder_model(model: str, data: str | Path | None = None, recipe: dict
     as stored (no PyTorch needed, minutes instead of ~70); its fine-tuning record is kept.
     ``checkpoint``: the float32 fine-tuned weights a previous run of this recipe kept after
     one of its stages (``_save_float_checkpoint``): the stages it holds are not run again."""
-    from service.models.encoder_clf import EncoderClassifier
+    from yujing.service.models.encoder_clf import EncoderClassifier
     recipe = recipe or RECIPES[model]
     t0 = time.time()
     ds = load_dataset(model, data)
@@ -282,7 +282,7 @@ def _finetune_stages(recipe: dict) -> list[dict]:
     (on the rows ``train_sample`` picks), then each of ``finetune_more``, which continues from
     the previous stage's weights with ``finetune``'s settings less what it overrides, on the
     rows its own ``train_sample`` picks."""
-    from service.models.finetune import FinetuneSettings
+    from yujing.training.finetune import FinetuneSettings
     first = dataclasses.asdict(FinetuneSettings.from_dict(recipe.get("finetune", {})))
     stages = [first]
     for more in recipe.get("finetune_more", []):
@@ -297,9 +297,9 @@ def _finetune_encoder(model: str, ds: Dataset, held: list[Subset], recipe: dict,
     """Run the recipe's fine-tuning stages (``_finetune_stages``), keeping a float32
     checkpoint after each. ``start``: a checkpoint's state (``_read_float_checkpoint``) whose
     stages are done; only the ones after it run."""
-    from service.models.encoder_clf import EncoderClassifier
-    from service.models.finetune import FinetuneSettings, finetune
-    from service.models.sentence_encoder import SentenceEncoder
+    from yujing.service.models.encoder_clf import EncoderClassifier
+    from yujing.training.finetune import FinetuneSettings, finetune
+    from yujing.service.models.sentence_encoder import SentenceEncoder
     stages = _finetune_stages(recipe)
     binary = [ds.labels.index("negative"), ds.labels.index("positive")] if "negative" in ds.labels else None
     validation = [(sub.name, sub.texts, np.array([ds.labels.index(lab) for lab in sub.labels]),
@@ -343,9 +343,9 @@ def _finetune_encoder(model: str, ds: Dataset, held: list[Subset], recipe: dict,
 
 def _pretrained_start(model: str, recipe: dict, texts: list[str], encoder_wheel) -> dict:
     """Stage 0: the pretrained encoder, its vocabulary pruned to ``texts`` (the first stage's)."""
-    from service.models.e5_image import unigram_tokenizer_json
-    from service.models.finetune import prune_vocabulary
-    from service.models.pretrained import load_multilingual_e5
+    from yujing.training.e5_image import unigram_tokenizer_json
+    from yujing.training.finetune import prune_vocabulary
+    from yujing.training.pretrained import load_multilingual_e5
     if recipe["sentence_encoder"].get("source") != "multilingual-e5-small":
         raise ValueError(f"unknown encoder {recipe['sentence_encoder'].get('source')!r} "
                          "(known: multilingual-e5-small)")
@@ -364,7 +364,7 @@ def _save_float_checkpoint(model: str, version: str, state: dict) -> Path:
     """The fine-tuned float32 weights after a stage, kept outside the repository (the artifact
     holds them int8 / 4-bit): enough to try another storage or companion, or to run a later
     stage, without fine-tuning again (~70 minutes)."""
-    from service.models.pretrained import cache_dir
+    from yujing.training.pretrained import cache_dir
     path = cache_dir() / "finetuned" / f"{model}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = lambda obj: np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)  # noqa: E731

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from service.models.data import Dataset, Subset
+from yujing.training.data import Dataset, Subset
 
 Scorer = Callable[[Sequence[str]], np.ndarray]
 
@@ -154,7 +154,7 @@ def triton_scorer(url: str, model: str, timeout_s: float = 60.0) -> Scorer:
     the caller's order would (rows are scored independently; the result does not change)."""
     import tritonclient.grpc as grpcclient
 
-    from service.models import TRITON_INPUT, TRITON_OUTPUT
+    from yujing.service.models import TRITON_INPUT, TRITON_OUTPUT
 
     client = grpcclient.InferenceServerClient(url=url)
     cfg = client.get_model_config(model, as_json=True)["config"]

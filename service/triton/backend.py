@@ -1,11 +1,11 @@
 """The Triton Python-backend model behind every text model in ``model_repo/``.
 
 Each ``model_repo/<model>/<version>/model.py`` is one line,
-``from service.models.triton_backend import TritonPythonModel``; this class does the work:
+``from yujing.service.triton.backend import TritonPythonModel``; this class does the work:
 
 * ``initialize`` reads the tensor dtypes from the model config, the device kind from the
   instance (``KIND_CPU`` here, ``KIND_GPU`` in the GPU image), and loads the artifact at
-  ``<model dir>/<version>/artifact`` with :func:`service.models.artifact.load_model`,
+  ``<model dir>/<version>/artifact`` with :func:`yujing.service.models.artifact.load_model`,
   the same loader the in-process fallback uses.
 * ``initialize`` then scores a two-text warm-up batch, so JIT compilation happens at
   load time and a model that cannot score fails its load instead of its first request.
@@ -14,11 +14,11 @@ Each ``model_repo/<model>/<version>/model.py`` is one line,
   cannot be served (no TEXT, bad UTF-8, the model fails on it) gets an error response;
   the others in the batch still get their answers.
 
-The contract (``service.models``): input ``TEXT`` TYPE_STRING dims [1], output
+The contract (``yujing.service.models``): input ``TEXT`` TYPE_STRING dims [1], output
 ``PROBABILITIES`` TYPE_FP32 dims [-1], batched; row i of the output holds the class
 probabilities of text i, in the order of the artifact's ``labels``.
 
-Artifact kinds registered outside ``service.models`` (tests, plug-ins) are imported from
+Artifact kinds registered outside ``yujing.service.models`` (tests, plug-ins) are imported from
 ``$YUJING_LOADER_MODULES`` (comma-separated module names) before the artifact is loaded.
 
 ``triton_python_backend_utils`` only exists inside Triton's Python stub; it is imported
@@ -33,10 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-from service.models import TRITON_INPUT, TRITON_OUTPUT
+from yujing.service.models import TRITON_INPUT, TRITON_OUTPUT
 
 LOADER_MODULES_ENV = "YUJING_LOADER_MODULES"
 WARM_UP_TEXTS = ("warm-up, thanks", "预热一下，谢谢")
+
+
+def _extend_path_from_env() -> None:
+    """The stub's embedded Python runs isolated and ignores ``PYTHONPATH``; the launcher
+    passes the folders plug-in loaders live in that way, so they are applied here."""
+    import sys
+
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.path[:0] = extra
 
 
 def _pb_utils():
@@ -48,7 +57,7 @@ class TritonPythonModel:
     """Generic Python-backend model: one artifact, texts in, probabilities out."""
 
     def initialize(self, args: dict) -> None:
-        from service.models.artifact import load_model
+        from yujing.service.models.artifact import load_model
 
         pb = _pb_utils()
         self._pb = pb
@@ -65,6 +74,7 @@ class TritonPythonModel:
         self.device_kind = args.get("model_instance_kind", "CPU")
         self.device_id = int(args.get("model_instance_device_id", 0) or 0)
 
+        _extend_path_from_env()
         for module in filter(None, (m.strip() for m in os.environ.get(LOADER_MODULES_ENV, "").split(","))):
             importlib.import_module(module)
         version = str(args["model_version"])

@@ -2,10 +2,10 @@
 
     yujing bench peer [--turns 1000000] [--peer-sessions 20000] [--batch 4096] [--ref-turns 3000]
 
-1. our CPU kernel (:mod:`kernels.update_cpu`), the whole log in batches of ``--batch``;
+1. our CPU kernel (:mod:`yujing.kernels.update_cpu`), the whole log in batches of ``--batch``;
 2. polars: one lazy query over the whole log (group by session, ordered by arrival;
    cumulative sums / EWMs / cumulative maxima / an as-of join for the time window);
-3. the plain reference (:mod:`kernels.reference`) on a small sample of the same
+3. the plain reference (:mod:`yujing.kernels.reference`) on a small sample of the same
    generator (it is quadratic per session, on purpose).
 
 The log is generated in timestamp order per session (and globally: arrival order is
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from kernels import layout as L
+from yujing.kernels import layout as L
 
 LN2 = math.log(2.0)
 
@@ -247,7 +247,7 @@ def polars_query(df, pf):
 
 def run_kernel(ti, tf, th, pf, batch: int, n_slots: int, n_agents: int = 1024):
     """The whole log through the CPU kernel in batches: (seconds, of)."""
-    from kernels.update_cpu import CpuKernels
+    from yujing.kernels.update_cpu import CpuKernels
 
     k = CpuKernels()
     s = L.new_session_arrays(n_slots)
@@ -280,7 +280,7 @@ def bench_peer(turns: int = 1_000_000, sessions: int = 20_000, batch: int = 4096
 
     import polars as pl
 
-    from service.policy import load_policy
+    from yujing.service.policy import load_policy
 
     pf = load_policy().pf
     t = time.perf_counter()
@@ -306,7 +306,7 @@ def bench_peer(turns: int = 1_000_000, sessions: int = 20_000, batch: int = 4096
 
     # the reference on a small sample of the same generator: kernel == reference on all
     # 18 indicators, polars == reference on its 16
-    from kernels.reference import reference
+    from yujing.kernels.reference import reference
 
     rti, rtf, rth = generate_log(ref_turns, max(10, ref_turns // 50), seed + 2)
     t = time.perf_counter()

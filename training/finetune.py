@@ -5,7 +5,7 @@ result is stored as an ``encoder_clf`` artifact and runs in NumPy (or CuPy on a 
 
 The model is Hugging Face ``BertModel`` (no pooler) + mean pooling over real tokens +
 dropout + ``Linear(hidden, labels)``, the same computation as
-:class:`service.models.encoder_clf.EncoderClassifier` (dropout aside); cross-entropy loss.
+:class:`yujing.service.models.encoder_clf.EncoderClassifier` (dropout aside); cross-entropy loss.
 Optimiser: AdamW (weight decay off for biases and LayerNorms), linear warm-up over
 ``warmup`` of the steps then linear decay to 0, gradient norm clipped at 1. Batches of
 ``batch`` texts are cut from chunks of ``batch * 50`` shuffled texts sorted by length (little
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from service.models.evaluate import decide
+from yujing.training.evaluate import decide
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def finetune(weights: dict[str, np.ndarray], config: dict, tokenizer_json: str, 
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertModel
 
-    from service.models.sentence_encoder import token_ids
+    from yujing.service.models.sentence_encoder import token_ids
 
     s = settings
     torch.manual_seed(s.seed)

@@ -1,7 +1,7 @@
 """``yujing models train`` and ``yujing models eval``.
 
 The main CLI calls :func:`add_subcommands` with its ``models`` sub-parsers; until then (or
-standalone) ``python -m service.models.cli train|eval ...`` does the same.
+standalone) ``python -m yujing.training.cli train|eval ...`` does the same.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from service.models.data import MODEL_NAMES, REPO_ROOT
-
-DEFAULT_REPO = REPO_ROOT / "model_repo"
+from yujing.service.paths import DEFAULT_MODEL_REPO as DEFAULT_REPO
+from yujing.training.data import MODEL_NAMES
 
 
 # fine-tuned with PyTorch (the `finetune` extra, ~40 min on 2 cores): trained only when named
@@ -31,7 +30,7 @@ def _err(msg: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from service.models.train import train_and_write
+    from yujing.training.train import train_and_write
 
     if args.reuse_encoder and args.from_checkpoint:
         _err("--reuse-encoder and --from-checkpoint are two different starting points: give one")
@@ -93,9 +92,9 @@ def _fmt_report(rep: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from service.models import evaluate as ev
-    from service.models.artifact import load_model
-    from service.models.data import load_dataset
+    from yujing.training import evaluate as ev
+    from yujing.service.models.artifact import load_model
+    from yujing.training.data import load_dataset
 
     ev.limit_threads()
     reports = {}
@@ -105,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tp_texts = tp_texts[::max(1, len(tp_texts) // 4000)]
         if args.triton_url:
             scorer = ev.triton_scorer(args.triton_url, m)
-            from service.triton.client import read_labels  # labels from the model repository
+            from yujing.service.triton.client import read_labels  # labels from the model repository
             labels = read_labels(args.repo, m)
             source = f"triton {args.triton_url}"
             note = "Triton, client on one thread, server-side cores as configured"
@@ -171,7 +170,7 @@ def add_subcommands(models_subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.models.cli",
+    parser = argparse.ArgumentParser(prog="python -m yujing.training.cli",
                                      description="train and evaluate yujing's text models")
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_subcommands(sub)

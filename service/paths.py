@@ -1,0 +1,46 @@
+"""Every path the product needs, resolved in one place.
+
+The package keeps the repository's layout when installed: ``yujing/service``,
+``yujing/kernels``, ``yujing/proto`` and ``yujing/model_repo`` sit side by side in
+site-packages just as ``service/``, ``kernels/``, ``proto/`` and ``model_repo/`` sit in a
+checkout. So one anchor, the folder above ``service/``, serves both.
+
+    >>> (PACKAGE_ROOT / "service" / "paths.py").is_file()
+    True
+    >>> DEFAULT_POLICY.name
+    'policy_default.toml'
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SERVICE_DIR = Path(__file__).resolve().parent
+# a checkout's root, or site-packages/yujing for an installed wheel
+PACKAGE_ROOT = SERVICE_DIR.parent
+
+PROTO_DIR = PACKAGE_ROOT / "proto"
+PROTO_FILES = ("yujing/v1/risk.proto",)
+GENERATED_DIR = SERVICE_DIR / "_generated"
+DEFAULT_POLICY = SERVICE_DIR / "policy_default.toml"
+LEXICON_DIR = SERVICE_DIR / "lexicons"
+# the packaged model repository: the default models (a wheel ships the default ones only)
+DEFAULT_MODEL_REPO = PACKAGE_ROOT / "model_repo"
+
+DATA_DIR_ENV = "YUJING_DATA_DIR"
+
+
+def is_checkout() -> bool:
+    """True when running from a source checkout (editable install), not a wheel."""
+    return (PACKAGE_ROOT / "pyproject.toml").is_file()
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The shared data sets (training and evaluation only): ``explicit``, else
+    ``$YUJING_DATA_DIR``, else ``../shared/data`` beside the checkout."""
+    if explicit:
+        return Path(explicit).resolve()
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).resolve()
+    return (PACKAGE_ROOT.parent / "shared" / "data").resolve()

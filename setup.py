@@ -1,0 +1,26 @@
+"""Only the build step that pyproject.toml cannot declare: the gRPC code generated from
+proto/ (yujing.service._generated) is built before setuptools collects the packages, so
+a wheel carries it and an installed package needs neither protoc nor write access to
+its own folder. (A checkout also regenerates it at first import after the .proto
+changes: yujing.service.contract.)"""
+import importlib.util
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+PROTO_FILES = ("yujing/v1/risk.proto",)
+
+
+def _generate_contract() -> None:
+    spec = importlib.util.spec_from_file_location("_yujing_protogen", ROOT / "service" / "protogen.py")
+    protogen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protogen)
+    out = ROOT / "service" / "_generated"
+    stamp = out / protogen.STAMP
+    if not (stamp.is_file() and stamp.read_text() == protogen.proto_hash(ROOT / "proto", PROTO_FILES)):
+        protogen.generate(ROOT / "proto", PROTO_FILES, out)
+
+
+_generate_contract()
+setup()

@@ -1,0 +1,5 @@
+import sys
+
+from yujing.cli import main
+
+sys.exit(main())
