@@ -3,6 +3,8 @@
     yujing serve [--host H] [--port P] [--models embedded|external|in-process] ...
     yujing score [--target H:P] "text" ... | --file conversation.jsonl
     yujing models train | eval | deploy ...
+    yujing eval conversations ...  (risk measured on whole dialogues)
+    yujing policy fit ...          (a candidate policy fitted to dialogue outcomes)
     yujing loadtest ...        (the SRE load generator)
     yujing bench ...           (the benchmark suites)
 """
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     msub = models.add_subparsers(dest="models_command", required=True)
     _add_optional(msub, "yujing.training.cli", "add_subcommands")
     _add_optional(msub, "yujing.service.triton.deploy", "add_deploy_subcommand")
+    ev = sub.add_parser("eval", help="measure risk on whole conversations (the train extra)")
+    _add_optional(ev.add_subparsers(dest="eval_command", required=True), "yujing.training.conversations",
+                  "add_subcommand")
+    pol = sub.add_parser("policy", help="fit the risk policy to dialogue outcomes (the train extra)")
+    _add_optional(pol.add_subparsers(dest="policy_command", required=True), "yujing.training.policy_fit",
+                  "add_subcommand")
     _add_optional(sub, "yujing.client", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.cli", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.bench", "add_subcommand")

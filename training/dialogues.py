@@ -1,0 +1,150 @@
+"""Whole conversations from the shared data sets, for evaluating risk on the task users have
+(``yujing eval conversations``) and fitting the policy to dialogue outcomes
+(``yujing policy fit``). Nothing here is committed data: every set is read from
+``../shared/data`` (``$YUJING_DATA_DIR``).
+
+A :class:`Dialogue` is its turns in order (speaker, text, and the turn's gold sentiment
+where the set has one) and an outcome for the whole dialogue where the set has one.
+
+The splits are by dialogue, deterministic, and the same in every tool:
+
+* **JDDC-USS** (``zh/jddc_uss_satisfaction/jddc_uss_user_turns.csv``, the 330 ``valid``
+  dialogues here; the 330 test dialogues are held back by the project): ``test`` when
+  ``sha1(dialogue_id) % 5 == 0`` (about 66 dialogues), else ``train``. Each rated customer
+  turn follows the agent turn it answers (``prev_system``). Turn gold: ``sat`` 0 / 1 / 2
+  read as negative / neutral / positive (the customer's satisfaction with the exchange,
+  the closest the set has to a turn sentiment). Outcome: the ``OVERALL`` row's rating,
+  0 dissatisfied, 1 neutral, 2 satisfied.
+* **STC-3** (``zh/stc3_customer_helpdesk``, 3,325 dialogues; ids ``% 10 == 0`` are held
+  back by the project and absent): ``test`` when ``int(dialogue_id) % 10 == 5``, else
+  ``train``. No turn gold. Outcome from the mean of 19 annotators' satisfaction S:
+  dissatisfied when ``S < -0.5``, satisfied when ``S > 0.5``, else neutral.
+* **SGD / MultiWOZ from USS** (``en/uss_sgd_mwoz``; their test dialogues are held back):
+  ``test`` when ``sha1(dialogue_id) % 5 == 0``, else ``train``. Turn gold on the rated user
+  turns, ``sat`` read as for JDDC; a system turn follows each user turn. No dialogue
+  outcome.
+
+Time: the sets carry no timestamps, so a conversation is replayed at a steady, calm pace
+(:data:`CUSTOMER_GAP_S` between customer turns, the agent answering
+:data:`AGENT_DELAY_S` after each): the time-based indicators then read a served customer.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from yujing.service.paths import data_dir
+
+SAT_TO_SENTIMENT = {"0": "negative", "1": "neutral", "2": "positive"}
+OUTCOMES = ("dissatisfied", "neutral", "satisfied")
+SETS = ("jddc", "stc3", "sgd", "mwoz")
+CUSTOMER_GAP_S = 40.0
+AGENT_DELAY_S = 15.0
+
+
+@dataclass
+class DialogueTurn:
+    speaker: str                 # customer | agent | bot
+    text: str
+    gold: str | None = None      # negative | neutral | positive, where the set labels the turn
+
+
+@dataclass
+class Dialogue:
+    id: str
+    source: str                  # jddc | stc3 | sgd | mwoz | a hand-made set's name
+    language: str                # zh | en
+    turns: list[DialogueTurn] = field(default_factory=list)
+    outcome: str | None = None   # dissatisfied | neutral | satisfied, where the set rates it
+    split: str = "train"
+
+
+def _sha_fold(dialogue_id: str, k: int = 5) -> int:
+    return int(hashlib.sha1(dialogue_id.encode("utf-8")).hexdigest(), 16) % k
+
+
+def hash_split(dialogue_id: str) -> str:
+    """``test`` for one dialogue in five, by a stable hash of its id."""
+    return "test" if _sha_fold(dialogue_id) == 0 else "train"
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_jddc(root: Path) -> list[Dialogue]:
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for r in _rows(root / "zh/jddc_uss_satisfaction/jddc_uss_user_turns.csv"):
+        by_id[r["dialogue_id"]].append(r)
+    out = []
+    for did, rows in by_id.items():
+        rows.sort(key=lambda r: int(r["turn"]))
+        d = Dialogue(id=did, source="jddc", language="zh", split=hash_split(did))
+        for r in rows:
+            if r["prev_system"].strip():
+                d.turns.append(DialogueTurn("agent", r["prev_system"].strip()))
+            if r["is_overall"] == "1":
+                d.outcome = OUTCOMES[int(r["sat"])]
+                continue
+            d.turns.append(DialogueTurn("customer", r["text"].strip(), SAT_TO_SENTIMENT.get(r["sat"])))
+        out.append(d)
+    return out
+
+
+def stc3_outcome(s_mean: float) -> str:
+    return "dissatisfied" if s_mean < -0.5 else "satisfied" if s_mean > 0.5 else "neutral"
+
+
+def load_stc3(root: Path) -> list[Dialogue]:
+    base = root / "zh/stc3_customer_helpdesk"
+    outcome = {r["dialogue_id"]: stc3_outcome(float(r["S_mean"])) for r in _rows(base / "stc3_train_cn_dialogues.csv")}
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for r in _rows(base / "stc3_train_cn_turns.csv"):
+        by_id[r["dialogue_id"]].append(r)
+    out = []
+    for did, rows in by_id.items():
+        rows.sort(key=lambda r: int(r["turn"]))
+        d = Dialogue(id=did, source="stc3", language="zh", outcome=outcome.get(did),
+                     split="test" if int(did) % 10 == 5 else "train")
+        for r in rows:
+            d.turns.append(DialogueTurn("customer" if r["sender"] == "customer" else "agent", r["text"].strip()))
+        out.append(d)
+    return out
+
+
+def load_uss_en(root: Path, which: str) -> list[Dialogue]:
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for r in _rows(root / f"en/uss_sgd_mwoz/{which}_valid_dialogues.csv"):
+        by_id[r["dialogue_id"]].append(r)
+    out = []
+    for did, rows in by_id.items():
+        rows.sort(key=lambda r: int(r["turn"]))
+        d = Dialogue(id=did, source=which, language="en", split=hash_split(did))
+        for r in rows:
+            d.turns.append(DialogueTurn("customer", r["user"].strip(), SAT_TO_SENTIMENT.get(r["sat"] or "")))
+            if r["system_reply"].strip():
+                d.turns.append(DialogueTurn("bot", r["system_reply"].strip()))
+        out.append(d)
+    return out
+
+
+def load(sets: Iterable[str] = SETS, split: str | None = None, root: str | Path | None = None) -> list[Dialogue]:
+    """The dialogues of ``sets`` (``jddc``, ``stc3``, ``sgd``, ``mwoz``), of one split
+    (``train`` / ``test``) or both (``None``)."""
+    r = data_dir(root)
+    out: list[Dialogue] = []
+    for s in sets:
+        if s == "jddc":
+            out += load_jddc(r)
+        elif s == "stc3":
+            out += load_stc3(r)
+        elif s in ("sgd", "mwoz"):
+            out += load_uss_en(r, s)
+        else:
+            raise ValueError(f"unknown dialogue set {s!r}: expected one of {', '.join(SETS)}")
+    return [d for d in out if split is None or d.split == split]
