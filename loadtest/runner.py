@@ -105,6 +105,7 @@ class Recorder:
         self.sec: dict[int, dict] = {}
         self.first_send = None
         self.last_send = None
+        self.last_intended = None
         self.last_done = None
 
     def _s(self, t: float) -> dict:
@@ -118,6 +119,7 @@ class Recorder:
         self.sent += 1
         self.lag.record_value(max(1, int((now - intended) * 1e6)))
         self._s(intended)["sent"] += 1
+        self.last_intended = intended
         if self.first_send is None:
             self.first_send = now
         self.last_send = now
@@ -440,12 +442,16 @@ async def run_worker(spec: RunSpec, idx: int, start_wall: float, progress_cb=Non
         rec._s(time.monotonic())["errors"] += k
     await channel.close()
     send_window = (rec.last_send - start) if rec.last_send is not None else 0.0
+    # the schedule this process kept: through its last intended send plus one mean gap (a
+    # constant 80/s for 2 s: the last send at 1.9875 s, the schedule through 2.0 s). By count,
+    # a Poisson schedule ends a little before or after ``duration``; max_turns ends it sooner.
+    schedule_end = (rec.last_intended - start + 1.0 / rate) if rec.last_intended is not None else 0.0
     return {
         "idx": idx, "planned": n, "sent": rec.sent, "answered": rec.answered, "errors": dict(rec.errors),
         "stopped_early": stopped_early, "hist": rec.hist.encode(), "lag": rec.lag.encode(),
         "per_second": {k: {"sent": v["sent"], "answered": v["answered"], "errors": v["errors"],
                            "hist": v["hist"].encode()} for k, v in sorted(rec.sec.items())},
-        "send_window_s": send_window, "cpu_s": cpu, "wall_s": wall,
+        "send_window_s": send_window, "schedule_end_s": schedule_end, "cpu_s": cpu, "wall_s": wall,
         "target_rate": rate, "batches": getattr(disp, "batches", None),
     }
 
@@ -553,6 +559,10 @@ def merge_results(results: list[dict], spec: RunSpec) -> dict:
     answered = sum(r["answered"] for r in results)
     windows = [r["send_window_s"] for r in results if r["sent"]]
     send_window = max(windows) if windows else 0.0
+    # seconds every process kept to its schedule (from the common start): whole 1 s buckets
+    # before this are whole for all of them
+    ends = [r["schedule_end_s"] for r in results if r["sent"] and "schedule_end_s" in r]
+    schedule_span = min(ends) if ends else None
     achieved = sent / send_window if send_window > 0 else 0.0
     planned = sum(r["planned"] for r in results)
     lag_p99_ms = lag.get_value_at_percentile(99.0) / 1000.0 if lag.get_total_count() else 0.0
@@ -571,6 +581,7 @@ def merge_results(results: list[dict], spec: RunSpec) -> dict:
     return {
         "spec": asdict(spec), "sent": sent, "answered": answered, "errors": errors, "planned": planned,
         "hist": hist, "lag": lag, "per_second": per_sec, "send_window_s": send_window,
+        "schedule_span_s": schedule_span,
         "achieved_send_rate": achieved, "lag_p99_ms": lag_p99_ms, "lag_max_ms": lag.get_max_value() / 1000.0,
         "client_cpu_max_fraction": cpu_frac, "generator_warnings": warnings,
         "generator_bottleneck": bool(warnings), "processes": len(results),
