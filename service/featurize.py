@@ -172,8 +172,12 @@ _ESCALATION_CUES: dict[str, list[str]] = {
         "消协", "消费者协会", "消保委", "工商(?!银行)", "市场监管", "市监局", "银保监", "银监会",
         "保监会", "金融监管", "证监会", "人民银行", "工信部", "监管部门", "监管机构", "主管部门",
         "有关部门", "相关部门", "消费者权益保护",
+        # 12345 (the city hotline) is also everyone's sample number ("order 12345"): only
+        # next to a word that calls or complains
+        f"(?:打|拨打|拨|致电|投诉到|打到|找){TOKEN_MARK}?12345(?![0-9])",
+        f"{TOKEN_MARK}12345(?:热线|投诉|市长|政务)",
         *english_cues(
-            "12315", "12378", "12363", "12321", "12345",
+            "12315", "12378", "12363", "12321", "call 12345", "calling 12345", "12345 hotline",
             "regulator", "regulators", "regulatory", "fcc", "cfpb", "ftc", "fca", "bbb",
             "better business bureau", "ombudsman", "attorney general", "trading standards",
             "consumer protection", "consumer affairs", "consumer council"),

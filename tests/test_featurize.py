@@ -167,6 +167,8 @@ def test_intensity_saturates_below_one():
     ("我要投诉你们", {"formal_complaint"}),
     ("I will file a complaint", {"formal_complaint"}),
     ("我要打12315", {"regulator"}),
+    ("再不处理我就打12345", {"regulator"}),
+    ("I will call 12345 about this", {"regulator"}),
     ("我去消费者协会和市场监管局反映", {"regulator"}),
     ("reporting this to the CFPB and the BBB", {"regulator"}),
     ("我要找律师起诉你们", {"legal"}),
@@ -190,6 +192,8 @@ def test_escalation_categories(text, expected):
     "of course, the courtyard",
     "请帮我退单",                               # 退单 alone is an order cancellation
     "我在工商银行开的卡",                       # 工商 inside the bank's name
+    "Could you tell me the status of order 12345?",   # 12345 as a sample order number
+    "我的订单号是12345",
     "Good news, it arrived",
     "",
 ])

@@ -12,7 +12,7 @@ from yujing.service.models.artifact import ArtifactError, load_model, read_meta
 from yujing.service.models.textclf import KIND, FeatureConfig, hash_features
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("sentiment", "intent", "intent_banking77", "intent_banking77_minilm")
+MODELS = ("sentiment", "emotion", "intent", "intent_banking77", "intent_banking77_minilm")
 MAX_BYTES = 25 * 1024 * 1024
 
 TEXTS = [
@@ -32,7 +32,9 @@ TEXTS = [
 
 
 def artifact(name: str) -> Path:
-    return REPO / "model_repo" / name / "1" / "artifact"
+    """The newest version's artifact (what Triton and the service serve)."""
+    versions = sorted((d for d in (REPO / "model_repo" / name).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    return versions[-1] / "artifact"
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -56,7 +58,8 @@ def test_artifact_metadata_and_size():
 
 def test_label_sets():
     assert load_model(artifact("sentiment")).labels == ("negative", "neutral", "positive")
-    assert len(load_model(artifact("intent")).labels) == 27
+    assert load_model(artifact("emotion")).labels == ("neutral", "angry", "anxious", "sad", "happy")
+    assert len(load_model(artifact("intent")).labels) == 28 and load_model(artifact("intent")).labels[-1] == "none"
     assert len(load_model(artifact("intent_banking77")).labels) == 77
 
 

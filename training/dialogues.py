@@ -23,6 +23,10 @@ The splits are by dialogue, deterministic, and the same in every tool:
   ``test`` when ``sha1(dialogue_id) % 5 == 0``, else ``train``. Turn gold on the rated user
   turns, ``sat`` read as for JDDC; a system turn follows each user turn. No dialogue
   outcome.
+* **calm** (``training/indomain/plain_questions.txt``, committed, hand-written: 20 zh and 20
+  en plain customer questions, never trained or tuned on): each question a one-turn
+  conversation, gold neutral, outcome satisfied; all of it is ``test``. A calm question must
+  stay at level NONE.
 
 Time: the sets carry no timestamps, so a conversation is replayed at a steady, calm pace
 (:data:`CUSTOMER_GAP_S` between customer turns, the agent answering
@@ -41,7 +45,8 @@ from yujing.service.paths import data_dir
 
 SAT_TO_SENTIMENT = {"0": "negative", "1": "neutral", "2": "positive"}
 OUTCOMES = ("dissatisfied", "neutral", "satisfied")
-SETS = ("jddc", "stc3", "sgd", "mwoz")
+SETS = ("jddc", "stc3", "sgd", "mwoz", "calm")
+PLAIN_QUESTIONS = Path(__file__).resolve().parent / "indomain" / "plain_questions.txt"
 CUSTOMER_GAP_S = 40.0
 AGENT_DELAY_S = 15.0
 
@@ -133,6 +138,16 @@ def load_uss_en(root: Path, which: str) -> list[Dialogue]:
     return out
 
 
+def load_calm() -> list[Dialogue]:
+    lines = [l.strip() for l in PLAIN_QUESTIONS.read_text(encoding="utf-8").splitlines()]
+    out = []
+    for k, q in enumerate(l for l in lines if l and not l.startswith("#")):
+        lang = "en" if q.isascii() else "zh"
+        out.append(Dialogue(id=f"q{k:02d}", source="calm", language=lang, outcome="satisfied", split="test",
+                            turns=[DialogueTurn("customer", q, "neutral")]))
+    return out
+
+
 def load(sets: Iterable[str] = SETS, split: str | None = None, root: str | Path | None = None) -> list[Dialogue]:
     """The dialogues of ``sets`` (``jddc``, ``stc3``, ``sgd``, ``mwoz``), of one split
     (``train`` / ``test``) or both (``None``)."""
@@ -145,6 +160,8 @@ def load(sets: Iterable[str] = SETS, split: str | None = None, root: str | Path 
             out += load_stc3(r)
         elif s in ("sgd", "mwoz"):
             out += load_uss_en(r, s)
+        elif s == "calm":
+            out += load_calm()
         else:
             raise ValueError(f"unknown dialogue set {s!r}: expected one of {', '.join(SETS)}")
     return [d for d in out if split is None or d.split == split]
