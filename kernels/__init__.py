@@ -25,9 +25,10 @@ def _pin_numba_cache() -> None:
         numba.config.CACHE_DIR = str(home / "yujing" / "numba" / digest)
 
 
-def source_digest() -> str:
-    """A hash of every source file of this package (the numba cache key)."""
-    here = Path(__file__).resolve().parent
+def source_digest(folder: str | os.PathLike | None = None) -> str:
+    """A hash of every source file (``*.py``) of ``folder`` (default: this package), in name
+    order: the numba cache key."""
+    here = Path(folder) if folder is not None else Path(__file__).resolve().parent
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
 
 

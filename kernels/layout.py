@@ -178,6 +178,26 @@ NEGATIVE_IS_RISK = ("sentiment_ewma", "sentiment_trend")
 
 # --- per-turn output -----------------------------------------------------------------
 # of: float64 [OF_ROWS, B]: indicators, then the score, then the top-3 reason points.
+# One row per indicator, OF_<NAME> (its dimension, as in the README, beside it):
+OF_SENTIMENT_EWMA = 0           # emotion
+OF_NEG_SHARE_TURNS = 1          # emotion
+OF_NEG_SHARE_WINDOW = 2         # emotion
+OF_SENTIMENT_TREND = 3          # trend
+OF_CONSECUTIVE_NEGATIVE = 4     # emotion
+OF_PEAK_NEGATIVITY = 5          # emotion
+OF_REPEAT_COMPLAINTS = 6        # behaviour
+OF_MESSAGE_RATE = 7             # behaviour
+OF_RESPONSE_DELAY_SLA = 8       # structure
+OF_UNANSWERED_WAIT_SLA = 9      # structure
+OF_NEGATION_SHARE = 10          # emotion
+OF_INTENSITY = 11               # emotion
+OF_ESCALATION = 12              # behaviour
+OF_INTENT_EXPOSURE = 13         # trend
+OF_TRANSFERS = 14               # structure
+OF_SESSION_MINUTES = 15         # behaviour
+OF_BOT_TURNS_UNHANDLED = 16     # structure
+OF_AGENT_FATIGUE = 17           # structure
+assert all(globals()["OF_" + name.upper()] == i for i, name in enumerate(INDICATORS)), "OF_* rows != INDICATORS"
 OF_SCORE = N_INDICATORS
 OF_REASON_POINTS = N_INDICATORS + 1   # 3 rows
 OF_TOTAL_POINTS = N_INDICATORS + 4    # sum of points before the 100 cap
@@ -193,6 +213,13 @@ OI_SESSION_TIME = 8
 OI_ROWS = 9
 ACTION_HANDOFF = 1
 ACTION_SUPERVISOR = 2
+# OI_LEVEL values (the policy's thresholds P_TH_BLUE/YELLOW/RED; the proto Level is this + 1)
+LEVEL_NONE = 0
+LEVEL_BLUE = 1
+LEVEL_YELLOW = 2
+LEVEL_RED = 3
+# OI_PRIORITY values: 0 none, 1 P3, 2 P2, 3 P1, 4 P0 (the proto Priority is this + 1)
+PRIORITY_MAX = 4
 TOP_REASONS = 3
 
 # --- policy parameter vector pf (float64) ---------------------------------------------

@@ -161,7 +161,7 @@ def reference(ti, tf, th, pf):
         level = levels[s]
         if raw >= level:
             level = raw
-        else:
+        elif ti[L.T_SPEAKER, i] == L.SPEAKER_CUSTOMER:   # only the customer's turn may lower it
             while level > raw and score < th_by_level[level] - pf[L.P_HYSTERESIS]:
                 level -= 1
         level = max([level] + [int(ti[L.T_FLOOR, j]) for j in hist])

@@ -26,6 +26,7 @@ one process (tests) never share or collide on metrics.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -267,24 +268,33 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     yield req
             return gen()
 
+        @contextlib.contextmanager
+        def observed(context):
+            """Time the call and count it by its final status (the exception it ends with)."""
+            t0 = time.perf_counter()
+            exc = None
+            try:
+                yield
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                finish(context, t0, exc)
+
+        def call(fn, request_or_iter, context):
+            if handler.request_streaming:
+                request_or_iter = counted_requests(request_or_iter)
+            return fn(request_or_iter, context)
+
         if not handler.response_streaming:
             fn = handler.unary_unary if not handler.request_streaming else handler.stream_unary
 
             async def unary_resp(request_or_iter, context):
-                t0 = time.perf_counter()
-                exc = None
-                try:
-                    if handler.request_streaming:
-                        request_or_iter = counted_requests(request_or_iter)
-                    r = fn(request_or_iter, context)
+                with observed(context):
+                    r = call(fn, request_or_iter, context)
                     if inspect.isawaitable(r):
                         r = await r
                     return r
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    finish(context, t0, exc)
 
             make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                     else grpc.unary_unary_rpc_method_handler)
@@ -294,12 +304,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         fn = handler.unary_stream if not handler.request_streaming else handler.stream_stream
 
         async def stream_resp(request_or_iter, context):
-            t0 = time.perf_counter()
-            exc = None
-            try:
-                if handler.request_streaming:
-                    request_or_iter = counted_requests(request_or_iter)
-                r = fn(request_or_iter, context)
+            with observed(context):
+                r = call(fn, request_or_iter, context)
                 if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
                     r = await r
                 if r is not None and hasattr(r, "__aiter__"):
@@ -310,11 +316,6 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     for item in r:
                         m.observe_stream_message(method, "sent")
                         yield item
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                finish(context, t0, exc)
 
         make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
                 else grpc.unary_stream_rpc_method_handler)

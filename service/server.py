@@ -77,17 +77,23 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
             raise Overloaded(f"overloaded: {pending:,} turns are waiting to be scored and this call adds "
                              f"{n:,} (limit {limit:,}); retry with backoff")
 
-    async def _answer(self, item):
-        cached = self.o.engine.answers.get(item.idem)
+    def _cached_or_submit(self, item, admit: bool) -> asyncio.Future:
+        """The answer of ``item`` to come: its first answer when the turn id is a repeat
+        (``duplicate``, no admission, no batch), else its place in the next batch
+        (admitted first when ``admit``)."""
+        cached = self.o.engine.cached(item)
         if cached is not None:
-            return cached
-        self._admit(1)
-        return await self.o.batcher.submit(item)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(cached)
+            return fut
+        if admit:
+            self._admit(1)
+        return self.o.batcher.submit(item)
 
     async def Score(self, request, context):
         try:
             self._check_open()
-            ans = await self._answer(validate_turn(request, self.o.config, _now_ms()))
+            ans = await self._cached_or_submit(validate_turn(request, self.o.config, _now_ms()), admit=True)
         except YujingError as err:
             return self._fail(context, err)
         except Exception:
@@ -98,7 +104,6 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
 
     async def ScoreStream(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
-        loop = asyncio.get_running_loop()
 
         async def read():
             try:
@@ -109,13 +114,7 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                     except YujingError as err:
                         await queue.put(err)
                         return
-                    cached = self.o.engine.answers.get(item.idem)
-                    if cached is not None:
-                        fut = loop.create_future()
-                        fut.set_result(cached)
-                    else:
-                        fut = self.o.batcher.submit(item)
-                    await queue.put(fut)
+                    await queue.put(self._cached_or_submit(item, admit=False))
             finally:
                 await queue.put(None)
 
@@ -223,7 +222,8 @@ class YujingServer:
             if port and not _port_free(port):
                 log.warning("port %d is taken: the embedded Triton takes a free port instead", port)
                 port = 0
-            self.triton = TritonServer(cfg.model_repo, models=[cfg.sentiment_model, cfg.intent_model],
+            self.triton = TritonServer(cfg.model_repo, models=[m for m in (cfg.sentiment_model, cfg.intent_model,
+                                                                   cfg.emotion_model) if m],
                                        grpc_port=port, allow_http=False, allow_metrics=True)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
             url = self.triton.grpc_url
@@ -231,7 +231,8 @@ class YujingServer:
         elif cfg.models == "external":
             url = cfg.triton_url
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
-                                  intent_model=cfg.intent_model, deadline_s=cfg.triton_timeout_ms / 1000)
+                                  intent_model=cfg.intent_model, emotion_model=cfg.emotion_model or None,
+                                  deadline_s=cfg.triton_timeout_ms / 1000)
         await self.router.start()
 
     async def _supervise_triton(self) -> None:
@@ -358,10 +359,12 @@ async def _serve(config: Config) -> None:
     c = config
     models = {"embedded": f"embedded Triton at {srv.triton.grpc_url}" if srv.triton else "",
               "external": f"Triton at {c.triton_url}", "in-process": "in-process models"}[c.models]
-    log.info("yujing serving on %s:%d (models: %s, sentiment %s v%s, intent %s v%s; kernels %s; "
+    emotion = f", emotion {c.emotion_model} v{srv.router.versions.get(c.emotion_model)}" if c.emotion_model else ""
+    log.info("yujing serving on %s:%d (models: %s, sentiment %s v%s, intent %s v%s%s; kernels %s; "
              "capacity %d sessions; policy %s)", c.host, port, models, c.sentiment_model,
              srv.router.versions.get(c.sentiment_model), c.intent_model,
-             srv.router.versions.get(c.intent_model), srv.table.kernels.name, c.capacity, srv.policy.version)
+             srv.router.versions.get(c.intent_model), emotion, srv.table.kernels.name, c.capacity,
+             srv.policy.version)
     if srv.metrics_port is not None:
         log.info("yujing metrics on http://%s:%d/metrics", c.host, srv.metrics_port)
     stop = asyncio.Event()

@@ -15,13 +15,14 @@ the dialogues with an outcome: with ``M_d`` the highest score of dialogue ``d``,
     objective = AUC(M_d; dissatisfied vs the rest)
               + detection (dissatisfied dialogues with M_d >= YELLOW)
               - 4 * max(0, false alarms - target) (satisfied dialogues with M_d >= YELLOW)
-              - 4 * max(0, calm turns above BLUE - target) (hand-written calm questions)
+              - 20 * max(0, calm turns above BLUE - target) (hand-written calm questions)
 
 searched by coordinate ascent over a grid of weights per indicator (several passes,
 deterministic). A dialogue whose escalation cue set a YELLOW floor counts as reaching
 YELLOW whatever the weights (the floors are rules, kept). ``agent_fatigue`` describes the
-agent, not the customer: it is held at 0 in the score (it becomes an agent-level alert),
-and so are the indicators driven by the replay's synthetic clock (``response_delay_sla``,
+agent, not the customer: it is held at 0 in the score (it becomes an agent-level alert); a few
+weights have domain lower bounds (:data:`MIN_WEIGHT`); and the indicators driven by the
+replay's synthetic clock (``response_delay_sla``,
 ``unanswered_wait_sla``, ``message_rate``, ``session_minutes``), which keep their default
 weights: the data sets carry no timestamps to fit them on.
 """
@@ -44,6 +45,12 @@ YELLOW_SCORE_FALLBACK = 50.0
 YELLOW_FLOOR_CUE = 0.699
 GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 17.0, 20.0, 24.0, 28.0, 34.0, 40.0)
 HELD_AT_ZERO = ("agent_fatigue",)
+# Domain knowledge a fit may not remove (DOMAIN.md: repeated complaints, a run of negative
+# messages, a negative mood, a threat to escalate are warning signs on their own): lower
+# bounds on the weights.
+# The replayed sets are dominated by one-post Weibo complaints (STC-3), where repeats are rare.
+MIN_WEIGHT = {"repeat_complaints": 10.0, "sentiment_ewma": 10.0, "consecutive_negative": 10.0, "escalation": 24.0,
+              "intensity": 6.0, "neg_share_turns": 6.0}
 KEPT = ("response_delay_sla", "unanswered_wait_sla", "message_rate", "session_minutes", "transfers",
         "bot_turns_unhandled")
 
@@ -122,24 +129,25 @@ def figures(data: FitData, w: np.ndarray, yellow: float, blue: float, calm: np.n
 
 
 def objective(f: Figures, fa_target: float, calm_target: float) -> float:
-    return f.auc + f.detection - 4.0 * max(0.0, f.false_alarms - fa_target) - 4.0 * max(0.0, f.calm_above_blue - calm_target)
+    return f.auc + f.detection - 4.0 * max(0.0, f.false_alarms - fa_target) - 20.0 * max(0.0, f.calm_above_blue - calm_target)
 
 
 def fit(data: FitData, w0: np.ndarray, yellow: float, blue: float, calm: np.ndarray | None = None,
-        fa_target: float = 0.10, calm_target: float = 0.0, passes: int = 4) -> np.ndarray:
+        fa_target: float = 0.13, calm_target: float = 0.0, passes: int = 4) -> np.ndarray:
     """Coordinate ascent over :data:`GRID` per free weight, from ``w0``."""
     w = w0.astype(float).copy()
     free = [j for j, n in enumerate(INDICATORS) if n not in HELD_AT_ZERO and n not in KEPT]
     for j, n in enumerate(INDICATORS):
         if n in HELD_AT_ZERO:
             w[j] = 0.0
+        w[j] = max(w[j], MIN_WEIGHT.get(n, 0.0))
     best = objective(figures(data, w, yellow, blue, calm), fa_target, calm_target)
     for _ in range(passes):
         improved = False
         for j in free:
             keep = w[j]
             for g in GRID:
-                if g == keep:
+                if g == keep or g < MIN_WEIGHT.get(INDICATORS[j], 0.0):
                     continue
                 w[j] = g
                 val = objective(figures(data, w, yellow, blue, calm), fa_target, calm_target)
@@ -219,7 +227,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--calm", default=None, help="the same output for calm conversations (no customer turn may reach BLUE)")
     p.add_argument("--out", default="policy_candidate.toml", help="where to write the candidate (default: %(default)s)")
     p.add_argument("--version", default=None, help="the candidate's version string (default: <base>+fit)")
-    p.add_argument("--false-alarm-target", type=float, default=0.10,
+    p.add_argument("--false-alarm-target", type=float, default=0.13,
                    help="satisfied dialogues allowed to reach YELLOW on the fit data (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the figures before/after as JSON")
     p.set_defaults(func=run)

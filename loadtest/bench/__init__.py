@@ -119,21 +119,9 @@ def _touch_kernel():
     @njit(nogil=True)
     def touch_field_major(f8, i8, u8, i4, b1, u2, slots):
         """The same fields stored one row per field ([field, slot], the first layout):
-        one line per field per update."""
-        for i in range(slots.size):
-            s = slots[i]
-            for r in range(f8.shape[0]):
-                f8[r, s] += 1.0
-            for r in range(i8.shape[0]):
-                i8[r, s] += 1
-            for r in range(u8.shape[0]):
-                u8[r, s] ^= np.uint64(1)
-            for r in range(i4.shape[0]):
-                i4[r, s] += 1
-            for r in range(b1.shape[0]):
-                b1[r, s] += 1
-            for r in range(u2.shape[0]):
-                u2[r, s] += 1
+        one line per field per update. ``touch`` on the transposed views: the same
+        read-modify-writes at the same addresses."""
+        touch(f8.T, i8.T, u8.T, i4.T, b1.T, u2.T, slots)
 
     @njit(nogil=True)
     def touch_rows(table, slots):

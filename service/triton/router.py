@@ -77,6 +77,7 @@ class ClassifyResult:
     intent: ModelScores
     served_by: str  # "triton" or "in-process"
     degraded: bool  # True when Triton is configured but the batch was scored in-process
+    emotion: ModelScores | None = None  # None when no emotion model is configured
 
 
 @dataclass
@@ -106,6 +107,7 @@ class ModelRouter:
             fallback loads its artifacts, labels and served versions come from it.
         triton_url: Triton's gRPC ``host:port``; None: in-process only.
         sentiment_model, intent_model: model names in the repository.
+        emotion_model: the emotion model's name, or None for none.
         deadline_s: how long a batch may wait for Triton before it is scored in-process.
         probe_interval_s: how often, while the breaker is open, Triton is probed.
         probe_timeout_s: the deadline of one probe.
@@ -123,6 +125,7 @@ class ModelRouter:
         *,
         sentiment_model: str = "sentiment",
         intent_model: str = "intent",
+        emotion_model: str | None = None,
         deadline_s: float = 0.2,
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 1.0,
@@ -135,6 +138,7 @@ class ModelRouter:
         self.model_repository = Path(model_repository)
         self.sentiment_model = sentiment_model
         self.intent_model = intent_model
+        self.emotion_model = emotion_model or None
         self.deadline_s = deadline_s
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -204,8 +208,9 @@ class ModelRouter:
 
     # -- the per-batch call -----------------------------------------------------------
     @property
-    def models(self) -> tuple[str, str]:
-        return (self.sentiment_model, self.intent_model)
+    def models(self) -> tuple[str, ...]:
+        """Sentiment, intent and (when configured) emotion, in that order."""
+        return (self.sentiment_model, self.intent_model) + ((self.emotion_model,) if self.emotion_model else ())
 
     @property
     def served_by(self) -> str:
@@ -239,13 +244,12 @@ class ModelRouter:
         deadline = self.deadline_s if deadline_s is None else deadline_s
         if not texts:
             return self._empty(versions, TRITON, degraded=False)
-        (s_probs, s_ver), (i_probs, i_ver) = await asyncio.wait_for(
+        answers = await asyncio.wait_for(
             asyncio.gather(*(self.client.infer(m, texts, timeout_s=deadline, model_version=versions[m])
                              for m in self.models)),
             timeout=deadline)
         scores = []
-        for model, probs, version in ((self.sentiment_model, s_probs, s_ver),
-                                      (self.intent_model, i_probs, i_ver)):
+        for model, (probs, version) in zip(self.models, answers):
             if version != versions[model]:
                 raise RouterError(f"{model}: asked for version {versions[model]}, Triton answered {version}")
             labels = self._labels_of(model, version)
@@ -253,7 +257,7 @@ class ModelRouter:
                 raise RouterError(f"{model} v{version}: Triton returned shape {probs.shape}, "
                                   f"expected {(len(texts), len(labels))} for labels {labels}")
             scores.append(ModelScores(model, version, labels, probs, TRITON, self._languages_of(model, version)))
-        return ClassifyResult(scores[0], scores[1], TRITON, degraded=False)
+        return self._result(scores, TRITON, degraded=False)
 
     async def _classify_in_process(self, texts: list[str], versions: dict[str, str],
                                    degraded: bool) -> ClassifyResult:
@@ -272,7 +276,7 @@ class ModelRouter:
                                   f"expected {(len(texts), len(labels))}")
             scores.append(ModelScores(name, versions[name], labels, p, IN_PROCESS,
                                       self._languages_of(name, versions[name])))
-        return ClassifyResult(scores[0], scores[1], IN_PROCESS, degraded)
+        return self._result(scores, IN_PROCESS, degraded)
 
     def _empty(self, versions: dict[str, str], served_by: str, degraded: bool) -> ClassifyResult:
         scores = []
@@ -281,7 +285,11 @@ class ModelRouter:
             scores.append(ModelScores(model, versions[model], labels,
                                       np.zeros((0, len(labels)), np.float32), served_by,
                                       self._languages_of(model, versions[model])))
-        return ClassifyResult(scores[0], scores[1], served_by, degraded)
+        return self._result(scores, served_by, degraded)
+
+    @staticmethod
+    def _result(scores: list[ModelScores], served_by: str, degraded: bool) -> ClassifyResult:
+        return ClassifyResult(scores[0], scores[1], served_by, degraded, scores[2] if len(scores) > 2 else None)
 
     # -- versions, labels, in-process models ------------------------------------------
     def refresh_versions(self) -> dict[str, str]:
