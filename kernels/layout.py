@@ -175,6 +175,20 @@ N_INDICATORS = len(INDICATORS)
 IND = {name: i for i, name in enumerate(INDICATORS)}
 # Indicators whose risk is their negative part (score uses max(0, -value)).
 NEGATIVE_IS_RISK = ("sentiment_ewma", "sentiment_trend")
+# Indicators in multiples of the SLA whose risk is the part beyond it (value - 1): an answer
+# within the SLA is no risk.
+BEYOND_SLA_IS_RISK = ("response_delay_sla", "unanswered_wait_sla")
+
+
+def indicator_risk(name: str, value: float) -> float:
+    """The risk part of an indicator's value, before saturation (the score's formula:
+    points = weight * clip(risk / saturation, 0, 1)). The kernels spell the same rule
+    in compiled code (turn_update.score_points)."""
+    if name in NEGATIVE_IS_RISK:
+        return -value
+    if name in BEYOND_SLA_IS_RISK:
+        return value - 1.0
+    return value
 
 # --- per-turn output -----------------------------------------------------------------
 # of: float64 [OF_ROWS, B]: indicators, then the score, then the top-3 reason points.

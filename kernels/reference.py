@@ -150,7 +150,7 @@ def reference(ti, tf, th, pf):
         # score: weight * clip(risk / saturation, 0, 1), summed, capped at 100
         pts = []
         for k, name in enumerate(L.INDICATORS):
-            risk = -ind[k] if name in L.NEGATIVE_IS_RISK else ind[k]
+            risk = L.indicator_risk(name, ind[k])
             pts.append(pf[L.P_WEIGHTS + k] * min(1.0, max(0.0, risk / pf[L.P_SATURATION + k])))
         total = sum(pts)
         score = min(100.0, total)

@@ -337,6 +337,8 @@ def _build_scoring(jit):
             v = of[j, i]
             if j == L.OF_SENTIMENT_EWMA or j == L.OF_SENTIMENT_TREND:   # layout.NEGATIVE_IS_RISK
                 v = -v
+            elif j == L.OF_RESPONSE_DELAY_SLA or j == L.OF_UNANSWERED_WAIT_SLA:   # layout.BEYOND_SLA_IS_RISK
+                v = v - 1.0
             x = v / pf[L.P_SATURATION + j]
             if x < 0.0:
                 x = 0.0

@@ -127,20 +127,19 @@ def test_retries_and_repeats_are_not_sent_to_the_models_again(svc):
 
 
 def test_models_are_used_only_for_the_languages_they_were_trained_on(svc):
-    """The intent models are English-only, the sentiment model Chinese + English
-    (model.json "languages"): a Chinese text gets a sentiment but no intent, a Russian one
-    neither, a mixed one both; an ignored intent adds no exposure to the score."""
+    """Each model is used only for the languages its model.json names (the default
+    sentiment, emotion and intent models: Chinese + English): a Chinese or a mixed text gets
+    all three, a Russian one none, and a turn without a sentiment adds nothing."""
     stub = svc.stub()
-    zh = stub.Score(turn(session="lang-zh", turn_id="1", text="我的订单还没到，太慢了"))
+    zh = stub.Score(turn(session="lang-zh", turn_id="1", text="我想取消这个订单"))
     assert zh.HasField("sentiment") and zh.sentiment.label
-    assert not zh.HasField("intent")
-    assert zh.indicators["intent_exposure"] == 0.0
+    assert zh.intent.label == "cancel_order" and zh.emotion.label
     en = stub.Score(turn(session="lang-en", turn_id="1", text="I want to cancel my order"))
     assert en.HasField("sentiment") and en.intent.label == "cancel_order"
     mixed = stub.Score(turn(session="lang-mix", turn_id="1", text="my order 还没到, where is it"))
     assert mixed.HasField("sentiment") and mixed.HasField("intent")
     ru = stub.Score(turn(session="lang-ru", turn_id="1", text="Где мой заказ? Это ужасно"))
-    assert not ru.HasField("sentiment") and not ru.HasField("intent")
+    assert not ru.HasField("sentiment") and not ru.HasField("intent") and not ru.HasField("emotion")
     assert ru.indicators["sentiment_ewma"] == 0.0
     # a turn without a sentiment leaves the sentiment EWMA where it was (unknown is not neutral)
     s1 = stub.Score(turn(session="lang-seq", turn_id="1", text="太差了，我很生气，再也不买了"))

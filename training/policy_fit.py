@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yujing.kernels.layout import INDICATORS, NEGATIVE_IS_RISK
+from yujing.kernels.layout import INDICATORS, indicator_risk
 from yujing.training.conversations import auc
 
 YELLOW_SCORE_FALLBACK = 50.0
@@ -74,9 +74,7 @@ def read_policy(path: Path) -> dict:
 def risk_matrix(turn_indicators: list[dict], saturation: dict) -> np.ndarray:
     X = np.zeros((len(turn_indicators), len(INDICATORS)))
     for j, name in enumerate(INDICATORS):
-        v = np.array([t.get(name, 0.0) for t in turn_indicators], dtype=float)
-        if name in NEGATIVE_IS_RISK:
-            v = np.maximum(0.0, -v)
+        v = np.array([indicator_risk(name, t.get(name, 0.0)) for t in turn_indicators], dtype=float)
         X[:, j] = np.clip(v / saturation[name], 0.0, 1.0)
     return X
 

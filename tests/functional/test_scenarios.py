@@ -79,15 +79,68 @@ def test_angry_escalating_customer_ends_red_with_supervisor_alert(serve, lang):
     assert last.models.served_by == "triton" and not last.degraded
     assert last.models.sentiment_version and last.models.intent_version
     assert answers[0].level < pb.RED                 # it was not red from the start
-    assert last.indicators["escalation"] > 0.5 and last.indicators["consecutive_negative"] >= 5
-    if lang == "en":
-        # "my order still hasn't arrived" again: the same intent as the turn before
-        assert last.indicators["repeat_complaints"] >= 2
-    else:
-        # the intent models are English-only: Chinese turns get no made-up intent (and so no
-        # intent exposure); repeats are then found only by near-duplicate text
-        assert not any(a.HasField("intent") for a in answers)
-        assert last.indicators["intent_exposure"] == 0.0
+    assert last.indicators["escalation"] > 0.5 and last.indicators["consecutive_negative"] >= 3
+    assert last.emotion.label == "angry"
+    assert all(r.text_en and r.text_zh for r in last.reasons)
+    # the plain opening is no warning; the level never falls while the customer grows angrier
+    assert answers[0].level <= pb.BLUE
+    levels = [a.level for a in answers]
+    assert levels == sorted(levels)
+
+
+def test_a_chinese_repeated_complaint_is_matched_by_intent(serve):
+    """Chinese turns carry an intent now: the same complaint in other words counts as a repeat."""
+    script = [(pb.CUSTOMER, 0, "我要退款，东西坏了"), (pb.AGENT, 20_000, "请您稍等。"),
+              (pb.CUSTOMER, 60_000, "怎么还没给我退款？太差了"), (pb.CUSTOMER, 90_000, "退款到底什么时候到账，烦死了")]
+    answers = play(serve.stub(), "zh-repeat", script)
+    customer = [a for a, (who, _, _) in zip(answers, script) if who == pb.CUSTOMER]
+    assert all(a.intent.label for a in customer), [a.intent.label for a in customer]
+    assert customer[-1].indicators["repeat_complaints"] >= 2
+
+
+PLAIN = {
+    "en": ["Hello, what are your opening hours on Sunday?", "How do I change my delivery address?",
+           "Can I get an invoice for order 12345?", "OK, thank you."],
+    "zh": ["你好，请问周日几点营业？", "怎么修改收货地址？", "订单12345可以开发票吗？", "好的，谢谢。"],
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_calm_conversation_of_plain_questions_stays_at_none(serve, lang):
+    script = []
+    for k, q in enumerate(PLAIN[lang]):
+        script += [(pb.CUSTOMER, k * 60_000, q), (pb.AGENT, k * 60_000 + 20_000, "Sure, let me help." if lang == "en"
+                                                  else "好的，我来帮您处理。")]
+    answers = play(serve.stub(), f"plain-{lang}", script)
+    assert all(a.level == pb.NONE for a in answers), [(round(a.risk_score, 1), a.level) for a in answers]
+    assert all(a.action == pb.NO_ACTION for a in answers)
+
+
+@pytest.mark.parametrize("text", ["Sorry, I cannot refund this.", "You can ask for my manager or file a formal "
+                                  "complaint if you like.", "很抱歉，这个无法退款。您可以投诉或者找经理。"])
+def test_only_the_customers_words_raise_a_vip_customers_risk(serve, text):
+    """A calm VIP customer whose agent alone writes a refusal or quotes escalation words:
+    no floor, no raise, no alert (the issue saw RED / P0 at a score of 7.9)."""
+    script = [(pb.CUSTOMER, 0, "Hello, I have a question about a refund."), (pb.AGENT, 20_000, text),
+              (pb.CUSTOMER, 60_000, "OK, I see, thanks."), (pb.AGENT, 80_000, text)]
+    answers = play(serve.stub(), f"vip-agent-{hash(text)}", script, tier=pb.VIP)
+    assert max(a.level for a in answers) <= pb.BLUE, [(round(a.risk_score, 1), a.level, a.priority) for a in answers]
+    assert all(a.action == pb.NO_ACTION for a in answers)
+    assert all(a.indicators["escalation"] == 0.0 for a in answers)
+    assert not any(a.HasField("emotion") for a, (who, _, _) in zip(answers, script) if who == pb.AGENT)
+
+
+def test_an_agents_apology_does_not_lower_the_level(serve):
+    """No flapping: the level rises on the customer's turns and an agent's reply cannot
+    lower it; only the customer's next turn (or time) may."""
+    script = [(pb.CUSTOMER, 0, "This is the third time I write, my refund is still missing!!!"),
+              (pb.CUSTOMER, 30_000, "Unacceptable. I want a manager now or I go to the regulator!"),
+              (pb.AGENT, 40_000, "I am so sorry, I fully understand, let me fix this right away."),
+              (pb.AGENT, 50_000, "I have escalated it to my supervisor.")]
+    answers = play(serve.stub(), "no-flap", script)
+    top = answers[1].level
+    assert top >= pb.YELLOW
+    assert answers[2].level == answers[3].level == top
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
@@ -138,7 +191,8 @@ def test_the_transformer_sentiment_model_serves_the_same_scenarios(serve_e5, lan
         assert a.models.sentiment_model == "sentiment_e5" and a.models.sentiment_version == "1"
         assert a.models.served_by == "triton" and not a.degraded
     assert angry[-1].level == pb.RED and angry[-1].action == pb.SUPERVISOR_ALERT
-    assert [a.sentiment.label for a, (who, _, _) in zip(angry, ANGRY[lang]) if who == pb.CUSTOMER][-3:] \
-        == ["negative"] * 3
-    assert max(a.level for a in polite) <= pb.BLUE
-    assert polite[-1].sentiment.label == "positive"
+    assert [a.sentiment.label for a, (who, _, _) in zip(angry, ANGRY[lang]) if who == pb.CUSTOMER][-2:] \
+        == ["negative"] * 2
+    # sentiment_e5 learned review polarity (two classes in Chinese): the polite conversation
+    # may reach BLUE or YELLOW with it (MODELS.md); the default models keep it at NONE
+    assert max(a.level for a in polite) <= pb.YELLOW
