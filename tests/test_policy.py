@@ -43,7 +43,7 @@ def edited(tmp_path, old, new):
     (r"^blue = 25.0", "blue = -1", "levels.blue"),
     (r"^alpha_fast = 0.3", "alpha_fast = 0", "windows.alpha_fast"),
     (r"^neg_turns = 10", "neg_turns = 64", "windows.neg_turns"),
-    (r"^escalation = 22.0", "escalation = \"lots\"", "weights.escalation"),
+    (r"^escalation = [0-9.]+$", "escalation = \"lots\"", "weights.escalation"),
     (r"^intensity = 0.8", "intensity = 0", "saturation.intensity"),
     (r"^CHAT = \{ STANDARD = 60.0", "CHAT = { STANDARD = 10.0", "sla_seconds.CHAT"),
     (r"^raise = \{ STANDARD = 0, GOLD = 0, DIAMOND = 1, VIP = 1 \}",
@@ -52,6 +52,7 @@ def edited(tmp_path, old, new):
     (r"^complaint = \[\"complaint\", 1.0\]", "complaint = [\"nope\", 1.0]", "intents.labels.complaint"),
     (r"^version = .*$", "", "version"),
     (r"^\[levels\]", "[levels]\nsurprise = 1", "levels"),
+    (r"^angry = 1.0", "angry = 2.0", "emotion.angry"),
 ])
 def test_bad_policy_is_refused_naming_the_key(tmp_path, old, new, key):
     with pytest.raises(ConfigError) as err:
@@ -66,3 +67,9 @@ def test_not_toml_and_missing_file(tmp_path):
         load_policy(f)
     with pytest.raises(ConfigError, match="does not exist"):
         load_policy(tmp_path / "missing.toml")
+
+
+def test_emotion_weights_follow_the_models_labels():
+    pol = load_policy()
+    w = pol.emotion_weights(("neutral", "angry", "anxious", "unknown"))
+    assert w.tolist() == [0.0, 1.0, 0.5, 0.0]     # anger weighs more than worry; unknown: 0

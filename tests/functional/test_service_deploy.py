@@ -44,11 +44,12 @@ def test_deploy_switches_the_service_and_a_broken_model_is_refused(tmp_path):
         stub = svc.stub()
         url = svc.call(lambda s: s.triton.grpc_url)
         first = stub.Score(turn(session="deploy", turn_id="0", text="hello"))
-        assert first.models.sentiment_version == "1" and first.models.served_by == "triton"
+        assert first.models.sentiment_version == "2" and first.models.served_by == "triton"
 
+        # roll the review-trained version 1 out again as version 3
         good = deploy(repo / "sentiment" / "1" / "artifact", "sentiment", repo, url)
         assert good.returncode == 0, good.stdout + good.stderr
-        r = wait_for_version(stub, "2")
+        r = wait_for_version(stub, "3")
         assert r.models.served_by == "triton" and not r.degraded
 
         broken = tmp_path / "broken"
@@ -56,9 +57,9 @@ def test_deploy_switches_the_service_and_a_broken_model_is_refused(tmp_path):
         (broken / "model.json").write_text("{not json")
         bad = deploy(broken, "sentiment", repo, url)
         assert bad.returncode != 0 and "model.json" in (bad.stdout + bad.stderr)
-        assert not (repo / "sentiment" / "3").exists()
+        assert not (repo / "sentiment" / "4").exists()
         for k in range(5):
             r = stub.Score(turn(session="deploy", turn_id=f"after-{k}", text="still late"))
-            assert r.models.sentiment_version == "2" and r.models.served_by == "triton"
+            assert r.models.sentiment_version == "3" and r.models.served_by == "triton"
     finally:
         svc.stop()
