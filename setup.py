@@ -9,17 +9,13 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-PROTO_FILES = ("yujing/v1/risk.proto",)
 
 
 def _generate_contract() -> None:
     spec = importlib.util.spec_from_file_location("_yujing_protogen", ROOT / "service" / "protogen.py")
     protogen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(protogen)
-    out = ROOT / "service" / "_generated"
-    stamp = out / protogen.STAMP
-    if not (stamp.is_file() and stamp.read_text() == protogen.proto_hash(ROOT / "proto", PROTO_FILES)):
-        protogen.generate(ROOT / "proto", PROTO_FILES, out)
+    protogen.ensure(ROOT / "proto", protogen.PROTO_FILES, ROOT / "service" / "_generated")
 
 
 _generate_contract()

@@ -190,6 +190,11 @@ def indicator_risk(name: str, value: float) -> float:
         return value - 1.0
     return value
 
+
+def saturated_risk(name: str, value: float, saturation: float) -> float:
+    """clip(risk / saturation, 0, 1): the share of an indicator's weight it scores."""
+    return min(1.0, max(0.0, indicator_risk(name, value) / saturation))
+
 # --- per-turn output -----------------------------------------------------------------
 # of: float64 [OF_ROWS, B]: indicators, then the score, then the top-3 reason points.
 # One row per indicator, OF_<NAME> (its dimension, as in the README, beside it):

@@ -122,7 +122,7 @@ def session_state(key, snap: dict, pf=None) -> "pb.SessionState":
         turns=snap["turns"], customer_turns=snap["customer_turns"])
     if pf is not None:
         values = [snap["indicators"][n] for n in L.INDICATORS]
-        pts = [pf[L.P_WEIGHTS + j] * min(1.0, max(0.0, L.indicator_risk(n, v) / pf[L.P_SATURATION + j]))
+        pts = [pf[L.P_WEIGHTS + j] * L.saturated_risk(n, v, pf[L.P_SATURATION + j])
                for j, (n, v) in enumerate(zip(L.INDICATORS, values))]
         total = sum(pts)
         for j in sorted((j for j in range(len(pts)) if pts[j] > 0), key=lambda j: -pts[j])[:L.TOP_REASONS]:

@@ -28,9 +28,7 @@ def generate(out_dir: Path = GENERATED_DIR, proto_dir: Path = PROTO_DIR) -> None
 def _ensure_generated() -> None:
     if not PROTO_DIR.is_dir():
         return  # an installed wheel: the generated modules came with it
-    stamp = GENERATED_DIR / protogen.STAMP
-    if not stamp.exists() or stamp.read_text() != protogen.proto_hash(PROTO_DIR, PROTO_FILES):
-        generate()
+    protogen.ensure(PROTO_DIR, PROTO_FILES, GENERATED_DIR)
 
 
 _ensure_generated()

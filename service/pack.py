@@ -65,7 +65,7 @@ def _turn_flags(kept, pos, outputs, lookups) -> np.ndarray:
             | np.where(lookups.complaint[pos], L.TFLAG_COMPLAINT, 0))
 
 
-def pack_ti(kept, pos, slots, feats, outputs, lookups, policy) -> np.ndarray:
+def pack_ti(kept, pos, customer, slots, feats, outputs, lookups, policy) -> np.ndarray:
     """int64 [TI_ROWS, m]: the integer inputs of the turns kept (positions ``pos``)."""
     m = len(kept)
     ti = np.zeros((L.TI_ROWS, m), np.int64)
@@ -83,7 +83,6 @@ def pack_ti(kept, pos, slots, feats, outputs, lookups, policy) -> np.ndarray:
     ti[L.T_TIER_RAISE] = policy.tier_raise[lookups.tier[pos]]
     # Only the customer's words raise the customer's risk: an agent quoting "file a formal
     # complaint" or writing "sorry, I cannot refund this" sets no cue, raise or floor.
-    customer = ti[L.T_SPEAKER] == L.SPEAKER_CUSTOMER
     ti[L.T_ESC_MASK] = np.where(customer, lookups.esc_mask[pos], 0)
     ti[L.T_RAISE] = np.where(customer, np.maximum(lookups.intent_raise[pos], lookups.esc_raise[pos]), 0)
     ti[L.T_FLOOR] = np.where(customer, np.maximum(lookups.esc_floor[pos], lookups.tier_floor[pos]), 0)
@@ -102,10 +101,9 @@ def turn_intensity(pos, customer, feats, outputs, policy) -> np.ndarray:
     return np.maximum(marks, np.clip(emotional, 0.0, 1.0))
 
 
-def pack_tf(kept, pos, feats, outputs, lookups, policy) -> np.ndarray:
+def pack_tf(pos, customer, feats, outputs, lookups, policy) -> np.ndarray:
     """float64 [TFL_ROWS, m]: the real-valued inputs."""
     tf = np.zeros((L.TFL_ROWS, len(pos)))
-    customer = np.fromiter((it.turn.speaker == L.SPEAKER_CUSTOMER for it in kept), bool, len(kept))
     tf[L.TF_SENTIMENT] = outputs.sentiment[pos]
     tf[L.TF_INTENT_WEIGHT] = np.where(customer, lookups.intent_weight[pos], 0.0)
     tf[L.TF_INTENSITY] = turn_intensity(pos, customer, feats, outputs, policy)
@@ -119,7 +117,8 @@ def pack_turns(items, slots, feats, outputs, lookups, policy):
     session slot), in that order."""
     pos = slots.positions
     kept = [items[p] for p in slots.keep]
-    ti = pack_ti(kept, pos, slots, feats, outputs, lookups, policy)
-    tf = pack_tf(kept, pos, feats, outputs, lookups, policy)
+    customer = np.fromiter((it.turn.speaker == L.SPEAKER_CUSTOMER for it in kept), bool, len(kept))
+    ti = pack_ti(kept, pos, customer, slots, feats, outputs, lookups, policy)
+    tf = pack_tf(pos, customer, feats, outputs, lookups, policy)
     th = np.ascontiguousarray(feats.simhash[pos])
     return ti, tf, th

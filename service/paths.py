@@ -20,7 +20,7 @@ SERVICE_DIR = Path(__file__).resolve().parent
 PACKAGE_ROOT = SERVICE_DIR.parent
 
 PROTO_DIR = PACKAGE_ROOT / "proto"
-PROTO_FILES = ("yujing/v1/risk.proto",)
+from yujing.service.protogen import PROTO_FILES  # noqa: E402 (written once, beside the generator)
 GENERATED_DIR = SERVICE_DIR / "_generated"
 DEFAULT_POLICY = SERVICE_DIR / "policy_default.toml"
 LEXICON_DIR = SERVICE_DIR / "lexicons"

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 STAMP = "PROTO_SHA256"
+# the contract's files, relative to proto/
+PROTO_FILES = ("yujing/v1/risk.proto",)
 
 
 def proto_hash(proto_dir: Path, proto_files: Sequence[str]) -> str:
@@ -22,6 +24,13 @@ def proto_hash(proto_dir: Path, proto_files: Sequence[str]) -> str:
     for rel in proto_files:
         h.update((Path(proto_dir) / rel).read_bytes())
     return h.hexdigest()
+
+
+def ensure(proto_dir: Path, proto_files: Sequence[str], out_dir: Path) -> None:
+    """:func:`generate` unless ``out_dir`` already holds code of these exact .proto files."""
+    stamp = Path(out_dir) / STAMP
+    if not (stamp.is_file() and stamp.read_text() == proto_hash(proto_dir, proto_files)):
+        generate(proto_dir, proto_files, out_dir)
 
 
 def generate(proto_dir: Path, proto_files: Sequence[str], out_dir: Path) -> None:

@@ -33,12 +33,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from yujing.service.contract import pb
+from yujing.training import evaluate
 from yujing.training.dialogues import AGENT_DELAY_S, CUSTOMER_GAP_S, Dialogue
 
 SENTIMENTS = ("negative", "neutral", "positive")
-# the service's Level enum, by number (NONE = 1 ... RED = 4)
-LEVEL_NAMES = {1: "NONE", 2: "BLUE", 3: "YELLOW", 4: "RED"}
-YELLOW = 3
+LEVEL_NAMES = {v: pb.Level.Name(v) for v in pb.Level.values() if v != pb.LEVEL_UNSPECIFIED}
+YELLOW = pb.YELLOW
 
 
 @dataclass
@@ -96,8 +97,6 @@ def _turn_messages(pb, d: Dialogue, session: str, tenant: str, t0_ms: int) -> li
 def play(dialogues: Iterable[Dialogue], stub, tenant: str = "eval", keep_indicators: bool = False,
          run_id: str | None = None) -> list[PlayedDialogue]:
     """Every dialogue as its own session, its turns in one ScoreBatch, in order."""
-    from yujing.service.contract import pb
-
     run_id = run_id or f"{int(time.time() * 1000):x}"
     out = []
     for d in dialogues:
@@ -122,22 +121,17 @@ def play(dialogues: Iterable[Dialogue], stub, tenant: str = "eval", keep_indicat
 
 # -- metrics -----------------------------------------------------------------------------
 def confusion(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str] = SENTIMENTS) -> np.ndarray:
+    """:func:`yujing.training.evaluate.confusion` over label names; pairs with a label
+    outside ``labels`` (e.g. no sentiment) are left out."""
     idx = {l: i for i, l in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for g, p in zip(gold, pred):
-        if g in idx and p in idx:
-            cm[idx[g], idx[p]] += 1
-    return cm
+    pairs = [(idx[g], idx[p]) for g, p in zip(gold, pred) if g in idx and p in idx]
+    g, p = (np.array(x, np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
+    return evaluate.confusion(g, p, len(labels))
 
 
 def macro_f1(cm: np.ndarray) -> float:
-    f1s = []
-    for i in range(cm.shape[0]):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i, :].sum() if cm[i, :].sum() else 0.0
-        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
-    return float(np.mean(f1s))
+    """Over all classes, a class never predicted nor present counting 0."""
+    return evaluate.macro_f1(cm, present_only=False)
 
 
 def auc(scores_pos: Sequence[float], scores_neg: Sequence[float]) -> float | None:
@@ -210,7 +204,8 @@ def to_json(played: Sequence[PlayedDialogue], rep: dict, settings: dict) -> dict
          "turns": [{k: v for k, v in vars(t).items() if v is not None} for t in d.turns]} for d in played]}
 
 
-def plot(played: Sequence[PlayedDialogue], rep: dict, path: str | Path, n_examples: int = 6) -> None:
+def plot(played: Sequence[PlayedDialogue], rep: dict, path: str | Path, thresholds: dict, n_examples: int = 6) -> None:
+    """``thresholds``: the policy's ``[levels]`` (blue, yellow, red)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,9 +218,10 @@ def plot(played: Sequence[PlayedDialogue], rep: dict, path: str | Path, n_exampl
         ys = [t.score for t in d.turns if t.speaker == "customer"]
         ax_r.plot(range(1, len(ys) + 1), ys, marker=".", color="tab:red" if d.outcome == "dissatisfied" else "tab:blue",
                   alpha=0.8, label=f"{d.source} {d.id[:14]} ({d.outcome})")
-    for th, name in ((25, "BLUE"), (50, "YELLOW"), (75, "RED")):
+    for name in ("blue", "yellow", "red"):
+        th = thresholds[name]
         ax_r.axhline(th, color="grey", lw=0.8, ls="--")
-        ax_r.text(0.5, th + 1, name, color="grey", fontsize=8)
+        ax_r.text(0.5, th + 1, name.upper(), color="grey", fontsize=8)
     ax_r.set(xlabel="customer turn", ylabel="risk score", ylim=(0, 100), title="risk over the conversation")
     ax_r.legend(fontsize=7, loc="upper left")
     for name, g in rep.items():
@@ -289,7 +285,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(to_json(played, rep, settings), ensure_ascii=False))
     if args.png:
-        plot(played, rep, args.png)
+        from yujing.service.paths import DEFAULT_POLICY
+        from yujing.training.policy_fit import read_policy
+
+        plot(played, rep, args.png, read_policy(args.policy or DEFAULT_POLICY)["levels"])
     return 0
 
 

@@ -34,16 +34,14 @@ Time: the sets carry no timestamps, so a conversation is replayed at a steady, c
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from yujing.service.paths import data_dir
+from yujing.training.indomain import data as D
 
-SAT_TO_SENTIMENT = {"0": "negative", "1": "neutral", "2": "positive"}
 OUTCOMES = ("dissatisfied", "neutral", "satisfied")
 SETS = ("jddc", "stc3", "sgd", "mwoz", "calm")
 PLAIN_QUESTIONS = Path(__file__).resolve().parent / "indomain" / "plain_questions.txt"
@@ -68,27 +66,24 @@ class Dialogue:
     split: str = "train"
 
 
-def _sha_fold(dialogue_id: str, k: int = 5) -> int:
-    return int(hashlib.sha1(dialogue_id.encode("utf-8")).hexdigest(), 16) % k
-
-
 def hash_split(dialogue_id: str) -> str:
-    """``test`` for one dialogue in five, by a stable hash of its id."""
-    return "test" if _sha_fold(dialogue_id) == 0 else "train"
+    """``test`` for one dialogue in five, by the same stable hash the v2 models' training
+    split uses (:func:`yujing.training.indomain.data.bucket`: its bucket 0 is test there
+    too, so no dialogue tested here was trained on)."""
+    return "test" if D.bucket(dialogue_id) == 0 else "train"
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f))
+def _by_dialogue(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by ``dialogue_id``, each dialogue's rows in ``turn`` order."""
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_id[r["dialogue_id"]].append(r)
+    return {did: sorted(rs, key=lambda r: int(r["turn"])) for did, rs in by_id.items()}
 
 
 def load_jddc(root: Path) -> list[Dialogue]:
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for r in _rows(root / "zh/jddc_uss_satisfaction/jddc_uss_user_turns.csv"):
-        by_id[r["dialogue_id"]].append(r)
     out = []
-    for did, rows in by_id.items():
-        rows.sort(key=lambda r: int(r["turn"]))
+    for did, rows in _by_dialogue(D.rows(root / D.JDDC_FILE)).items():
         d = Dialogue(id=did, source="jddc", language="zh", split=hash_split(did))
         for r in rows:
             if r["prev_system"].strip():
@@ -96,7 +91,7 @@ def load_jddc(root: Path) -> list[Dialogue]:
             if r["is_overall"] == "1":
                 d.outcome = OUTCOMES[int(r["sat"])]
                 continue
-            d.turns.append(DialogueTurn("customer", r["text"].strip(), SAT_TO_SENTIMENT.get(r["sat"])))
+            d.turns.append(DialogueTurn("customer", r["text"].strip(), D.SAT3.get(r["sat"])))
         out.append(d)
     return out
 
@@ -106,32 +101,22 @@ def stc3_outcome(s_mean: float) -> str:
 
 
 def load_stc3(root: Path) -> list[Dialogue]:
-    base = root / "zh/stc3_customer_helpdesk"
-    outcome = {r["dialogue_id"]: stc3_outcome(float(r["S_mean"])) for r in _rows(base / "stc3_train_cn_dialogues.csv")}
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for r in _rows(base / "stc3_train_cn_turns.csv"):
-        by_id[r["dialogue_id"]].append(r)
     out = []
-    for did, rows in by_id.items():
-        rows.sort(key=lambda r: int(r["turn"]))
-        d = Dialogue(id=did, source="stc3", language="zh", outcome=outcome.get(did),
-                     split="test" if int(did) % 10 == 5 else "train")
-        for r in rows:
-            d.turns.append(DialogueTurn("customer" if r["sender"] == "customer" else "agent", r["text"].strip()))
-        out.append(d)
+    for split, dialogues in D.stc3(root).items():
+        for did, dlg in dialogues.items():
+            d = Dialogue(id=did, source="stc3", language="zh", outcome=stc3_outcome(dlg["S_mean"]), split=split)
+            d.turns = [DialogueTurn("customer" if sender == "customer" else "agent", text.strip())
+                       for sender, text in dlg["turns"]]
+            out.append(d)
     return out
 
 
 def load_uss_en(root: Path, which: str) -> list[Dialogue]:
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for r in _rows(root / f"en/uss_sgd_mwoz/{which}_valid_dialogues.csv"):
-        by_id[r["dialogue_id"]].append(r)
     out = []
-    for did, rows in by_id.items():
-        rows.sort(key=lambda r: int(r["turn"]))
+    for did, rows in _by_dialogue(D.rows(root / f"en/uss_sgd_mwoz/{which}_valid_dialogues.csv")).items():
         d = Dialogue(id=did, source=which, language="en", split=hash_split(did))
         for r in rows:
-            d.turns.append(DialogueTurn("customer", r["user"].strip(), SAT_TO_SENTIMENT.get(r["sat"] or "")))
+            d.turns.append(DialogueTurn("customer", r["user"].strip(), D.SAT3.get(r["sat"] or "")))
             if r["system_reply"].strip():
                 d.turns.append(DialogueTurn("bot", r["system_reply"].strip()))
         out.append(d)

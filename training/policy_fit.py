@@ -37,10 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from yujing.kernels.layout import INDICATORS, indicator_risk
+from yujing.kernels.layout import INDICATORS, saturated_risk
 from yujing.training.conversations import auc
 
-YELLOW_SCORE_FALLBACK = 50.0
 # an escalation cue at or above this level sets a YELLOW floor (formal complaint 0.7 and up)
 YELLOW_FLOOR_CUE = 0.699
 GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 17.0, 20.0, 24.0, 28.0, 34.0, 40.0)
@@ -72,11 +71,8 @@ def read_policy(path: Path) -> dict:
 
 
 def risk_matrix(turn_indicators: list[dict], saturation: dict) -> np.ndarray:
-    X = np.zeros((len(turn_indicators), len(INDICATORS)))
-    for j, name in enumerate(INDICATORS):
-        v = np.array([indicator_risk(name, t.get(name, 0.0)) for t in turn_indicators], dtype=float)
-        X[:, j] = np.clip(v / saturation[name], 0.0, 1.0)
-    return X
+    return np.array([[saturated_risk(name, t.get(name, 0.0), saturation[name]) for name in INDICATORS]
+                     for t in turn_indicators], dtype=float).reshape(len(turn_indicators), len(INDICATORS))
 
 
 def fit_data(played: dict, saturation: dict) -> FitData:

@@ -70,7 +70,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +78,10 @@ EMOTION = ("neutral", "angry", "anxious", "sad", "happy")
 
 
 def data_root(root=None) -> Path:
-    return Path(root or os.environ.get("YUJING_DATA_DIR") or "../shared/data")
+    """The shared data sets: the one rule of :func:`yujing.service.paths.data_dir`."""
+    from yujing.service.paths import data_dir
+
+    return data_dir(root)
 
 
 def rows(path) -> list[dict]:
