@@ -7,21 +7,22 @@ session-major (``sf[slot, F_SENT_FAST]``), capacity C:
 
     array  dtype    fields               bytes/session
     sf     float64  F_* (13)             104
-    si     int64    I_* (4)              32
+    si     int64    I_* (5)              40
     sh     uint64   SIMHASH_RING (4)     32
     sc     int32    C_* (8)              32
     sb     uint8    B_* (6)              6
     sw     uint16   2 * WINDOW_BUCKETS   40
                                          ---
-                                         246  (<= 256, asserted below)
+                                         254  (<= 256, asserted below)
 
 Why grouped by dtype and not one array per field: a turn updates one session at a
 random slot, so what costs is the number of cache lines (and pages) one update
-touches. One array per field spreads a session over 55 lines on 55 pages, and with a
+touches. One array per field spreads a session over 56 lines on 56 pages, and with a
 power-of-two capacity all the columns of a group fall into the same cache set; grouped,
-a session touches about 8 lines (8.06 on average over random slots). Measured side by side on this project's CPU at 1,048,576
-sessions: 1.6x more updates/s grouped (BENCHMARKS.md). On a GPU, one thread per
-session reads its group contiguously instead of 8 bytes from each of 55 sectors.
+a session touches about 8.5 lines (8.56 on average over random slots). Measured side by
+side on this project's CPU at 1,048,576 sessions: 1.6x more updates/s grouped
+(BENCHMARKS.md, with the 246-byte layout before I_SLA_ALERTED). On a GPU, one thread per
+session reads its group contiguously instead of 8 bytes from each of 56 sectors.
 Batch-wide passes (TTL sweeps) read one group at a stride, which is cheap by comparison.
 
 Agent table (capacity A): ``ai`` int64 [A, AI_ROWS], ``aw`` int32 [A, 2 * AGENT_BUCKETS].
@@ -54,7 +55,9 @@ I_FIRST_TS = 0       # timestamp of the first turn
 I_LAST_TS = 1        # the session clock: the latest turn timestamp seen
 I_WAIT_SINCE = 2     # timestamp of the first unanswered customer turn, NO_WAIT if none
 I_WIN_HEAD = 3       # bucket number (ts // bucket_ms) of the newest window bucket
-SI_ROWS = 4
+I_SLA_ALERTED = 4    # the I_WAIT_SINCE whose SLA breach the scheduler scan already reported,
+                     # NO_WAIT if none (kernels/scan.py); the turn update only resets it
+SI_ROWS = 5
 # The server clock of a session's last turn (for TTL expiry and eviction) is host state,
 # not kernel state: service/session_table.py keeps it beside the slot index, where the
 # scans run (and on the GPU backend, on the host, without a device round trip).

@@ -9,6 +9,9 @@ Input: the concatenated per-turn arrays of every batch ever applied (``ti``, ``t
 ``th`` in the layout of :mod:`yujing.kernels.layout`); a session's life runs from a turn with
 ``T_NEW`` set to the next one on the same slot (same for agents and ``T_NEW_AGENT``).
 Output: ``(of, oi)`` shaped like the kernels' outputs.
+
+:func:`sla_scan_reference` is the same kind of check for the scheduler's SLA scan
+(:mod:`yujing.kernels.scan`): a Python loop over the table arrays themselves.
 """
 from __future__ import annotations
 
@@ -184,3 +187,24 @@ def reference(ti, tf, th, pf):
         oi[L.OI_TURNS, i] = len(hist)
         oi[L.OI_SESSION_TIME, i] = T
     return of, oi
+
+
+def sla_scan_reference(si, sf, occupied, now_ms: int, max_out: int):
+    """The scheduler's SLA scan (:mod:`yujing.kernels.scan`) from its definition, in
+    Python integers and floats: the breaching slots are every occupied ``s`` with a
+    wait ``w = si[s, I_WAIT_SINCE] != NO_WAIT``, ``sla = sf[s, F_SLA_MS] > 0``,
+    ``now_ms - w >= sla`` and ``si[s, I_SLA_ALERTED] != w``; the first ``max_out`` of
+    them in slot order are reported and marked (``si[s, I_SLA_ALERTED] = w``, in
+    place), the others left as they are. Returns ``(slots, wait_ms, sla_ms)`` lists."""
+    breaching = []
+    for s in range(len(occupied)):
+        w = int(si[s, L.I_WAIT_SINCE])
+        sla = float(sf[s, L.F_SLA_MS])
+        if (bool(occupied[s]) and w != L.NO_WAIT and sla > 0 and int(now_ms) - w >= sla
+                and int(si[s, L.I_SLA_ALERTED]) != w):
+            breaching.append(s)
+    reported = breaching[:max(int(max_out), 0)]
+    for s in reported:
+        si[s, L.I_SLA_ALERTED] = si[s, L.I_WAIT_SINCE]
+    return (reported, [int(now_ms) - int(si[s, L.I_WAIT_SINCE]) for s in reported],
+            [int(math.floor(float(sf[s, L.F_SLA_MS]))) for s in reported])

@@ -501,6 +501,7 @@ def _build_steps(jit, prefetch_row, fold_emotion, fold_behaviour, fold_trend, fo
         si[s, L.I_LAST_TS] = ts
         si[s, L.I_WAIT_SINCE] = L.NO_WAIT
         si[s, L.I_WIN_HEAD] = ts // np.int64(pf[L.P_BUCKET_MS])
+        si[s, L.I_SLA_ALERTED] = L.NO_WAIT
         sc[s, L.C_LAST_INTENT] = -1
 
     @jit

@@ -12,6 +12,8 @@ from numba import njit
 
 from yujing.kernels import layout as L
 from yujing.kernels.prefetch import prefetch_row
+from yujing.kernels.scan import as_mask
+from yujing.kernels.scan_cpu import sla_scan as sla_scan_cpu
 from yujing.kernels.turn_update import build
 
 _jit = njit(cache=True, nogil=True, error_model="numpy", inline="always", _nrt=False)
@@ -44,6 +46,18 @@ class CpuKernels:
         update_batch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], a["ai"], a["aw"],
                      ti, tf, th, pf, fatigue, of, oi, np.arange(n))
         return of, oi
+
+    def sla_scan(self, state: dict, occupied, now_ms: int, max_out: int):
+        """The scheduler's SLA scan (:mod:`yujing.kernels.scan`) over ``state`` at
+        ``now_ms``: at most ``max_out`` new breaches of occupied slots, marked as reported.
+        Returns int64 host arrays ``(slots, wait_ms, sla_ms)``, ``wait_ms = now_ms -
+        I_WAIT_SINCE`` and ``sla_ms = F_SLA_MS`` (whole ms, rounded down), in slot order."""
+        out = np.empty(max(int(max_out), 0), dtype=np.int64)
+        si, sf = state["si"], state["sf"]
+        n = sla_scan_cpu(si, sf, as_mask(occupied), np.int64(now_ms), out)
+        slots = out[:n].copy()
+        return (slots, np.int64(now_ms) - si[slots, L.I_SLA_ALERTED],
+                np.floor(sf[slots, L.F_SLA_MS]).astype(np.int64))
 
     def to_host(self, arr):
         return np.asarray(arr)

@@ -17,6 +17,8 @@ import numpy as np
 from numba import cuda
 
 from yujing.kernels import layout as L
+from yujing.kernels.scan import as_mask
+from yujing.kernels.scan_gpu import sla_scan as sla_scan_gpu
 from yujing.kernels.turn_update import build
 
 
@@ -95,6 +97,21 @@ class GpuKernels:
         update_batch(s["sf"], s["si"], s["sh"], s["sc"], s["sb"], s["sw"], a["ai"], a["aw"],
                      d_ti, d_tf, d_th, d_pf, fatigue, of, oi, xp=cp)
         return cp.asnumpy(of), cp.asnumpy(oi)
+
+    def sla_scan(self, state: dict, occupied, now_ms: int, max_out: int):
+        """The scheduler's SLA scan (:mod:`yujing.kernels.scan`) on the device: the host
+        occupancy mask is copied over (1 byte a slot), the kernel marks at most
+        ``max_out`` new breaches, and only those come back: int64 host arrays
+        ``(slots, wait_ms, sla_ms)`` as on the CPU backend, in the kernel's order."""
+        xp = self.xp
+        si, sf = state["si"], state["sf"]
+        out = xp.empty(max(int(max_out), 0), dtype=np.int64)
+        n = sla_scan_gpu(si, sf, xp.asarray(as_mask(occupied)), now_ms, out, xp=xp)
+        slots = out[:n]
+        since = self.to_host(si[slots, L.I_SLA_ALERTED])
+        sla = self.to_host(sf[slots, L.F_SLA_MS])
+        return (self.to_host(slots).astype(np.int64), np.int64(now_ms) - since.astype(np.int64),
+                np.floor(sla).astype(np.int64))
 
     def to_host(self, arr):
         return self.xp.asnumpy(arr)

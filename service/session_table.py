@@ -190,6 +190,17 @@ class SessionTable:
         """Run the update kernel on a resolved batch; returns host ``(of, oi)``."""
         return self.kernels.apply(self.state, self.agents, ti, tf, th, pf)
 
+    def sla_breaches(self, now_ms: int, max_out: int = 65536) -> list:
+        """The scheduler's pass (:mod:`yujing.kernels.scan`): live sessions whose customer
+        has waited at least the SLA at the server clock ``now_ms`` and was not reported
+        for this wait yet, each marked as reported; at most ``max_out`` (the rest come on
+        the next pass). Returns ``[(key, slot, wait_ms, sla_ms), ...]``. Call it where
+        batches are resolved and applied (not between a batch's ``resolve`` and its
+        ``apply``: a new session's slot holds its previous life until then)."""
+        slots, wait_ms, sla_ms = self.kernels.sla_scan(self.state, self.sessions.occupied, now_ms, max_out)
+        key_of = self.sessions.key_of
+        return [(key_of[s], s, w, sla) for s, w, sla in zip(slots.tolist(), wait_ms.tolist(), sla_ms.tolist())]
+
     def slot(self, key) -> int:
         slot = self.sessions.slot_of.get(key)
         if slot is None:
@@ -213,6 +224,8 @@ class SessionTable:
             "last_turn_ms": int(host["si"][0, L.I_LAST_TS]),
             "turns": int(host["sc"][0, L.C_TURNS]),
             "customer_turns": int(host["sc"][0, L.C_CUSTOMER]),
+            "wait_since_ms": int(host["si"][0, L.I_WAIT_SINCE]),
+            "sla_ms": int(host["sf"][0, L.F_SLA_MS]),
         }
 
     def end(self, key, pf) -> dict:

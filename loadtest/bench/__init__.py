@@ -12,7 +12,8 @@ in the same run (a) a STREAM-like copy measuring this machine's memory bandwidth
 (b) a "layout touch" loop that only reads and writes the cache lines one update of a
 random slot touches in this layout (one line per row of every column array), so the
 kernel can be put against two ceilings as ratios: the bytes it needs, and the lines
-it cannot avoid touching.
+it cannot avoid touching. It also times the scheduler's SLA scan
+(:func:`bench_sla_scan`) over each table size.
 """
 from __future__ import annotations
 
@@ -197,6 +198,54 @@ def _init_table(k, n, rng, pf, t_ms):
     return s, a
 
 
+def bench_sla_scan(n: int, rng: np.random.Generator, passes: int = 30, waiting: float = 0.10,
+                   breaching: float = 0.001, period_s: float = 1.0) -> dict:
+    """The scheduler's SLA scan (kernels/scan_cpu.py) over ``n`` occupied sessions, a
+    ``waiting`` share of them waiting within the SLA and a ``breaching`` share newly past
+    it at every pass (their marks are cleared, untimed, before each pass). Reports the
+    median and best ms per pass of the compiled loop and of the backend call
+    (``CpuKernels.sla_scan``: mask view, output, gathers), sessions scanned per second,
+    and the share of one core at one pass per ``period_s``; ``steady`` is a pass with
+    nothing new to report."""
+    from yujing.kernels.scan import as_mask
+    from yujing.kernels.scan_cpu import sla_scan
+    from yujing.kernels.update_cpu import CpuKernels
+
+    now = 1_700_000_000_000
+    s = L.new_session_arrays(n)
+    si, sf = s["si"], s["sf"]
+    si[:, L.I_WAIT_SINCE] = L.NO_WAIT
+    si[:, L.I_SLA_ALERTED] = L.NO_WAIT
+    sf[:, L.F_SLA_MS] = 60_000.0
+    waits = rng.choice(n, max(1, int(n * waiting)), replace=False)
+    si[waits, L.I_WAIT_SINCE] = now - rng.integers(0, 59_000, waits.size)
+    late = waits[:max(1, int(n * breaching))]
+    si[late, L.I_WAIT_SINCE] = now - rng.integers(60_000, 600_000, late.size)
+    occupied = np.ones(n, bool)
+    mask, out, k = as_mask(occupied), np.empty(65536, np.int64), CpuKernels()
+
+    def timed(fn, reset=True):
+        fn()
+        times, found = [], 0
+        for _ in range(passes):
+            if reset:
+                si[late, L.I_SLA_ALERTED] = L.NO_WAIT
+            t0 = time.perf_counter()
+            found = fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)), float(min(times)), found
+
+    med, best, found = timed(lambda: sla_scan(si, sf, mask, now, out))
+    b_med, b_best, b_found = timed(lambda: k.sla_scan(s, occupied, now, 65536)[0].size)
+    st_med, _, st_found = timed(lambda: sla_scan(si, sf, mask, now, out), reset=False)
+    assert found == b_found == late.size and st_found == 0, (found, b_found, st_found)
+    return {"sessions": n, "waiting": int(waits.size), "breaching_per_pass": int(late.size),
+            "passes": passes, "ms_per_pass_median": 1e3 * med, "ms_per_pass_best": 1e3 * best,
+            "sessions_per_s": n / med, "backend_ms_per_pass_median": 1e3 * b_med,
+            "backend_ms_per_pass_best": 1e3 * b_best, "steady_ms_per_pass_median": 1e3 * st_med,
+            "period_s": period_s, "core_share_at_period": b_med / period_s}
+
+
 def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096, 16384, 65536),
                   seconds: float = 1.5, seed: int = 0) -> dict:
     from yujing.kernels.update_cpu import CpuKernels
@@ -271,6 +320,7 @@ def bench_kernels(sessions=(10_000, 1 << 20, 1 << 22), batches=(256, 1024, 4096,
                              "field_major_lines_per_update": STATE_ROWS,
                              "row_major_updates_per_s": slots.size / best_rows,
                              "row_major_gb_per_s_lines": slots.size / best_rows * 2 * 256 / 1e9})
+    out["sla_scan"] = [bench_sla_scan(n, rng) for n in sessions]
     out["stream_copy_gb_per_s"] = stream_copy_gbps()
     touch_by_n = {t["sessions"]: t["updates_per_s"] for t in out["touch"]}
     rows_by_n = {t["sessions"]: t["row_major_updates_per_s"] for t in out["touch"]}
