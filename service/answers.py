@@ -112,14 +112,18 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
     return answers
 
 
-def session_state(key, snap: dict, pf=None) -> "pb.SessionState":
+def session_state(key, snap: dict, pf=None, now_ms: int | None = None) -> "pb.SessionState":
     """A ``SessionState`` from :meth:`SessionTable.snapshot`'s dict; with the policy's
-    ``pf``, the same top reasons an answer would carry at the session clock."""
+    ``pf``, the same top reasons an answer would carry at the session clock; with the
+    server clock ``now_ms``, the customer's current wait."""
     state = pb.SessionState(
         tenant_id=key[0], session_id=key[1], indicators=snap["indicators"],
         risk_score=snap["score"], level=level_enum(snap["level"]), priority=priority_enum(snap["priority"]),
         started_ms=snap["started_ms"], last_turn_ms=snap["last_turn_ms"],
-        turns=snap["turns"], customer_turns=snap["customer_turns"])
+        turns=snap["turns"], customer_turns=snap["customer_turns"], sla_ms=snap.get("sla_ms", 0))
+    since = snap.get("wait_since_ms", L.NO_WAIT)
+    if now_ms is not None and since != L.NO_WAIT:
+        state.waiting_ms = max(0, now_ms - since)
     if pf is not None:
         values = [snap["indicators"][n] for n in L.INDICATORS]
         pts = [pf[L.P_WEIGHTS + j] * L.saturated_risk(n, v, pf[L.P_SATURATION + j])

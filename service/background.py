@@ -71,6 +71,9 @@ class ServiceThread:
     def stub(self) -> pb_grpc.RiskScorerStub:
         return pb_grpc.RiskScorerStub(self.channel())
 
+    def alerts(self) -> pb_grpc.AlertsStub:
+        return pb_grpc.AlertsStub(self.channel())
+
     def __enter__(self) -> "ServiceThread":
         return self.start()
 

@@ -12,14 +12,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from yujing.service.errors import ConfigError
-from yujing.service.paths import DEFAULT_MODEL_REPO
+from yujing.service.paths import DEFAULT_MODEL_REPO, default_state_dir, state_dir_arg
 
 
 
-def setting(default, help: str, *, flag: bool = True, choices=None, type=None):
+def setting(default, help: str, *, flag: bool = True, choices=None, type=None, cli_default=None):
     """A field of :class:`Config` with its ``--help`` text: the command line is generated
-    from these fields (``yujing.cli``), so a setting is written once."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "type": type})
+    from these fields (``yujing.cli``), so a setting is written once. ``cli_default`` (a
+    function) gives the command line a default other than the field's (``--data-dir``: the
+    command keeps state in a default directory, a ``Config()`` in code keeps none)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "type": type,
+                                            "cli_default": cli_default})
 
 
 @dataclass
@@ -70,6 +73,18 @@ class Config:
     policy: Path | None = setting(None, "risk policy TOML (default: the packaged service/policy_default.toml)",
                                   type=Path)
     grace_s: float = setting(5.0, "seconds calls in flight get to finish on SIGINT/SIGTERM")
+    # state on disk and the early-warning layer
+    data_dir: Path | None = setting(
+        None, "directory for the service's state (the alert log); 'none': keep alerts in memory only. "
+              "The command's default is $YUJING_STATE_DIR, else $XDG_STATE_HOME/yujing, else "
+              "~/.local/state/yujing; one service per directory", type=state_dir_arg, cli_default=default_state_dir)
+    alert_retention_days: float = setting(7.0, "alerts older than this are dropped from the alert log")
+    alert_retention_mb: float = setting(1024.0, "the alert log is kept under this many MiB (oldest dropped first)")
+    scan_period_s: float = setting(1.0, "how often the scheduler re-evaluates every live session at the server "
+                                        "clock (SLA breaches, alert deadlines)")
+    webhook_url: str | None = setting(None, "POST every alert as JSON to this http(s) URL (optional)", type=str)
+    webhook_secret_file: Path | None = setting(None, "file holding the webhook's HMAC-SHA256 secret "
+                                                     "(X-Yujing-Signature header)", type=Path)
     extra: dict = field(default_factory=dict, metadata={"flag": False})
 
     def validate(self) -> "Config":
@@ -103,6 +118,13 @@ class Config:
         need(self.triton_timeout_ms > 0, "triton_timeout_ms", "must be > 0")
         need(Path(self.model_repo).is_dir(), "model_repo", f"{self.model_repo} is not a directory")
         need(self.policy is None or Path(self.policy).is_file(), "policy", f"{self.policy} does not exist")
+        need(self.alert_retention_days > 0, "alert_retention_days", "must be > 0")
+        need(self.alert_retention_mb >= 1, "alert_retention_mb", "must be at least 1 MiB")
+        need(0.05 <= self.scan_period_s <= 60, "scan_period_s", f"{self.scan_period_s}: expected 0.05 .. 60 s")
+        need(not self.webhook_url or self.webhook_url.startswith(("http://", "https://")), "webhook_url",
+             f"{self.webhook_url!r}: expected an http:// or https:// URL")
+        need(self.webhook_secret_file is None or Path(self.webhook_secret_file).is_file(), "webhook_secret_file",
+             f"{self.webhook_secret_file} does not exist")
         return self
 
     @classmethod

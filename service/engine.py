@@ -6,6 +6,7 @@
       -> policy look-ups (pack.py) -> session/agent slots (slots.py)
       -> packed kernel inputs (pack.py) -> update kernel (session_table.py -> kernels/)
       -> TurnRisk answers (answers.py), kept in the idempotency window
+      -> alerts the batch raises (alerts/detect.py), logged before the answers go out
 
 The model call is the only awaited step; everything after it runs synchronously on
 the event loop, one batch at a time, so batches are applied strictly in order and a
@@ -51,6 +52,9 @@ class Engine:
         self.answers = AnswerCache(idempotency_window)
         self.clock = clock
         self._intent_tables: dict = {}
+        # the early-warning layer (service/alerts): set by the server, None in a bare engine
+        self.detector = None
+        self.hub = None
         self.batches = 0
         self.turns = 0
 
@@ -106,9 +110,12 @@ class Engine:
         for k, risk in zip(slots.keep, built):
             self.answers.put(items[k].idem, risk)
             answers[k] = risk
+        if self.detector is not None:
+            kept = [items[k] for k in slots.keep]
+            self.hub.publish(self.detector.from_batch(kept, slots, of, oi, built, outputs, lookups, feats))
         return answers
 
     # -- session reads --------------------------------------------------------------------
     def session_state(self, key, end: bool = False) -> "pb.SessionState":
         snap = (self.table.end if end else self.table.snapshot)(key, self.policy.pf)
-        return A.session_state(key, snap, self.policy.pf)
+        return A.session_state(key, snap, self.policy.pf, self.clock())

@@ -20,6 +20,15 @@ Metric names (all prefixed ``yujing_``):
     live_sessions                              gauge     sessions in the table
     session_evictions_total                    counter   idle sessions evicted to make room
     session_expirations_total                  counter   sessions expired by the TTL
+    alerts_raised_total{kind}                  counter   alerts raised, by AlertKind
+    alert_subscribers                          gauge     open WatchAlerts streams
+    alerts_open                                gauge     alerts with a deadline, not yet acknowledged
+    alert_ack_on_time_share{tenant,queue}      gauge     acknowledged by the deadline / (acknowledged + missed)
+    alert_log_bytes, alert_log_dropped_total   gauge, counter  the alert log's size; alerts dropped by retention
+    webhook_{delivered,attempts,retries,dead_letters,dropped}_total  counters, webhook_queued gauge
+    queue_health_index{tenant,queue}           gauge     README "Queue trends" (at most QUEUE_GAUGES queues,
+    queue_negative_share{tenant,queue}         gauge     the rest folded into queue="other")
+    scan_seconds, scan_sessions                histogram, gauge  the scheduler's pass over the session table
 
 A dedicated :class:`prometheus_client.CollectorRegistry` is used, so several services in
 one process (tests) never share or collide on metrics.
@@ -96,6 +105,60 @@ class _TableCollector:
         return []
 
 
+QUEUE_GAUGES = 200
+
+
+class _AlertCollector:
+    """Reads the alert hub, the webhook sink and the queue trends at scrape time."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.m = metrics
+
+    def collect(self):
+        hub, sink, trends = self.m._hub, self.m._webhook, self.m._trends
+        if hub is not None:
+            raised = CounterMetricFamily("yujing_alerts_raised", "Alerts raised, by kind", labels=["kind"])
+            for kind, n in sorted(hub.raised.items()):
+                raised.add_metric([kind], n)
+            yield raised
+            yield GaugeMetricFamily("yujing_alert_subscribers", "Open WatchAlerts streams", value=hub.subscribers)
+            yield GaugeMetricFamily("yujing_alerts_open", "Alerts with a deadline not yet acknowledged",
+                                    value=len(hub._open))
+            share = GaugeMetricFamily("yujing_alert_ack_on_time_share",
+                                      "Alerts acknowledged by their deadline / (acknowledged + missed)",
+                                      labels=["tenant", "queue"])
+            for (tenant, queue), (on_time, late, missed) in list(hub.ack_stats.items())[:QUEUE_GAUGES]:
+                total = on_time + late + missed
+                share.add_metric([tenant, queue], on_time / total if total else 1.0)
+            yield share
+            stats = getattr(hub.log, "stats", None)
+            yield GaugeMetricFamily("yujing_alert_log_bytes", "Bytes of the alert log on disk",
+                                    value=float(stats.get("bytes", 0)) if isinstance(stats, dict) else 0.0)
+            yield CounterMetricFamily("yujing_alert_log_dropped", "Alerts dropped from the log by retention",
+                                      value=float(getattr(hub.log, "dropped_records", 0)))
+        if sink is not None:
+            for name in ("delivered", "attempts", "retries", "dead_letters", "dropped"):
+                yield CounterMetricFamily(f"yujing_webhook_{name}", f"Webhook {name.replace('_', ' ')}",
+                                          value=float(getattr(sink, name, 0)))
+            yield GaugeMetricFamily("yujing_webhook_queued", "Alerts waiting for the webhook", value=sink.queued)
+        if trends is not None:
+            health = GaugeMetricFamily("yujing_queue_health_index", "Queue health index (0-100)",
+                                       labels=["tenant", "queue"])
+            neg = GaugeMetricFamily("yujing_queue_negative_share", "Negative share of customer turns, last hour",
+                                    labels=["tenant", "queue"])
+            try:
+                for tenant, queue, index, negative_share in trends.gauges(QUEUE_GAUGES):
+                    health.add_metric([tenant, queue], index)
+                    neg.add_metric([tenant, queue], negative_share)
+            except Exception:  # never fail a scrape
+                log.debug("trend gauges failed", exc_info=True)
+            yield health
+            yield neg
+
+    def describe(self):
+        return []
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry(auto_describe=False)
@@ -118,6 +181,10 @@ class Metrics:
         self.overload_refusals = Counter("yujing_overload_refusals",
                                          "Turns refused by admission control (RESOURCE_EXHAUSTED, overloaded)",
                                          registry=r)
+        self.scan_seconds = Histogram("yujing_scan_seconds", "One scheduler pass over the session table",
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.scan_sessions = Gauge("yujing_scan_sessions", "Sessions the last scheduler pass scanned", registry=r)
+        self._hub = self._webhook = self._trends = None
         self._batcher = None
         self._pending = 0
         self._table = None
@@ -127,6 +194,7 @@ class Metrics:
         self._expired = 0
         self._fallback = 0
         r.register(_TableCollector(self))
+        r.register(_AlertCollector(self))
         self._http = None
         self._http_thread = None
         self.port: int | None = None
@@ -188,12 +256,17 @@ class Metrics:
         self._expired += n
 
     # ---- wiring helpers ---------------------------------------------------------------
-    def watch(self, table=None, router=None, batcher=None) -> None:
-        """Read the table's size / evicted / expired, the router's state and the batcher's
-        pending turns at each scrape."""
+    def watch(self, table=None, router=None, batcher=None, hub=None, webhook=None, trends=None) -> None:
+        """Read the table's size / evicted / expired, the router's state, the batcher's
+        pending turns and the early-warning layer at each scrape."""
         self._table = table
         self._router = router
         self._batcher = batcher
+        self._hub, self._webhook, self._trends = hub, webhook, trends
+
+    def observe_scan(self, sessions: int, seconds: float) -> None:
+        self.scan_seconds.observe(seconds)
+        self.scan_sessions.set(sessions)
 
     def instrument_router(self, router) -> None:
         """Time every ``router.classify`` and count Triton failures (wraps the bound method)."""

@@ -44,3 +44,23 @@ def data_dir(explicit: str | Path | None = None) -> Path:
     if env:
         return Path(env).resolve()
     return (PACKAGE_ROOT.parent / "shared" / "data").resolve()
+
+
+STATE_DIR_ENV = "YUJING_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """Where ``yujing serve`` keeps its state (the alert log) unless ``--data-dir`` says
+    otherwise: ``$YUJING_STATE_DIR``, else ``$XDG_STATE_HOME/yujing``, else
+    ``~/.local/state/yujing``."""
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "yujing"
+
+
+def state_dir_arg(text: str) -> Path | None:
+    """``--data-dir``'s value: a directory, or ``none`` for a service that keeps no state
+    on disk (alerts in memory only, lost on exit)."""
+    return None if text.strip().lower() in ("", "none") else Path(text)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from yujing.kernels import layout as L
+from yujing.service.alerts.policy import AlertPolicy
 from yujing.service.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Policy:
     intent_categories: dict = field(default_factory=dict)   # name -> (raise, complaint)
     intent_labels: dict = field(default_factory=dict)       # label -> (category, weight)
     emotion: dict = field(default_factory=dict)             # emotion label -> intensity in [0, 1]
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)  # [alerts]: deadlines, chain, thresholds
     _warned: set = field(default_factory=set)
 
     def emotion_weights(self, labels) -> np.ndarray:
@@ -148,7 +150,7 @@ class _Reader:
 
 
 _TOP_LEVEL = ("version", "levels", "sentiment", "windows", "weights", "saturation",
-              "sla_seconds", "tiers", "escalation", "intents", "emotion")
+              "sla_seconds", "tiers", "escalation", "intents", "emotion", "alerts", "trend")
 _WINDOWS = {  # key: (pf index, lo, hi, lo_open, scale to the kernel's unit)
     "alpha_fast": (L.P_ALPHA_FAST, 0, 1, True, 1.0),
     "alpha_slow": (L.P_ALPHA_SLOW, 0, 1, True, 1.0),
@@ -184,6 +186,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     escalation = _check_escalation(r)
     categories, default_cat, default_w, labels = _check_intents(r)
     emotion = _check_emotion(r)
+    alerts = AlertPolicy.from_section(r.data.get("alerts"), r.path)
     return Policy(version=version, path=str(path), pf=_pack_pf(levels, windows, weights, saturation),
                   sla_ms=_pack_sla_ms(sla), tier_raise=_pack_by_tier(tiers, 0),
                   tier_complaint_floor=_pack_by_tier(tiers, 1),
@@ -192,7 +195,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
                   esc_floor=np.array([e[2] for e in escalation], np.int64),
                   negative_label=neg_label, positive_label=pos_label,
                   intent_default_category=default_cat, intent_default_weight=default_w,
-                  intent_categories=categories, intent_labels=labels, emotion=emotion)
+                  intent_categories=categories, intent_labels=labels, emotion=emotion, alerts=alerts)
 
 
 # -- reading --------------------------------------------------------------------------

@@ -14,17 +14,21 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from yujing.service.alerts.api import AlertsServicer, queue_health
+from yujing.service.alerts.detect import AlertDetector
+from yujing.service.alerts.hub import AlertHub, MemoryLog
 from yujing.service.batcher import MicroBatcher
 from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
-from yujing.service.errors import InvalidTurn, Overloaded, ShuttingDown, YujingError
+from yujing.service.errors import ConfigError, InvalidTurn, Overloaded, ShuttingDown, YujingError
 from yujing.service.policy import load_policy
 from yujing.service.session_table import SessionTable
 from yujing.service.validate import session_key, validate_turn
@@ -208,7 +212,102 @@ class YujingServer:
         self.batcher: MicroBatcher | None = None
         self._sweeper: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
+        self._scheduler: asyncio.Task | None = None
         self.metrics = Metrics()
+        self.hub: AlertHub | None = None
+        self.trends = None
+        self.webhook = None
+        self.detector: AlertDetector | None = None
+
+    # -- the early-warning layer ----------------------------------------------------------
+    def _open_alert_log(self):
+        """The alert log in ``data_dir/alerts`` (one service per directory), or memory."""
+        cfg = self.config
+        if cfg.data_dir is None:
+            return MemoryLog()
+        from yujing.service.storage.segment_log import LogLocked, SegmentLog
+
+        try:
+            return SegmentLog(Path(cfg.data_dir) / "alerts", durability="batch",
+                              retention_ms=int(cfg.alert_retention_days * 86_400_000),
+                              retention_bytes=int(cfg.alert_retention_mb * (1 << 20)),
+                              segment_bytes=min(64 << 20, max(1 << 20, int(cfg.alert_retention_mb * (1 << 20)) // 8)))
+        except LogLocked as exc:
+            raise ConfigError(f"data_dir {cfg.data_dir}: {exc}; give each service its own --data-dir",
+                              "data_dir") from None
+
+    def _start_alerts(self) -> None:
+        cfg = self.config
+        trend_policy = getattr(self.policy, "trend", None)
+        if trend_policy is not None:
+            from yujing.service.alerts.trends import TrendTracker
+
+            self.trends = TrendTracker(trend_policy)
+        self.detector = AlertDetector(self.policy, cfg.capacity, cfg.agent_capacity, self.trends)
+        if cfg.webhook_url:
+            self.webhook = self._start_webhook()
+        self.hub = AlertHub(self._open_alert_log(), self.policy.version, self.policy.alerts, _now_ms,
+                            webhook=None)
+        if self.webhook is not None:
+            self._replay_webhook()
+            self.hub.webhook = self.webhook
+
+    def _start_webhook(self):
+        from yujing.service.alerts.webhook import WebhookSink
+
+        cfg = self.config
+        secret = Path(cfg.webhook_secret_file).read_bytes().strip() if cfg.webhook_secret_file else None
+        state = Path(cfg.data_dir) if cfg.data_dir is not None else None
+        sink = WebhookSink(cfg.webhook_url, secret, cursor_path=state / "webhook.cursor" if state else None,
+                           dead_letter_path=state / "webhook-dead-letters.jsonl" if state else None)
+        sink.start()
+        return sink
+
+    def _replay_webhook(self) -> None:
+        """Offer the sink what the log holds after its cursor (alerts raised while it was
+        down or still queued at a stop); a sink with no cursor yet starts from now."""
+        from yujing.service.alerts.hub import alert_json
+
+        cursor = self.webhook.cursor
+        if not cursor:
+            return
+        while True:
+            batch = self.hub._after(cursor, 1024)
+            if not batch:
+                return
+            for a in batch:
+                self.webhook.offer(a.id, alert_json(a))
+                cursor = a.id
+
+    def queue_health(self, tenant: str, queue: str):
+        return queue_health(self.trends, self.hub, tenant, queue, _now_ms())
+
+    async def _schedule_forever(self) -> None:
+        """The clock's pass, every ``scan_period_s``: customers waiting past their SLA (the
+        kernel's scan of the whole table), alert deadlines, the alert log's retention."""
+        period = self.config.scan_period_s
+        next_retention = 0.0
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.scan_once()
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + 60.0
+                    self.hub.log.enforce_retention(_now_ms())
+            except Exception:   # a bug: keep the clock running, say it once per pass
+                log.exception("scheduler pass failed")
+
+    def scan_once(self, now_ms: int | None = None) -> list:
+        """One scheduler pass at ``now_ms`` (default: the server clock); the alerts raised."""
+        now = _now_ms() if now_ms is None else now_ms
+        t0 = time.perf_counter()
+        breaches = self.table.sla_breaches(now)
+        self.metrics.observe_scan(len(self.table), time.perf_counter() - t0)
+        raised = []
+        if breaches:
+            raised += self.hub.publish(self.detector.sla_events(breaches, self.engine.session_state, now), now)
+        raised += self.hub.tick(now)
+        return raised
 
     async def _start_models(self) -> None:
         from yujing.service.triton.router import ModelRouter
@@ -257,14 +356,17 @@ class YujingServer:
     async def start(self) -> "YujingServer":
         cfg = self.config
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._start_alerts()        # first: a data directory held by another service fails fast
         await self._start_models()
         self.metrics.instrument_router(self.router)
         self.metrics.watch(table=self.table, router=self.router)
         self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
+        self.engine.detector, self.engine.hub = self.detector, self.hub
         self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
                                     on_batch=self.metrics.observe_batch)
         self.batcher.start()
-        self.metrics.watch(table=self.table, router=self.router, batcher=self.batcher)
+        self.metrics.watch(table=self.table, router=self.router, batcher=self.batcher, hub=self.hub,
+                           webhook=self.webhook, trends=self.trends)
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)], options=[
             ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
             ("grpc.so_reuseport", 0),
@@ -276,9 +378,11 @@ class YujingServer:
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_rpcs),
         ])
         pb_grpc.add_RiskScorerServicer_to_server(RiskScorer(self), self.server)
+        pb_grpc.add_AlertsServicer_to_server(AlertsServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["RiskScorer"].full_name, health.SERVICE_NAME,
+            (pb.DESCRIPTOR.services_by_name["RiskScorer"].full_name,
+             pb.DESCRIPTOR.services_by_name["Alerts"].full_name, health.SERVICE_NAME,
              reflection.SERVICE_NAME), self.server)
         self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if self.port == 0:
@@ -288,6 +392,7 @@ class YujingServer:
             self.metrics_port = self.metrics.start_http(cfg.host, cfg.metrics_port)
         await self._warm_up()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="yujing-ttl-sweeper")
+        self._scheduler = asyncio.create_task(self._schedule_forever(), name="yujing-scheduler")
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self
 
@@ -295,6 +400,8 @@ class YujingServer:
         """Compile (or load from cache) the kernels on a scratch table before SERVING."""
         scratch = SessionTable(capacity=2, agent_capacity=2, backend=self.config.backend)
         eng = Engine(self.policy, scratch, self.router, 0)
+        eng.detector = AlertDetector(self.policy, 2, 2)
+        eng.hub = AlertHub(MemoryLog(), self.policy.version, self.policy.alerts, _now_ms)
         t = pb.Turn(session_id="warm-up", turn_id="1", speaker=pb.CUSTOMER, text="warm up", agent_id="a")
         await eng.score([validate_turn(t, self.config, _now_ms())])
 
@@ -325,14 +432,20 @@ class YujingServer:
         grace = self.config.grace_s if grace_s is None else grace_s
         self.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.hub is not None:
+            self.hub.stop_watchers()
         if self.server is not None:
             await self._drain(grace)
             await self.server.stop(grace)
         if self.batcher is not None:
             await self.batcher.close()
-        for task in (self._sweeper, self._supervisor):
+        for task in (self._sweeper, self._supervisor, self._scheduler):
             if task is not None:
                 task.cancel()
+        if self.webhook is not None:
+            await self.webhook.close(min(grace, 5.0))
+        if self.hub is not None:
+            self.hub.close()
         if self.router is not None:
             await self.router.close()
         if self.triton is not None:
@@ -365,6 +478,15 @@ async def _serve(config: Config) -> None:
              srv.router.versions.get(c.sentiment_model), c.intent_model,
              srv.router.versions.get(c.intent_model), emotion, srv.table.kernels.name, c.capacity,
              srv.policy.version)
+    if c.data_dir is not None:
+        log.info("yujing state in %s: alert log ids %d .. %d kept (%.0f days, %.0f MiB at most)",
+                 c.data_dir, srv.hub.log.first_id, srv.hub.log.last_id, c.alert_retention_days,
+                 c.alert_retention_mb)
+    else:
+        log.info("yujing keeps no state on disk (--data-dir none): alerts are lost on exit")
+    if srv.webhook is not None:
+        log.info("yujing webhook: POST alerts to %s%s", c.webhook_url,
+                 " (signed)" if c.webhook_secret_file else " (unsigned: give --webhook-secret-file)")
     if srv.metrics_port is not None:
         log.info("yujing metrics on http://%s:%d/metrics", c.host, srv.metrics_port)
     stop = asyncio.Event()

@@ -26,6 +26,9 @@ class ServeProcess:
         import time
 
         self.log = tempfile.NamedTemporaryFile("w+", prefix="yujing-serve-", suffix=".log", delete=False)
+        if "--data-dir" not in args:    # never the user's default state directory
+            args = ("--data-dir", tempfile.mkdtemp(prefix="yujing-state-"), *args)
+        self.data_dir = args[args.index("--data-dir") + 1]
         cmd = [*(command or [sys.executable, "-m", "yujing.cli"]), "serve", "--port", "0", "--triton-port", "0",
                *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -47,6 +50,9 @@ class ServeProcess:
 
     def stub(self) -> pb_grpc.RiskScorerStub:
         return pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+
+    def alerts(self) -> pb_grpc.AlertsStub:
+        return pb_grpc.AlertsStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
 
     def output(self) -> str:
         return open(self.log.name).read()

@@ -2,6 +2,7 @@
 
     yujing serve [--host H] [--port P] [--models embedded|external|in-process] ...
     yujing score [--target H:P] "text" ... | --file conversation.jsonl
+    yujing alerts [--target H:P] [--queue Q] ...  (follow the alert stream; --ack ID --by NAME)
     yujing models train | eval | deploy ...
     yujing eval conversations ...  (risk measured on whole dialogues)
     yujing policy fit ...          (a candidate policy fitted to dialogue outcomes)
@@ -31,7 +32,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         meta = f.metadata
         if not meta.get("flag", True):
             continue
-        default = f.default
+        default = meta["cli_default"]() if meta.get("cli_default") else f.default
         kind = meta.get("type") or type(default)
         help_text = meta.get("help", "")
         if default is not None:
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optional(pol.add_subparsers(dest="policy_command", required=True), "yujing.training.policy_fit",
                   "add_subcommand")
     _add_optional(sub, "yujing.client", "add_subcommand")
+    _add_optional(sub, "yujing.alerts", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.cli", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.bench", "add_subcommand")
     return parser

@@ -1,0 +1,92 @@
+"""The ``yujing.v1.Alerts`` gRPC handlers: WatchAlerts, AckAlert, GetQueueHealth.
+
+Every request is checked before it reaches the hub; a bad one is INVALID_ARGUMENT with a
+message naming the field, and changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+
+from yujing.service.contract import pb, pb_grpc
+from yujing.service.errors import InvalidTurn, SessionNotFound, ShuttingDown, YujingError
+
+log = logging.getLogger(__name__)
+MAX_QUERY_QUEUES = 256
+_KINDS = set(pb.AlertKind.values()) - {pb.ALERT_KIND_UNSPECIFIED}
+_LEVELS = set(pb.Level.values())
+
+
+def check_query(q: "pb.AlertQuery", max_id_bytes: int) -> None:
+    if len(q.tenant_id.encode()) > max_id_bytes:
+        raise InvalidTurn(f"tenant_id is longer than {max_id_bytes} bytes", "tenant_id")
+    if len(q.queues) > MAX_QUERY_QUEUES:
+        raise InvalidTurn(f"queues names {len(q.queues)} queues; the limit is {MAX_QUERY_QUEUES}", "queues")
+    for k, name in enumerate(q.queues):
+        if len(name.encode()) > max_id_bytes:
+            raise InvalidTurn(f"queues[{k}] is longer than {max_id_bytes} bytes", f"queues[{k}]")
+    for k, kind in enumerate(q.kinds):
+        if kind not in _KINDS:
+            raise InvalidTurn(f"kinds[{k}] = {kind} is not an AlertKind", f"kinds[{k}]")
+    if q.min_level not in _LEVELS:
+        raise InvalidTurn(f"min_level = {q.min_level} is not a Level", "min_level")
+
+
+class AlertsServicer(pb_grpc.AlertsServicer):
+    def __init__(self, owner):
+        self.o = owner          # the YujingServer: config, hub, trends
+
+    @staticmethod
+    def _fail(context, err: YujingError):
+        context.set_code(err.code)
+        context.set_details(err.message)
+
+    async def WatchAlerts(self, request, context):
+        try:
+            check_query(request, self.o.config.max_id_bytes)
+            if self.o.draining:
+                raise ShuttingDown("server is shutting down; resume on another replica with after_id")
+            async for alert in self.o.hub.watch(request):
+                yield alert
+        except YujingError as err:
+            self._fail(context, err)
+
+    async def AckAlert(self, request, context):
+        try:
+            if len(request.tenant_id.encode()) > self.o.config.max_id_bytes:
+                raise InvalidTurn(f"tenant_id is longer than {self.o.config.max_id_bytes} bytes", "tenant_id")
+            if not request.alert_id:
+                raise InvalidTurn("alert_id is required", "alert_id")
+            return self.o.hub.ack(request, self.o.config.max_id_bytes)
+        except YujingError as err:
+            self._fail(context, err)
+            return pb.Alert()
+
+    async def GetQueueHealth(self, request, context):
+        try:
+            cfg = self.o.config
+            for name in ("tenant_id", "queue"):
+                if len(getattr(request, name).encode()) > cfg.max_id_bytes:
+                    raise InvalidTurn(f"{name} is longer than {cfg.max_id_bytes} bytes", name)
+            return self.o.queue_health(request.tenant_id, request.queue)
+        except YujingError as err:
+            self._fail(context, err)
+            return pb.QueueHealth()
+
+
+def queue_health(trends, hub, tenant: str, queue: str, now_ms: int) -> "pb.QueueHealth":
+    """A ``QueueHealth`` from the trend tracker's figures and the hub's acknowledgements."""
+    figures = trends.health(tenant, queue, now_ms) if trends is not None else None
+    if not figures:
+        raise SessionNotFound(f"no turns seen for queue {queue!r} of tenant {tenant!r}", "queue")
+    out = pb.QueueHealth(tenant_id=tenant, queue=queue, health_index=float(figures["health_index"]),
+                         as_of_ms=int(figures.get("as_of_ms", 0)))
+    for name, w in figures["windows"].items():
+        out.windows.add(window=name, **{k: w[k] for k in _WINDOW_FIELDS if k in w})
+    for name, c in sorted(figures.get("categories", {}).items()):
+        out.categories.add(category=name, **{k: c[k] for k in _CATEGORY_FIELDS if k in c})
+    out.open_alerts, out.ack_on_time_share = hub.queue_acks(tenant, queue)
+    return out
+
+
+_WINDOW_FIELDS = tuple(f.name for f in pb.QueueWindow.DESCRIPTOR.fields if f.name != "window")
+_CATEGORY_FIELDS = tuple(f.name for f in pb.QueueCategory.DESCRIPTOR.fields if f.name != "category")

@@ -1,0 +1,767 @@
+"""Queue trends: rolling counts per tenant x queue (and per intent category within a queue)
+over event time, their baselines, the four queue alerts (DOMAIN's aggregate numbers) and
+the figures of GetQueueHealth.
+
+Rows and storage
+    A row is (tenant, queue, category); category "" is the queue as a whole, and every
+    turn counts in its queue's row and, when it has a category, in (tenant, queue,
+    category) too. Each row holds a ring of time buckets (``bucket_minutes``, default 10)
+    of six counters (``COUNTERS``): turns, customer_turns, negative (customer turns the
+    sentiment model labelled negative), complaints (customer turns the caller marks as a
+    complaint), new_sessions, escalations (sessions whose level rose to YELLOW/RED on the
+    turn); numpy int32 ``[rows, 6, buckets]``. The ring spans 72 h + one bucket: the 48 h
+    the 24 h rule compares, plus 24 h of tolerance for late turns. Time is the turn's own
+    timestamp, so a replayed day behaves like a live one; a row's clock is the latest turn
+    time it has seen, and a turn older than the ring (72 h before that clock) is not
+    counted (``late_dropped``).
+
+Row bound
+    Rows are added on first sight until ``max_rows - reserve`` exist (reserve =
+    max(2, max_rows // 16)). After that a new queue folds into queue "other" of its tenant
+    (that row is created from the reserve), and once the reserve is used up into the
+    global row ("*", "other", ""); a new category beyond the bound is not tracked on its
+    own (its turns still count in its queue's row). Rows are never dropped while the
+    process runs (the state is in memory; a restart starts from zero).
+
+Windows and baselines (all bucketed; "now" is the queue's clock)
+    The 1 h, 3 h and 24 h windows are the last 6, 18 and 144 buckets, the current one
+    included. The baseline of a window is the 24 h just before it (excluding the window
+    itself): a volume baseline is the mean per window length over that span (sum / the
+    buckets of it that exist x the window's buckets), a share baseline is the ratio of the
+    sums (negative / customer turns over the span). For the 24 h window this is the
+    previous 24 h. A baseline only counts the time since the row was first seen (for a
+    category row, since its queue was first seen).
+
+Warm-up and arming
+    NEGATIVE_SURGE and VOLUME_SPIKE are armed once the row has ``warmup_hours`` (6) of
+    history, COMPLAINT_RATE_UP once it has ``warmup_hours_24h`` (48), and each only when the
+    current window has its minimum volume (``negative_min_customer_turns``,
+    ``volume_min_customer_turns``, ``complaint_min_complaints`` and
+    ``complaint_min_customer_turns`` in both 24 h windows).
+
+Rules (``TrendPolicy``; DOMAIN's numbers as defaults)
+    NEGATIVE_SURGE      negative share over 1 h >= 1.5 x max(baseline share, 0.02)
+    VOLUME_SPIKE        customer turns over 3 h >= 2 x max(baseline 3 h volume, 1)
+    COMPLAINT_RATE_UP   complaints / customer turns over 24 h >= 1.3 x max(previous 24 h, 0.01)
+    REPEATED_COMPLAINT  >= 5 similar complaints from different sessions in one queue within
+                        1 h; similar = the same intent id (>= 0, not of a category in
+                        ``repeated_intent_skip``) or SimHashes (non-zero) within
+                        ``near_dup_bits`` (Hamming). Each queue keeps its last
+                        ``repeated_recent`` complaints for this.
+    A rule fires once when its condition becomes true for a row and not again for that
+    row until the condition has been false for its window (1 h, 3 h, 24 h): one alert per
+    surge, not one per batch. A repeated complaint opens a cluster (its intent and
+    SimHash); complaints similar to an open cluster do not fire again, and the cluster
+    closes after a window with none. Rules run per category too (``category_alerts``),
+    the event's ``intent_category`` naming it. Only the rows a batch touches are evaluated.
+    Figures: value, baseline, ratio (against the floored baseline), count, window_s.
+
+Health index (GetQueueHealth), 0 (worst) .. 100 (healthy)
+    Over the last 24 h, each bucket weighs 0.5 ** (age / ``health_half_life_hours``)
+    (default 2 h: the last hour carries about 30 % of the weight, DOMAIN's "most recent
+    period 30 %"). From the weighted counts: negative share, complaint rate and escalation
+    rate (escalations per customer turn). Each is compared with its baseline (the 24 h
+    before the last hour, floored as in the rules; with no baseline yet, itself):
+    penalty = clip((value / baseline - 1) / (ratio - 1), 0, 1), 0 at the baseline and 1 at
+    the rule's alarm ratio (1.5 negative, 1.3 complaints, 1.5 escalations). The negative
+    share also has an absolute penalty, clip((share - 0.15) / (0.40 - 0.15), 0, 1) (DOMAIN:
+    > 15 % yellow, > 40 % red), and counts the larger of the two.
+    index = 100 - 40 x negative - 35 x complaints - 25 x escalations (``health_weights``),
+    clipped to [0, 100]; a queue with no customer turns in 24 h scores 100.
+
+    >>> t = TrendTracker()
+    >>> t.observe(tenants=["t"], queues=["q"], categories=[""], ts_ms=[0], customer=[True],
+    ...           negative=[True], complaint=[False], new_session=[True], escalation=[False],
+    ...           session_hash=[1], intent_id=[-1], simhash=[0])
+    []
+    >>> t.queues(), t.health("t", "q")["windows"][0]["negative_turns"]
+    ([('t', 'q', '')], 1)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from yujing.service.alerts.events import AlertEvent
+from yujing.service.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("turns", "customer_turns", "negative", "complaints", "new_sessions", "escalations")
+TURNS, CUSTOMER, NEGATIVE, COMPLAINTS, NEW_SESSIONS, ESCALATIONS = range(len(COUNTERS))
+NC = len(COUNTERS)
+RULES = ("NEGATIVE_SURGE", "VOLUME_SPIKE", "COMPLAINT_RATE_UP", "REPEATED_COMPLAINT")
+LEVEL_NAMES = ("NONE", "BLUE", "YELLOW", "RED")           # kernel level numbers 0 .. 3
+PRIORITY_NAMES = ("NONE", "P3", "P2", "P1", "P0")         # kernel priority numbers 0 .. 4
+OTHER = "other"
+GLOBAL_OTHER = ("*", OTHER, "")
+RING_HOURS = 72
+_NEVER = -(2 ** 62)          # `last` of a row that holds nothing yet
+_FAR = 2 ** 62               # `first` of such a row
+_UNSET = np.iinfo(np.int64).min
+_POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+DEFAULT_TREND_TOML = """\
+# Queue trends (README "Queue trends"): rolling counts per tenant x queue and per intent
+# category over event time, 24 h baselines and the four queue alerts. Optional: a policy
+# without this table gets these values.
+[trend]
+bucket_minutes = 10            # the width of a time bucket; must divide 60
+max_rows = 2048                # tracked (tenant, queue, category) rows; beyond: queue "other"
+category_alerts = true         # run the rules per intent category too
+warmup_hours = 6               # history before NEGATIVE_SURGE / VOLUME_SPIKE are armed
+warmup_hours_24h = 48          # history before COMPLAINT_RATE_UP is armed
+# NEGATIVE_SURGE: negative share of customer turns over 1 h against the 24 h before it
+# (DOMAIN: alert when negative feedback surges by 50 %).
+negative_surge_ratio = 1.5
+negative_share_floor = 0.02    # the baseline share is at least this (no alarm on 0 -> small)
+negative_min_customer_turns = 30
+# VOLUME_SPIKE: customer turns over 3 h against the mean 3 h of the 24 h before it
+# (DOMAIN: response volume in 3 hours above 2x the average).
+volume_spike_ratio = 2.0
+volume_min_customer_turns = 60
+# COMPLAINT_RATE_UP: complaints / customer turns over 24 h against the previous 24 h
+# (DOMAIN: the bad-review rate rising 30 % within 24 h is an anomaly).
+complaint_rate_ratio = 1.3
+complaint_rate_floor = 0.01
+complaint_min_complaints = 20
+complaint_min_customer_turns = 200   # in the current and in the previous 24 h
+# REPEATED_COMPLAINT: similar complaints from different sessions in one queue
+# (DOMAIN: 5 or more similar complaints); similar = same intent or near-duplicate SimHash.
+repeated_complaints = 5
+repeated_window_minutes = 60
+near_dup_bits = 8              # SimHash Hamming distance of near-duplicate texts
+repeated_recent = 256          # complaints remembered per queue
+repeated_intent_skip = ["other"]   # intent categories that do not make complaints similar
+levels = { NEGATIVE_SURGE = "YELLOW", VOLUME_SPIKE = "YELLOW", COMPLAINT_RATE_UP = "YELLOW", REPEATED_COMPLAINT = "RED" }
+priorities = { NEGATIVE_SURGE = "P1", VOLUME_SPIKE = "P2", COMPLAINT_RATE_UP = "P1", REPEATED_COMPLAINT = "P1" }
+# Health index 0..100: recency-weighted penalties (DOMAIN: recent feedback weighs more,
+# the most recent period 30 %: a 2 h half-life gives the last hour about 30 %).
+health_half_life_hours = 2.0
+health_weights = { negative = 40.0, complaints = 35.0, escalations = 25.0 }
+health_negative_yellow = 0.15  # DOMAIN: > 15 % negative feedback is yellow
+health_negative_red = 0.40     # DOMAIN: > 40 % is red
+"""
+
+
+def _default_levels():
+    return {"NEGATIVE_SURGE": 2, "VOLUME_SPIKE": 2, "COMPLAINT_RATE_UP": 2, "REPEATED_COMPLAINT": 3}
+
+
+def _default_priorities():
+    return {"NEGATIVE_SURGE": 3, "VOLUME_SPIKE": 2, "COMPLAINT_RATE_UP": 3, "REPEATED_COMPLAINT": 3}
+
+
+@dataclass
+class TrendPolicy:
+    """The ``[trend]`` section (``DEFAULT_TREND_TOML`` documents each key). Levels and
+    priorities are kernel numbers (level 0 none .. 3 red; priority 0 none, 1 P3 .. 4 P0)."""
+
+    bucket_minutes: int = 10
+    max_rows: int = 2048
+    category_alerts: bool = True
+    warmup_hours: float = 6.0
+    warmup_hours_24h: float = 48.0
+    negative_surge_ratio: float = 1.5
+    negative_share_floor: float = 0.02
+    negative_min_customer_turns: int = 30
+    volume_spike_ratio: float = 2.0
+    volume_min_customer_turns: int = 60
+    complaint_rate_ratio: float = 1.3
+    complaint_rate_floor: float = 0.01
+    complaint_min_complaints: int = 20
+    complaint_min_customer_turns: int = 200
+    repeated_complaints: int = 5
+    repeated_window_minutes: float = 60.0
+    near_dup_bits: int = 8
+    repeated_recent: int = 256
+    repeated_intent_skip: tuple = ("other",)
+    levels: dict = field(default_factory=_default_levels)
+    priorities: dict = field(default_factory=_default_priorities)
+    health_half_life_hours: float = 2.0
+    health_weights: tuple = (40.0, 35.0, 25.0)      # negative, complaints, escalations
+    health_negative_yellow: float = 0.15
+    health_negative_red: float = 0.40
+
+    # key: (type, lo, hi, lo_open)
+    _RANGES = {
+        "bucket_minutes": ("int", 1, 60, False),
+        "max_rows": ("int", 8, 1_000_000, False),
+        "category_alerts": ("bool", None, None, False),
+        "warmup_hours": ("num", 4, RING_HOURS, False),
+        "warmup_hours_24h": ("num", 25, RING_HOURS, False),
+        "negative_surge_ratio": ("num", 1, 100, True),
+        "negative_share_floor": ("num", 0, 1, False),
+        "negative_min_customer_turns": ("int", 1, 10_000_000, False),
+        "volume_spike_ratio": ("num", 1, 100, True),
+        "volume_min_customer_turns": ("int", 1, 10_000_000, False),
+        "complaint_rate_ratio": ("num", 1, 100, True),
+        "complaint_rate_floor": ("num", 0, 1, False),
+        "complaint_min_complaints": ("int", 1, 10_000_000, False),
+        "complaint_min_customer_turns": ("int", 0, 100_000_000, False),
+        "repeated_complaints": ("int", 2, 1000, False),
+        "repeated_window_minutes": ("num", 0, 24 * 60, True),
+        "near_dup_bits": ("int", 0, 64, False),
+        "repeated_recent": ("int", 2, 100_000, False),
+        "repeated_intent_skip": ("strlist", None, None, False),
+        "levels": ("levels", None, None, False),
+        "priorities": ("priorities", None, None, False),
+        "health_half_life_hours": ("num", 0, 24, True),
+        "health_weights": ("weights", None, None, False),
+        "health_negative_yellow": ("num", 0, 1, False),
+        "health_negative_red": ("num", 0, 1, False),
+    }
+
+    @classmethod
+    def from_section(cls, section: dict | None, where: str = "[trend]") -> "TrendPolicy":
+        """Validate a parsed ``[trend]`` table (None: the defaults). Keys left out keep
+        their defaults; an unknown key or a value out of range raises ConfigError naming
+        the key (``where`` prefixes the message, e.g. "policy.toml [trend]")."""
+        d = cls()
+        if section is None:
+            return d
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: must be a table", "trend")
+        extra = sorted(set(section) - set(cls._RANGES))
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s): {', '.join(extra)}", f"trend.{extra[0]}")
+        out = {}
+        for key, v in section.items():
+            typ, lo, hi, lo_open = cls._RANGES[key]
+            name = f"trend.{key}"
+            if typ in ("int", "num"):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ConfigError(f"{where}: {key} must be a number, got {v!r}", name)
+                if typ == "int" and v != int(v):
+                    raise ConfigError(f"{where}: {key} = {v!r} must be a whole number", name)
+                if v < lo or v > hi or (lo_open and v == lo):
+                    rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
+                    raise ConfigError(f"{where}: {key} = {v!r} is outside {rng}", name)
+                out[key] = int(v) if typ == "int" else float(v)
+            elif typ == "bool":
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{where}: {key} must be true or false, got {v!r}", name)
+                out[key] = v
+            elif typ == "strlist":
+                if not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
+                    raise ConfigError(f"{where}: {key} must be a list of category names", name)
+                out[key] = tuple(v)
+            elif typ in ("levels", "priorities"):
+                names = LEVEL_NAMES if typ == "levels" else PRIORITY_NAMES
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{where}: {key} must be a table like {{ NEGATIVE_SURGE = "
+                                      f"\"{names[2]}\" }}", name)
+                table = dict(getattr(d, key))
+                for kind, lv in v.items():
+                    if kind not in RULES:
+                        raise ConfigError(f"{where}: {key}.{kind}: unknown alert kind; expected one of "
+                                          f"{', '.join(RULES)}", f"{name}.{kind}")
+                    if lv not in names[1:]:
+                        raise ConfigError(f"{where}: {key}.{kind} = {lv!r}; expected one of "
+                                          f"{', '.join(names[1:])}", f"{name}.{kind}")
+                    table[kind] = names.index(lv)
+                out[key] = table
+            elif typ == "weights":
+                parts = ("negative", "complaints", "escalations")
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{where}: {key} must be a table like {{ negative = 40.0 }}", name)
+                bad = sorted(set(v) - set(parts))
+                if bad:
+                    raise ConfigError(f"{where}: {key}.{bad[0]}: unknown; expected negative, complaints, "
+                                      f"escalations", f"{name}.{bad[0]}")
+                w = dict(zip(parts, d.health_weights))
+                for part, x in v.items():
+                    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 100:
+                        raise ConfigError(f"{where}: {key}.{part} = {x!r} is outside [0, 100]", f"{name}.{part}")
+                    w[part] = float(x)
+                if sum(w.values()) > 100:
+                    raise ConfigError(f"{where}: {key} must sum to at most 100, got {sum(w.values())}", name)
+                out[key] = tuple(w[p] for p in parts)
+        p = cls(**{**{f.name: getattr(d, f.name) for f in fields(cls)}, **out})
+        if 60 % p.bucket_minutes:
+            raise ConfigError(f"{where}: bucket_minutes = {p.bucket_minutes} must divide 60",
+                              "trend.bucket_minutes")
+        if p.repeated_recent < p.repeated_complaints:
+            raise ConfigError(f"{where}: repeated_recent = {p.repeated_recent} must be at least "
+                              f"repeated_complaints = {p.repeated_complaints}", "trend.repeated_recent")
+        if not p.health_negative_yellow < p.health_negative_red:
+            raise ConfigError(f"{where}: health_negative_yellow {p.health_negative_yellow} must be below "
+                              f"health_negative_red {p.health_negative_red}", "trend.health_negative_red")
+        return p
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    return _POP8[x.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64)
+
+
+def _div(a, b):
+    """a / b elementwise, 0 where b is 0."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+
+
+class _Recent:
+    """A queue's last complaints (bounded ring) and its open repeated-complaint clusters."""
+
+    __slots__ = ("ts", "sess", "intent", "sim", "n", "pos", "clusters")
+
+    def __init__(self, k: int):
+        self.ts = np.zeros(k, np.int64)
+        self.sess = np.zeros(k, np.int64)
+        self.intent = np.full(k, -1, np.int64)
+        self.sim = np.zeros(k, np.uint64)
+        self.n = self.pos = 0
+        self.clusters: list = []      # [intent, simhash, last_ts]
+
+    def append(self, ts, sess, intent, sim):
+        i = self.pos
+        self.ts[i], self.sess[i], self.intent[i], self.sim[i] = ts, sess, intent, sim
+        self.pos = (i + 1) % self.ts.shape[0]
+        self.n = min(self.n + 1, self.ts.shape[0])
+
+
+@dataclass
+class _Figures:
+    """Window sums for some rows at a time (all [R, NC] int64 unless noted)."""
+
+    cur1: np.ndarray
+    base1: np.ndarray
+    cur3: np.ndarray
+    base3: np.ndarray
+    cur24: np.ndarray
+    prev24: np.ndarray
+    weighted: np.ndarray       # float64, recency-weighted last 24 h
+    hist: np.ndarray           # [R] buckets since first seen, the current one included
+
+
+class TrendTracker:
+    """Rolling queue counters, their baselines and the queue alerts (module docstring).
+
+    ``observe`` is called once per micro-batch; ``health`` and ``queues`` from any thread
+    (one lock guards the state)."""
+
+    def __init__(self, policy: TrendPolicy | None = None):
+        p = self.policy = policy or TrendPolicy()
+        self.bucket_ms = p.bucket_minutes * 60_000
+        bph = 60 // p.bucket_minutes
+        self.w1, self.w3, self.w24 = bph, 3 * bph, 24 * bph
+        self.span = 24 * bph                     # the baseline span before a window
+        self.nb = RING_HOURS * bph + 1
+        self.warm_b = math.ceil(p.warmup_hours * bph)
+        self.warm24_b = math.ceil(p.warmup_hours_24h * bph)
+        self.cooldown_b = np.array([self.w1, self.w3, self.w24], np.int64)
+        self.repeat_ms = int(round(p.repeated_window_minutes * 60_000))
+        self.reserve = max(2, p.max_rows // 16)
+        cap = min(64, p.max_rows)
+        self._counts = np.zeros((cap, NC, self.nb), np.int32)
+        self._last = np.full(cap, _NEVER, np.int64)      # newest bucket a row's ring holds
+        self._first = np.full(cap, _FAR, np.int64)       # oldest bucket seen
+        self._clock = np.full(cap, -1, np.int64)         # latest turn time, ms
+        self._parent = np.zeros(cap, np.int64)           # the queue row (itself for a queue row)
+        self._active = np.zeros((cap, 3), bool)          # rule fired, not yet released
+        self._false_since = np.full((cap, 3), _UNSET, np.int64)
+        self._keys: list[tuple] = []
+        self._index: dict = {}
+        self._fold: dict = {}
+        self._children: dict = {}                        # queue row -> {category: row or -1}
+        self._recent: dict = {}                          # queue row -> _Recent
+        self._lock = threading.Lock()
+        self.late_dropped = 0                            # turns older than the ring
+        self.folded_queues = 0                           # queues folded into "other"
+
+    # -- rows --------------------------------------------------------------------------
+    def queues(self) -> list[tuple[str, str, str]]:
+        """The tracked rows as (tenant, queue, category), category "" for the whole queue;
+        at most ``max_rows``."""
+        with self._lock:
+            return list(self._keys)
+
+    def _new_row(self, key: tuple, parent: int | None) -> int:
+        r = len(self._keys)
+        if r >= self._counts.shape[0]:
+            self._grow()
+        self._keys.append(key)
+        self._index[key] = r
+        self._parent[r] = r if parent is None else parent
+        return r
+
+    def _grow(self):
+        cap = self._counts.shape[0]
+        new = min(2 * cap, self.policy.max_rows)
+
+        def grown(a, fill):
+            out = np.full((new,) + a.shape[1:], fill, a.dtype)
+            out[:cap] = a
+            return out
+
+        self._counts = grown(self._counts, 0)
+        self._last = grown(self._last, _NEVER)
+        self._first = grown(self._first, _FAR)
+        self._clock = grown(self._clock, -1)
+        self._parent = grown(self._parent, 0)
+        self._active = grown(self._active, False)
+        self._false_since = grown(self._false_since, _UNSET)
+
+    def _queue_row(self, tenant: str, queue: str) -> int:
+        key = (tenant, queue, "")
+        r = self._index.get(key)
+        if r is None:
+            r = self._fold.get(key)
+        if r is not None:
+            return r
+        n, cap = len(self._keys), self.policy.max_rows
+        if n < cap - self.reserve:
+            return self._new_row(key, None)
+        okey = (tenant, OTHER, "")
+        r = self._index.get(okey)
+        if r is None:
+            if n < cap - 1:
+                r = self._new_row(okey, None)
+            else:
+                r = self._index.get(GLOBAL_OTHER)
+                if r is None:
+                    r = self._new_row(GLOBAL_OTHER, None)
+        if not self.folded_queues:
+            log.warning("queue trends: %d rows tracked (max_rows); new queues fold into \"other\"", n)
+        self._fold[key] = r
+        self.folded_queues += 1
+        return r
+
+    def _category_row(self, qrow: int, category: str) -> int:
+        kids = self._children.setdefault(qrow, {})
+        r = kids.get(category)
+        if r is None:
+            if len(self._keys) < self.policy.max_rows - self.reserve:
+                t, q, _ = self._keys[qrow]
+                r = self._new_row((t, q, category), qrow)
+            else:
+                r = -1
+            kids[category] = r
+        return r
+
+    def _rows_of(self, tenants, queues, categories, n: int):
+        qrow = np.empty(n, np.int64)
+        crow = np.empty(n, np.int64)
+        seen = {}
+        for i, k in enumerate(zip(tenants, queues, categories)):
+            rc = seen.get(k)
+            if rc is None:
+                q = self._queue_row(k[0], k[1])
+                rc = seen[k] = (q, self._category_row(q, k[2]) if k[2] else -1)
+            qrow[i], crow[i] = rc
+        return qrow, crow
+
+    # -- a batch -----------------------------------------------------------------------
+    def observe(self, tenants, queues, categories, ts_ms, customer, negative, complaint,
+                new_session, escalation, session_hash, intent_id, simhash) -> list[AlertEvent]:
+        """Count one micro-batch of turns and return the queue alerts it raises.
+
+        All arguments have one entry per turn (lists or numpy arrays, equal length):
+        ``tenants``, ``queues``, ``categories`` (str; category "" = none, e.g. an agent's
+        turn), ``ts_ms`` (int, the turn's time), ``customer``, ``negative``, ``complaint``,
+        ``new_session``, ``escalation`` (bool; negative and complaint count only on
+        customer turns), ``session_hash`` (int64, tells sessions apart), ``intent_id``
+        (int, -1 = none) and ``simhash`` (uint64, 0 = none): the last three feed
+        REPEATED_COMPLAINT. Alerts come back ordered by event time."""
+        ts = np.asarray(ts_ms, np.int64).reshape(-1)
+        n = ts.shape[0]
+        if n == 0:
+            return []
+        cust = np.asarray(customer, bool).reshape(-1)
+        compl = cust & np.asarray(complaint, bool).reshape(-1)
+        vals = np.empty((n, NC), np.int32)
+        vals[:, TURNS] = 1
+        vals[:, CUSTOMER] = cust
+        vals[:, NEGATIVE] = cust & np.asarray(negative, bool).reshape(-1)
+        vals[:, COMPLAINTS] = compl
+        vals[:, NEW_SESSIONS] = np.asarray(new_session, bool).reshape(-1)
+        vals[:, ESCALATIONS] = np.asarray(escalation, bool).reshape(-1)
+        with self._lock:
+            qrow, crow = self._rows_of(tenants, queues, categories, n)
+            has_c = crow >= 0
+            rows = np.concatenate([qrow, crow[has_c]])
+            b = ts // self.bucket_ms
+            bb = np.concatenate([b, b[has_c]])
+            tt = np.concatenate([ts, ts[has_c]])
+            vv = np.concatenate([vals, vals[has_c]])
+            ur, inv = np.unique(rows, return_inverse=True)
+            bmax = np.full(ur.shape[0], _NEVER, np.int64)
+            np.maximum.at(bmax, inv, bb)
+            bmin = np.full(ur.shape[0], _FAR, np.int64)
+            np.minimum.at(bmin, inv, bb)
+            tmax = np.full(ur.shape[0], -1, np.int64)
+            np.maximum.at(tmax, inv, tt)
+            self._advance(ur, bmax)
+            ok = bb > self._last[rows] - self.nb
+            self.late_dropped += int(n - ok[:n].sum())
+            r_ok = rows[ok]
+            np.add.at(self._counts, (r_ok[:, None], np.arange(NC)[None, :], (bb[ok] % self.nb)[:, None]), vv[ok])
+            self._first[ur] = np.minimum(self._first[ur], bmin)
+            self._first[ur] = np.minimum(self._first[ur], self._first[self._parent[ur]])
+            self._clock[ur] = np.maximum(self._clock[ur], tmax)
+            events = []
+            if compl.any():
+                events += self._repeated(np.flatnonzero(compl), qrow, categories, ts,
+                                         np.asarray(session_hash, np.int64).reshape(-1),
+                                         np.asarray(intent_id, np.int64).reshape(-1),
+                                         np.asarray(simhash, np.uint64).reshape(-1))
+            if not self.policy.category_alerts:
+                ur = ur[self._parent[ur] == ur]
+            events += self._evaluate(ur)
+        events.sort(key=lambda e: e.event_time_ms)
+        return events
+
+    def _advance(self, ur: np.ndarray, bmax: np.ndarray):
+        """Move each row's ring forward to bucket ``bmax``, zeroing the buckets it skips."""
+        last = self._last[ur]
+        new = last == _NEVER
+        steps = np.where(new, 0, np.clip(bmax - last, 0, self.nb))
+        self._last[ur] = np.where(new, bmax, np.maximum(last, bmax))
+        if steps.any():
+            rr, kk = np.nonzero(np.arange(self.nb)[None, :] < steps[:, None])
+            self._counts[ur[rr], :, (last[rr] + 1 + kk) % self.nb] = 0
+
+    # -- figures -----------------------------------------------------------------------
+    def _figures(self, rows: np.ndarray, nowb: np.ndarray) -> _Figures:
+        last = self._last[rows]
+        k = np.arange(self.nb)
+        # age (in buckets, relative to now) of the bucket each ring slot holds
+        age = (nowb - last)[:, None] + ((last[:, None] - k[None, :]) % self.nb)
+        x = self._counts[rows].astype(np.int64)
+
+        def win(lo, hi):
+            return np.einsum("rcb,rb->rc", x, ((age >= lo) & (age < hi)).astype(np.int64))
+
+        w1, w3, w24, s = self.w1, self.w3, self.w24, self.span
+        hl_b = self.policy.health_half_life_hours * 60 / self.policy.bucket_minutes
+        wt = np.where((age >= 0) & (age < w24), 0.5 ** (np.maximum(age, 0) / hl_b), 0.0)
+        return _Figures(cur1=win(0, w1), base1=win(w1, w1 + s), cur3=win(0, w3), base3=win(w3, w3 + s),
+                        cur24=win(0, w24), prev24=win(w24, w24 + s),
+                        weighted=np.einsum("rcb,rb->rc", x.astype(np.float64), wt),
+                        hist=np.maximum(nowb - self._first[rows] + 1, 0))
+
+    def _baseline_volume(self, base: np.ndarray, hist: np.ndarray, w: int) -> np.ndarray:
+        """Mean per window of ``w`` buckets over the span before the window ([R, NC])."""
+        avail = np.clip(hist - w, 0, self.span)
+        return _div(base, avail[:, None]) * w
+
+    # -- rules -------------------------------------------------------------------------
+    def _evaluate(self, ur: np.ndarray) -> list[AlertEvent]:
+        if ur.size == 0:
+            return []
+        p = self.policy
+        par = self._parent[ur]
+        nowb = self._last[par]
+        now_ms = self._clock[par]
+        f = self._figures(ur, nowb)
+        armed = f.hist >= self.warm_b
+        # NEGATIVE_SURGE
+        share = _div(f.cur1[:, NEGATIVE], f.cur1[:, CUSTOMER])
+        bshare = _div(f.base1[:, NEGATIVE], f.base1[:, CUSTOMER])
+        neg_ratio = _div(share, np.maximum(bshare, p.negative_share_floor))
+        neg = armed & (f.cur1[:, CUSTOMER] >= p.negative_min_customer_turns) & (f.base1[:, CUSTOMER] > 0) \
+            & (share >= p.negative_surge_ratio * np.maximum(bshare, p.negative_share_floor)) & (share > 0)
+        # VOLUME_SPIKE
+        vol = f.cur3[:, CUSTOMER]
+        bvol = self._baseline_volume(f.base3, f.hist, self.w3)[:, CUSTOMER]
+        vol_ratio = vol / np.maximum(bvol, 1.0)
+        spike = armed & (np.clip(f.hist - self.w3, 0, None) > 0) & (vol >= p.volume_min_customer_turns) \
+            & (vol >= p.volume_spike_ratio * np.maximum(bvol, 1.0))
+        # COMPLAINT_RATE_UP
+        rate = _div(f.cur24[:, COMPLAINTS], f.cur24[:, CUSTOMER])
+        prate = _div(f.prev24[:, COMPLAINTS], f.prev24[:, CUSTOMER])
+        rate_ratio = _div(rate, np.maximum(prate, p.complaint_rate_floor))
+        comp = (f.hist >= self.warm24_b) & (f.cur24[:, COMPLAINTS] >= p.complaint_min_complaints) \
+            & (f.cur24[:, CUSTOMER] >= p.complaint_min_customer_turns) \
+            & (f.prev24[:, CUSTOMER] >= max(p.complaint_min_customer_turns, 1)) \
+            & (rate >= p.complaint_rate_ratio * np.maximum(prate, p.complaint_rate_floor)) & (rate > 0)
+
+        events = []
+        for j, cond in enumerate((neg, spike, comp)):
+            fire = self._latch(ur, j, cond, nowb)
+            for i in np.flatnonzero(fire).tolist():
+                r = int(ur[i])
+                tenant, queue, cat = self._keys[r]
+                where_en, where_zh = _where(queue, cat)
+                if j == 0:
+                    fig = {"value": float(share[i]), "baseline": float(bshare[i]), "ratio": float(neg_ratio[i]),
+                           "count": float(f.cur1[i, NEGATIVE]), "customer_turns": float(f.cur1[i, CUSTOMER]),
+                           "window_s": self.w1 * self.bucket_ms / 1000.0}
+                    en = (f"{where_en}: negative share {share[i]:.0%} in the last hour, {neg_ratio[i]:.1f}x "
+                          f"the baseline {bshare[i]:.0%} ({f.cur1[i, NEGATIVE]} of {f.cur1[i, CUSTOMER]} "
+                          f"customer turns)")
+                    zh = (f"{where_zh}近 1 小时负面占比 {share[i]:.0%}，为基线 {bshare[i]:.0%} 的 "
+                          f"{neg_ratio[i]:.1f} 倍（{f.cur1[i, CUSTOMER]} 条客户消息中 {f.cur1[i, NEGATIVE]} 条负面）")
+                elif j == 1:
+                    fig = {"value": float(vol[i]), "baseline": float(bvol[i]), "ratio": float(vol_ratio[i]),
+                           "count": float(vol[i]), "window_s": self.w3 * self.bucket_ms / 1000.0}
+                    en = (f"{where_en}: {vol[i]} customer turns in the last 3 hours, {vol_ratio[i]:.1f}x "
+                          f"the baseline {bvol[i]:.0f}")
+                    zh = f"{where_zh}近 3 小时客户消息 {vol[i]} 条，为基线 {bvol[i]:.0f} 条的 {vol_ratio[i]:.1f} 倍"
+                else:
+                    fig = {"value": float(rate[i]), "baseline": float(prate[i]), "ratio": float(rate_ratio[i]),
+                           "count": float(f.cur24[i, COMPLAINTS]), "customer_turns": float(f.cur24[i, CUSTOMER]),
+                           "window_s": self.w24 * self.bucket_ms / 1000.0}
+                    en = (f"{where_en}: complaint rate {rate[i]:.1%} over the last 24 hours, {rate_ratio[i]:.1f}x "
+                          f"the previous 24 hours ({prate[i]:.1%}; {f.cur24[i, COMPLAINTS]} complaints)")
+                    zh = (f"{where_zh}近 24 小时投诉率 {rate[i]:.1%}，为前 24 小时（{prate[i]:.1%}）的 "
+                          f"{rate_ratio[i]:.1f} 倍（投诉 {f.cur24[i, COMPLAINTS]} 条）")
+                kind = RULES[j]
+                events.append(AlertEvent(kind=kind, tenant_id=tenant, queue=queue, intent_category=cat,
+                                         level=p.levels[kind], priority=p.priorities[kind],
+                                         event_time_ms=int(now_ms[i]), figures=fig, summary_en=en, summary_zh=zh))
+        return events
+
+    def _latch(self, ur: np.ndarray, j: int, cond: np.ndarray, nowb: np.ndarray) -> np.ndarray:
+        """One alert per surge: fire on a rising condition; release a fired row once its
+        condition has been false for the rule's cooldown."""
+        active = self._active[ur, j]
+        fs = self._false_since[ur, j]
+        fire = cond & ~active
+        fs = np.where(cond, _UNSET, fs)
+        fs = np.where(~cond & active & (fs == _UNSET), nowb, fs)
+        release = ~cond & active & (fs != _UNSET) & (nowb - fs >= self.cooldown_b[j])
+        self._active[ur, j] = (active | fire) & ~release
+        self._false_since[ur, j] = np.where(release, _UNSET, fs)
+        return fire
+
+    def _repeated(self, idx, qrow, categories, ts, sess, intent, sim) -> list[AlertEvent]:
+        p = self.policy
+        skip = set(p.repeated_intent_skip)
+        bits, win = p.near_dup_bits, self.repeat_ms
+        events = []
+        for i in idx[np.argsort(ts[idx], kind="stable")].tolist():
+            r = int(qrow[i])
+            rec = self._recent.get(r)
+            if rec is None:
+                rec = self._recent[r] = _Recent(p.repeated_recent)
+            t, s, sh = int(ts[i]), int(sess[i]), np.uint64(sim[i])
+            cat = categories[i]
+            it = int(intent[i]) if intent[i] >= 0 and cat not in skip else -1
+            rec.append(t, s, it, sh)
+            rec.clusters = [c for c in rec.clusters if t - c[2] <= win]
+            hit = None
+            for c in rec.clusters:
+                if (it >= 0 and c[0] == it) or (sh != 0 and c[1] != 0
+                                                and bin(int(sh) ^ int(c[1])).count("1") <= bits):
+                    hit = c
+                    break
+            if hit is not None:
+                hit[2] = max(hit[2], t)
+                continue
+            m = slice(0, rec.n)
+            near = np.abs(rec.ts[m] - t) <= win
+            similar = np.zeros(rec.n, bool)
+            if it >= 0:
+                similar |= rec.intent[m] == it
+            if sh != 0:
+                similar |= (rec.sim[m] != 0) & (_popcount64(rec.sim[m] ^ sh) <= bits)
+            similar &= near
+            n_sessions = int(np.unique(rec.sess[m][similar]).shape[0])
+            if n_sessions < p.repeated_complaints:
+                continue
+            rec.clusters.append([it, int(sh), t])
+            del rec.clusters[:-64]
+            tenant, queue, _ = self._keys[r]
+            where_en, where_zh = _where(queue, "")
+            mins = p.repeated_window_minutes
+            kind = "REPEATED_COMPLAINT"
+            events.append(AlertEvent(
+                kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
+                priority=p.priorities[kind], event_time_ms=t,
+                figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
+                         "ratio": n_sessions / p.repeated_complaints, "count": float(similar.sum()),
+                         "window_s": win / 1000.0, "intent_id": float(it)},
+                summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
+                           f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),
+                summary_zh=f"{where_zh}{mins:g} 分钟内有 {n_sessions} 个不同会话提出相似投诉"
+                           + (f"（类别 {cat}）" if cat else "")))
+        return events
+
+    # -- GetQueueHealth ----------------------------------------------------------------
+    def health(self, tenant: str, queue: str, now_ms: int | None = None) -> dict:
+        """The figures of one queue at ``now_ms`` (default: the queue's clock, its latest
+        turn time): ``windows`` (1h, 3h, 24h: counts, shares and their baselines, keys
+        named as the proto's QueueWindow plus ``baseline_<counter>`` for every counter),
+        ``categories`` (per intent category, the same over 1 h), ``health_index`` and its
+        ``health_penalties``. A folded queue reports its "other" row (``tracked_as``); an
+        unknown one zeros and index 100."""
+        with self._lock:
+            key = (tenant, queue, "")
+            r = self._index.get(key)
+            if r is None:
+                r = self._fold.get(key)
+            if r is None or self._last[r] == _NEVER:
+                f = None
+                rows = np.zeros(0, np.int64)
+                cats = []
+                as_of = int(now_ms) if now_ms is not None else 0
+            else:
+                cats = sorted((c, row) for c, row in self._children.get(r, {}).items() if row >= 0)
+                rows = np.array([r] + [row for _, row in cats], np.int64)
+                nowb = self._last[r] if now_ms is None else int(now_ms) // self.bucket_ms
+                as_of = int(self._clock[r]) if now_ms is None else int(now_ms)
+                f = self._figures(rows, np.full(rows.shape[0], nowb, np.int64))
+        out = {"tenant_id": tenant, "queue": queue, "as_of_ms": as_of,
+               "tracked_as": self._keys[r][:2] if f is not None else None}
+        if f is None:
+            zero = np.zeros((1, NC), np.int64)
+            f = _Figures(zero, zero, zero, zero, zero, zero, zero.astype(np.float64), np.zeros(1, np.int64))
+        out["windows"] = [self._window("1h", f.cur1[0], f.base1[0], f.hist[0], self.w1, self.warm_b),
+                          self._window("3h", f.cur3[0], f.base3[0], f.hist[0], self.w3, self.warm_b),
+                          self._window("24h", f.cur24[0], f.prev24[0], f.hist[0], self.w24, self.warm24_b)]
+        out["categories"] = [{"category": c, **self._window("1h", f.cur1[k], f.base1[k], f.hist[k],
+                                                            self.w1, self.warm_b)}
+                             for k, (c, _) in enumerate(cats, start=1)]
+        out["health_index"], out["health_penalties"] = self._health_index(f.weighted[0], f.base1[0])
+        return out
+
+    def _window(self, name: str, cur, base, hist: int, w: int, warm: int) -> dict:
+        avail = int(np.clip(hist - w, 0, self.span))
+        bvol = base / avail * w if avail else np.zeros(NC)
+        d = {"window": name, "turns": int(cur[TURNS]), "customer_turns": int(cur[CUSTOMER]),
+             "negative_turns": int(cur[NEGATIVE]), "complaints": int(cur[COMPLAINTS]),
+             "new_sessions": int(cur[NEW_SESSIONS]), "escalations": int(cur[ESCALATIONS]),
+             "negative_share": float(_div(cur[NEGATIVE], cur[CUSTOMER])),
+             "complaint_rate": float(_div(cur[COMPLAINTS], cur[CUSTOMER])),
+             "baseline_customer_turns": float(bvol[CUSTOMER]),
+             "baseline_negative_share": float(_div(base[NEGATIVE], base[CUSTOMER])),
+             "baseline_complaint_rate": float(_div(base[COMPLAINTS], base[CUSTOMER])),
+             "baseline_ready": bool(hist >= warm and avail > 0)}
+        for c, label in ((TURNS, "turns"), (NEGATIVE, "negative_turns"), (COMPLAINTS, "complaints"),
+                         (NEW_SESSIONS, "new_sessions"), (ESCALATIONS, "escalations")):
+            d[f"baseline_{label}"] = float(bvol[c])
+        return d
+
+    def _health_index(self, weighted, base) -> tuple[float, dict]:
+        p = self.policy
+        if weighted[CUSTOMER] <= 0:
+            return 100.0, {"negative": 0.0, "complaints": 0.0, "escalations": 0.0}
+        pen = {}
+        for name, c, floor, ratio in (("negative", NEGATIVE, p.negative_share_floor, p.negative_surge_ratio),
+                                      ("complaints", COMPLAINTS, p.complaint_rate_floor, p.complaint_rate_ratio),
+                                      ("escalations", ESCALATIONS, p.complaint_rate_floor, p.negative_surge_ratio)):
+            v = weighted[c] / weighted[CUSTOMER]
+            b = base[c] / base[CUSTOMER] if base[CUSTOMER] > 0 else v
+            b = max(b, floor)
+            pen[name] = float(np.clip((v / b - 1) / (ratio - 1), 0, 1)) if b > 0 else 0.0
+            if c == NEGATIVE:
+                a = (v - p.health_negative_yellow) / (p.health_negative_red - p.health_negative_yellow)
+                pen[name] = max(pen[name], float(np.clip(a, 0, 1)))
+        wn, wc, we = p.health_weights
+        index = 100.0 - wn * pen["negative"] - wc * pen["complaints"] - we * pen["escalations"]
+        return float(np.clip(index, 0.0, 100.0)), pen
+
+
+def _where(queue: str, category: str) -> tuple[str, str]:
+    q = f"'{queue}'" if queue else "(no queue)"
+    qz = f"「{queue}」" if queue else "（无队列）"
+    if category:
+        return f"queue {q} category '{category}'", f"队列{qz}类别「{category}」"
+    return f"queue {q}", f"队列{qz}"
