@@ -20,6 +20,7 @@ import numpy as np
 
 from yujing.kernels import layout as L
 from yujing.service.alerts.policy import AlertPolicy
+from yujing.service.alerts.trends import TrendPolicy
 from yujing.service.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Policy:
     intent_labels: dict = field(default_factory=dict)       # label -> (category, weight)
     emotion: dict = field(default_factory=dict)             # emotion label -> intensity in [0, 1]
     alerts: AlertPolicy = field(default_factory=AlertPolicy)  # [alerts]: deadlines, chain, thresholds
+    trend: TrendPolicy = field(default_factory=TrendPolicy)   # [trend]: queue windows, baselines, rules
     _warned: set = field(default_factory=set)
 
     def emotion_weights(self, labels) -> np.ndarray:
@@ -187,6 +189,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     categories, default_cat, default_w, labels = _check_intents(r)
     emotion = _check_emotion(r)
     alerts = AlertPolicy.from_section(r.data.get("alerts"), r.path)
+    trend = TrendPolicy.from_section(r.data.get("trend"), f"{r.path} [trend]")
     return Policy(version=version, path=str(path), pf=_pack_pf(levels, windows, weights, saturation),
                   sla_ms=_pack_sla_ms(sla), tier_raise=_pack_by_tier(tiers, 0),
                   tier_complaint_floor=_pack_by_tier(tiers, 1),
@@ -195,7 +198,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
                   esc_floor=np.array([e[2] for e in escalation], np.int64),
                   negative_label=neg_label, positive_label=pos_label,
                   intent_default_category=default_cat, intent_default_weight=default_w,
-                  intent_categories=categories, intent_labels=labels, emotion=emotion, alerts=alerts)
+                  intent_categories=categories, intent_labels=labels, emotion=emotion, alerts=alerts, trend=trend)
 
 
 # -- reading --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from yujing.service.alerts.api import AlertsServicer, queue_health
 from yujing.service.alerts.detect import AlertDetector
 from yujing.service.alerts.hub import AlertHub, MemoryLog
+from yujing.service.alerts.trends import TrendTracker
 from yujing.service.batcher import MicroBatcher
 from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
@@ -110,6 +111,9 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
 
         async def read():
+            """Queue each turn's answer to come, in order; the first refusal (a turn that
+            is invalid, or a message that is not a Turn at all: the iterator raises
+            UndecodableRequest there) is queued last and nothing after it is read."""
             try:
                 async for turn in request_iterator:
                     try:
@@ -119,6 +123,8 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                         await queue.put(err)
                         return
                     await queue.put(self._cached_or_submit(item, admit=False))
+            except YujingError as err:
+                await queue.put(err)
             finally:
                 await queue.put(None)
 
@@ -238,11 +244,7 @@ class YujingServer:
 
     def _start_alerts(self) -> None:
         cfg = self.config
-        trend_policy = getattr(self.policy, "trend", None)
-        if trend_policy is not None:
-            from yujing.service.alerts.trends import TrendTracker
-
-            self.trends = TrendTracker(trend_policy)
+        self.trends = TrendTracker(self.policy.trend)
         self.detector = AlertDetector(self.policy, cfg.capacity, cfg.agent_capacity, self.trends)
         if cfg.webhook_url:
             self.webhook = self._start_webhook()
@@ -280,7 +282,9 @@ class YujingServer:
                 cursor = a.id
 
     def queue_health(self, tenant: str, queue: str):
-        return queue_health(self.trends, self.hub, tenant, queue, _now_ms())
+        # the trend tracker's own clock (the latest turn time it has seen): event time, as the
+        # counts are, so a replayed day reads like a live one
+        return queue_health(self.trends, self.hub, tenant, queue, None)
 
     async def _schedule_forever(self) -> None:
         """The clock's pass, every ``scan_period_s``: customers waiting past their SLA (the

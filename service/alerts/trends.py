@@ -20,10 +20,13 @@ Row bound
     max(2, max_rows // 16)). After that a new queue folds into queue "other" of its tenant
     (that row is created from the reserve), and once the reserve is used up into the
     global row ("*", "other", ""); a new category beyond the bound is not tracked on its
-    own (its turns still count in its queue's row). Rows are never dropped while the
-    process runs (the state is in memory; a restart starts from zero).
+    own (its turns still count in its queue's row). Categories in ``ignore_categories``
+    (default "other", the policy's category of turns with no particular intent) get no
+    row of their own. Rows are never dropped while the process runs (the state is in
+    memory; a restart starts from zero).
 
-Windows and baselines (all bucketed; "now" is the queue's clock)
+Windows and baselines (all bucketed; "now" is the queue's clock for the rules, the stream's
+clock, the latest turn time of any queue, for ``health`` unless it is given a time)
     The 1 h, 3 h and 24 h windows are the last 6, 18 and 144 buckets, the current one
     included. The baseline of a window is the 24 h just before it (excluding the window
     itself): a volume baseline is the mean per window length over that span (sum / the
@@ -45,7 +48,7 @@ Rules (``TrendPolicy``; DOMAIN's numbers as defaults)
     COMPLAINT_RATE_UP   complaints / customer turns over 24 h >= 1.3 x max(previous 24 h, 0.01)
     REPEATED_COMPLAINT  >= 5 similar complaints from different sessions in one queue within
                         1 h; similar = the same intent id (>= 0, not of a category in
-                        ``repeated_intent_skip``) or SimHashes (non-zero) within
+                        ``ignore_categories``) or SimHashes (non-zero) within
                         ``near_dup_bits`` (Hamming). Each queue keeps its last
                         ``repeated_recent`` complaints for this.
     A rule fires once when its condition becomes true for a row and not again for that
@@ -53,19 +56,25 @@ Rules (``TrendPolicy``; DOMAIN's numbers as defaults)
     surge, not one per batch. A repeated complaint opens a cluster (its intent and
     SimHash); complaints similar to an open cluster do not fire again, and the cluster
     closes after a window with none. Rules run per category too (``category_alerts``),
-    the event's ``intent_category`` naming it. Only the rows a batch touches are evaluated.
+    the event's ``intent_category`` naming it. Only the rows a batch touches are evaluated,
+    once per batch, as of the batch's latest turn in the queue (micro-batches span
+    milliseconds; a replay in big batches sees the rules only at batch ends).
     Figures: value, baseline, ratio (against the floored baseline), count, window_s.
 
 Health index (GetQueueHealth), 0 (worst) .. 100 (healthy)
     Over the last 24 h, each bucket weighs 0.5 ** (age / ``health_half_life_hours``)
     (default 2 h: the last hour carries about 30 % of the weight, DOMAIN's "most recent
     period 30 %"). From the weighted counts: negative share, complaint rate and escalation
-    rate (escalations per customer turn). Each is compared with its baseline (the 24 h
-    before the last hour, floored as in the rules; with no baseline yet, itself):
+    rate (escalations per customer turn). Each is compared with its baseline, the same
+    rate over the 24 h before the last hour (with none yet, the value itself), floored at
+    ``negative_share_floor`` (negative) or ``complaint_rate_floor`` (the other two):
     penalty = clip((value / baseline - 1) / (ratio - 1), 0, 1), 0 at the baseline and 1 at
-    the rule's alarm ratio (1.5 negative, 1.3 complaints, 1.5 escalations). The negative
-    share also has an absolute penalty, clip((share - 0.15) / (0.40 - 0.15), 0, 1) (DOMAIN:
-    > 15 % yellow, > 40 % red), and counts the larger of the two.
+    the alarm ratio (``negative_surge_ratio`` 1.5 for negative share and escalations,
+    ``complaint_rate_ratio`` 1.3 for complaints). The negative share also has an absolute
+    penalty, clip((share - 0.15) / (0.40 - 0.15), 0, 1) (DOMAIN: > 15 % yellow, > 40 %
+    red), and counts the larger of the two. The penalties are scaled by
+    min(1, weighted customer turns / negative_min_customer_turns) (a handful of turns
+    cannot sink a queue), then
     index = 100 - 40 x negative - 35 x complaints - 25 x escalations (``health_weights``),
     clipped to [0, 100]; a queue with no customer turns in 24 h scores 100.
 
@@ -74,7 +83,7 @@ Health index (GetQueueHealth), 0 (worst) .. 100 (healthy)
     ...           negative=[True], complaint=[False], new_session=[True], escalation=[False],
     ...           session_hash=[1], intent_id=[-1], simhash=[0])
     []
-    >>> t.queues(), t.health("t", "q")["windows"][0]["negative_turns"]
+    >>> t.queues(), t.health("t", "q")["windows"]["1h"]["negative_turns"]
     ([('t', 'q', '')], 1)
 """
 from __future__ import annotations
@@ -136,7 +145,9 @@ repeated_complaints = 5
 repeated_window_minutes = 60
 near_dup_bits = 8              # SimHash Hamming distance of near-duplicate texts
 repeated_recent = 256          # complaints remembered per queue
-repeated_intent_skip = ["other"]   # intent categories that do not make complaints similar
+# Intent categories that name no topic (the policy's default category): not tracked as a
+# category row of their own, and an intent of theirs does not make complaints similar.
+ignore_categories = ["other"]
 levels = { NEGATIVE_SURGE = "YELLOW", VOLUME_SPIKE = "YELLOW", COMPLAINT_RATE_UP = "YELLOW", REPEATED_COMPLAINT = "RED" }
 priorities = { NEGATIVE_SURGE = "P1", VOLUME_SPIKE = "P2", COMPLAINT_RATE_UP = "P1", REPEATED_COMPLAINT = "P1" }
 # Health index 0..100: recency-weighted penalties (DOMAIN: recent feedback weighs more,
@@ -179,7 +190,7 @@ class TrendPolicy:
     repeated_window_minutes: float = 60.0
     near_dup_bits: int = 8
     repeated_recent: int = 256
-    repeated_intent_skip: tuple = ("other",)
+    ignore_categories: tuple = ("other",)
     levels: dict = field(default_factory=_default_levels)
     priorities: dict = field(default_factory=_default_priorities)
     health_half_life_hours: float = 2.0
@@ -207,7 +218,7 @@ class TrendPolicy:
         "repeated_window_minutes": ("num", 0, 24 * 60, True),
         "near_dup_bits": ("int", 0, 64, False),
         "repeated_recent": ("int", 2, 100_000, False),
-        "repeated_intent_skip": ("strlist", None, None, False),
+        "ignore_categories": ("strlist", None, None, False),
         "levels": ("levels", None, None, False),
         "priorities": ("priorities", None, None, False),
         "health_half_life_hours": ("num", 0, 24, True),
@@ -336,7 +347,7 @@ class _Figures:
     base3: np.ndarray
     cur24: np.ndarray
     prev24: np.ndarray
-    weighted: np.ndarray       # float64, recency-weighted last 24 h
+    weighted: np.ndarray | None  # float64, recency-weighted last 24 h (health only)
     hist: np.ndarray           # [R] buckets since first seen, the current one included
 
 
@@ -358,6 +369,11 @@ class TrendTracker:
         self.cooldown_b = np.array([self.w1, self.w3, self.w24], np.int64)
         self.repeat_ms = int(round(p.repeated_window_minutes * 60_000))
         self.reserve = max(2, p.max_rows // 16)
+        self._ignore = frozenset(p.ignore_categories)
+        # age segments whose sums make every window and baseline (age 0: the current bucket)
+        s = self.span
+        self.edges = np.array(sorted({0, 1, self.w1, self.w3, self.w24, self.w1 + s, self.w3 + s, self.w24 + s}))
+        self._edge_at = {int(e): i for i, e in enumerate(self.edges)}
         cap = min(64, p.max_rows)
         self._counts = np.zeros((cap, NC, self.nb), np.int32)
         self._last = np.full(cap, _NEVER, np.int64)      # newest bucket a row's ring holds
@@ -366,12 +382,15 @@ class TrendTracker:
         self._parent = np.zeros(cap, np.int64)           # the queue row (itself for a queue row)
         self._active = np.zeros((cap, 3), bool)          # rule fired, not yet released
         self._false_since = np.full((cap, 3), _UNSET, np.int64)
+        self._seg = np.zeros((cap, NC, len(self.edges) - 1), np.int64)   # cached segment sums
+        self._seg_b = np.full(cap, _UNSET, np.int64)                     # ... as of this bucket
         self._keys: list[tuple] = []
         self._index: dict = {}
         self._fold: dict = {}
         self._children: dict = {}                        # queue row -> {category: row or -1}
         self._recent: dict = {}                          # queue row -> _Recent
         self._lock = threading.Lock()
+        self._stream_ms = 0                              # the latest turn time seen (any queue)
         self.late_dropped = 0                            # turns older than the ring
         self.folded_queues = 0                           # queues folded into "other"
 
@@ -407,6 +426,8 @@ class TrendTracker:
         self._parent = grown(self._parent, 0)
         self._active = grown(self._active, False)
         self._false_since = grown(self._false_since, _UNSET)
+        self._seg = grown(self._seg, 0)
+        self._seg_b = grown(self._seg_b, _UNSET)
 
     def _queue_row(self, tenant: str, queue: str) -> int:
         key = (tenant, queue, "")
@@ -449,11 +470,12 @@ class TrendTracker:
         qrow = np.empty(n, np.int64)
         crow = np.empty(n, np.int64)
         seen = {}
+        ignore = self._ignore
         for i, k in enumerate(zip(tenants, queues, categories)):
             rc = seen.get(k)
             if rc is None:
                 q = self._queue_row(k[0], k[1])
-                rc = seen[k] = (q, self._category_row(q, k[2]) if k[2] else -1)
+                rc = seen[k] = (q, self._category_row(q, k[2]) if k[2] and k[2] not in ignore else -1)
             qrow[i], crow[i] = rc
         return qrow, crow
 
@@ -502,9 +524,12 @@ class TrendTracker:
             self.late_dropped += int(n - ok[:n].sum())
             r_ok = rows[ok]
             np.add.at(self._counts, (r_ok[:, None], np.arange(NC)[None, :], (bb[ok] % self.nb)[:, None]), vv[ok])
+            # a turn in a bucket before the one the cached sums are as of makes them stale
+            self._seg_b[r_ok[bb[ok] != self._seg_b[r_ok]]] = _UNSET
             self._first[ur] = np.minimum(self._first[ur], bmin)
             self._first[ur] = np.minimum(self._first[ur], self._first[self._parent[ur]])
             self._clock[ur] = np.maximum(self._clock[ur], tmax)
+            self._stream_ms = max(self._stream_ms, int(ts.max()))
             events = []
             if compl.any():
                 events += self._repeated(np.flatnonzero(compl), qrow, categories, ts,
@@ -528,22 +553,56 @@ class TrendTracker:
             self._counts[ur[rr], :, (last[rr] + 1 + kk) % self.nb] = 0
 
     # -- figures -----------------------------------------------------------------------
-    def _figures(self, rows: np.ndarray, nowb: np.ndarray) -> _Figures:
+    def _gather(self, rows: np.ndarray, nowb: np.ndarray, kmax: int) -> np.ndarray:
+        """The rows' rings newest first, int32 [R, NC, kmax]: [..., k] is bucket nowb - k (0
+        where the ring does not hold it)."""
         last = self._last[rows]
-        k = np.arange(self.nb)
-        # age (in buckets, relative to now) of the bucket each ring slot holds
-        age = (nowb - last)[:, None] + ((last[:, None] - k[None, :]) % self.nb)
-        x = self._counts[rows].astype(np.int64)
+        absb = nowb[:, None] - np.arange(kmax)[None, :]
+        held = (absb <= last[:, None]) & (absb > last[:, None] - self.nb)
+        x = self._counts[rows[:, None, None], np.arange(NC)[None, :, None], (absb % self.nb)[:, None, :]]
+        x *= held[:, None, :]
+        return x
+
+    def _segments(self, rows: np.ndarray, nowb: np.ndarray) -> np.ndarray:
+        """Sums over the age segments between ``self.edges``, int64 [R, NC, n_segments]."""
+        x = self._gather(rows, nowb, self.edges[-1])
+        return np.add.reduceat(x, self.edges[:-1], axis=2, dtype=np.int64)
+
+    def _figures(self, rows: np.ndarray, nowb: np.ndarray, cached: bool = False,
+                 weighted: bool = False) -> _Figures:
+        """The window sums of ``rows`` as of buckets ``nowb`` (a newer bucket reads 0).
+
+        With ``cached`` (the rules' path, rows evaluated at their queue's clock) the sums
+        of the buckets before the current one are kept per row and recomputed only when
+        the row's current bucket moved or a late turn landed in an older bucket, so a batch
+        costs one read of each row's current bucket."""
+        if cached:
+            stale = self._seg_b[rows] != nowb
+            if stale.any():
+                fresh = self._segments(rows[stale], nowb[stale])
+                fresh[:, :, 0] = 0
+                self._seg[rows[stale]] = fresh
+                self._seg_b[rows[stale]] = nowb[stale]
+            seg = self._seg[rows]
+            now_held = (self._last[rows] == nowb)[:, None]
+            seg[:, :, 0] = self._counts[rows, :, nowb % self.nb] * now_held
+        else:
+            seg = self._segments(rows, nowb)
+        pre = np.zeros(seg.shape[:2] + (seg.shape[2] + 1,), np.int64)
+        np.cumsum(seg, axis=2, out=pre[:, :, 1:])
+        at = self._edge_at
 
         def win(lo, hi):
-            return np.einsum("rcb,rb->rc", x, ((age >= lo) & (age < hi)).astype(np.int64))
+            return pre[:, :, at[hi]] - pre[:, :, at[lo]]
 
         w1, w3, w24, s = self.w1, self.w3, self.w24, self.span
-        hl_b = self.policy.health_half_life_hours * 60 / self.policy.bucket_minutes
-        wt = np.where((age >= 0) & (age < w24), 0.5 ** (np.maximum(age, 0) / hl_b), 0.0)
+        wsum = None
+        if weighted:
+            hl_b = self.policy.health_half_life_hours * 60 / self.policy.bucket_minutes
+            x = self._gather(rows, nowb, w24).astype(np.float64)
+            wsum = np.einsum("rck,k->rc", x, 0.5 ** (np.arange(w24) / hl_b))
         return _Figures(cur1=win(0, w1), base1=win(w1, w1 + s), cur3=win(0, w3), base3=win(w3, w3 + s),
-                        cur24=win(0, w24), prev24=win(w24, w24 + s),
-                        weighted=np.einsum("rcb,rb->rc", x.astype(np.float64), wt),
+                        cur24=win(0, w24), prev24=win(w24, w24 + s), weighted=wsum,
                         hist=np.maximum(nowb - self._first[rows] + 1, 0))
 
     def _baseline_volume(self, base: np.ndarray, hist: np.ndarray, w: int) -> np.ndarray:
@@ -559,7 +618,7 @@ class TrendTracker:
         par = self._parent[ur]
         nowb = self._last[par]
         now_ms = self._clock[par]
-        f = self._figures(ur, nowb)
+        f = self._figures(ur, nowb, cached=True)
         armed = f.hist >= self.warm_b
         # NEGATIVE_SURGE
         share = _div(f.cur1[:, NEGATIVE], f.cur1[:, CUSTOMER])
@@ -633,7 +692,7 @@ class TrendTracker:
 
     def _repeated(self, idx, qrow, categories, ts, sess, intent, sim) -> list[AlertEvent]:
         p = self.policy
-        skip = set(p.repeated_intent_skip)
+        skip = self._ignore
         bits, win = p.near_dup_bits, self.repeat_ms
         events = []
         for i in idx[np.argsort(ts[idx], kind="stable")].tolist():
@@ -642,8 +701,8 @@ class TrendTracker:
             if rec is None:
                 rec = self._recent[r] = _Recent(p.repeated_recent)
             t, s, sh = int(ts[i]), int(sess[i]), np.uint64(sim[i])
-            cat = categories[i]
-            it = int(intent[i]) if intent[i] >= 0 and cat not in skip else -1
+            cat = categories[i] if categories[i] not in skip else ""
+            it = int(intent[i]) if intent[i] >= 0 and cat else -1
             rec.append(t, s, it, sh)
             rec.clusters = [c for c in rec.clusters if t - c[2] <= win]
             hit = None
@@ -685,42 +744,64 @@ class TrendTracker:
         return events
 
     # -- GetQueueHealth ----------------------------------------------------------------
-    def health(self, tenant: str, queue: str, now_ms: int | None = None) -> dict:
-        """The figures of one queue at ``now_ms`` (default: the queue's clock, its latest
-        turn time): ``windows`` (1h, 3h, 24h: counts, shares and their baselines, keys
-        named as the proto's QueueWindow plus ``baseline_<counter>`` for every counter),
-        ``categories`` (per intent category, the same over 1 h), ``health_index`` and its
-        ``health_penalties``. A folded queue reports its "other" row (``tracked_as``); an
-        unknown one zeros and index 100."""
+    def health(self, tenant: str, queue: str, now_ms: int | None = None) -> dict | None:
+        """The figures of one queue as of ``now_ms`` (default: the stream's clock, the latest
+        turn time seen in any queue, so a replay is read in its own time and a queue gone
+        quiet shows its empty recent windows), or None for a queue never seen.
+
+        ``windows``: {"1h", "3h", "24h"} -> counts (turns, customer_turns, negative_turns,
+        complaints, new_sessions, escalations), negative_share, complaint_rate, their
+        baselines (baseline_customer_turns, baseline_negative_share, baseline_complaint_rate,
+        and baseline_<counter> for every counter) and baseline_ready: the proto's
+        QueueWindow names. ``categories``: {category -> the same over 1 h}. Also
+        ``health_index`` (0..100) and its ``health_penalties`` (negative, complaints,
+        escalations in [0, 1]), ``as_of_ms`` (the time the figures are as of), ``clock_ms``
+        (the queue's latest turn time) and ``tracked_as`` ((tenant, queue) of the row that
+        holds it: a folded queue reports its "other" row)."""
         with self._lock:
             key = (tenant, queue, "")
             r = self._index.get(key)
             if r is None:
                 r = self._fold.get(key)
             if r is None or self._last[r] == _NEVER:
-                f = None
-                rows = np.zeros(0, np.int64)
-                cats = []
-                as_of = int(now_ms) if now_ms is not None else 0
-            else:
-                cats = sorted((c, row) for c, row in self._children.get(r, {}).items() if row >= 0)
-                rows = np.array([r] + [row for _, row in cats], np.int64)
-                nowb = self._last[r] if now_ms is None else int(now_ms) // self.bucket_ms
-                as_of = int(self._clock[r]) if now_ms is None else int(now_ms)
-                f = self._figures(rows, np.full(rows.shape[0], nowb, np.int64))
-        out = {"tenant_id": tenant, "queue": queue, "as_of_ms": as_of,
-               "tracked_as": self._keys[r][:2] if f is not None else None}
-        if f is None:
-            zero = np.zeros((1, NC), np.int64)
-            f = _Figures(zero, zero, zero, zero, zero, zero, zero.astype(np.float64), np.zeros(1, np.int64))
-        out["windows"] = [self._window("1h", f.cur1[0], f.base1[0], f.hist[0], self.w1, self.warm_b),
-                          self._window("3h", f.cur3[0], f.base3[0], f.hist[0], self.w3, self.warm_b),
-                          self._window("24h", f.cur24[0], f.prev24[0], f.hist[0], self.w24, self.warm24_b)]
-        out["categories"] = [{"category": c, **self._window("1h", f.cur1[k], f.base1[k], f.hist[k],
-                                                            self.w1, self.warm_b)}
-                             for k, (c, _) in enumerate(cats, start=1)]
+                return None
+            cats = sorted((c, row) for c, row in self._children.get(r, {}).items() if row >= 0)
+            rows = np.array([r] + [row for _, row in cats], np.int64)
+            as_of = self._stream_ms if now_ms is None else int(now_ms)
+            f = self._figures(rows, np.full(rows.shape[0], as_of // self.bucket_ms, np.int64), weighted=True)
+            tracked_as, clock = self._keys[r][:2], int(self._clock[r])
+        out = {"tenant_id": tenant, "queue": queue, "as_of_ms": as_of, "clock_ms": clock, "tracked_as": tracked_as,
+               "windows": self._windows(f, 0),
+               "categories": {c: self._window("1h", f.cur1[k], f.base1[k], f.hist[k], self.w1, self.warm_b)
+                              for k, (c, _) in enumerate(cats, start=1)}}
         out["health_index"], out["health_penalties"] = self._health_index(f.weighted[0], f.base1[0])
         return out
+
+    def gauges(self, limit: int) -> list[tuple[str, str, float, float]]:
+        """(tenant, queue, health index, negative share over 1 h) per tracked queue, as of
+        the stream's clock, for bounded Prometheus gauges: the first ``limit - 1`` queues
+        in order of first sight, the rest summed into one ("*", "other") entry."""
+        with self._lock:
+            qrows = np.array([r for r, k in enumerate(self._keys) if not k[2]], np.int64)
+            if qrows.size == 0 or limit < 1:
+                return []
+            nowb = np.full(qrows.shape[0], self._stream_ms // self.bucket_ms, np.int64)
+            f = self._figures(qrows, nowb, weighted=True)
+            keys = [self._keys[r][:2] for r in qrows.tolist()]
+        if qrows.shape[0] > limit:
+            k = limit - 1
+            keys = keys[:k] + [GLOBAL_OTHER[:2]]
+            f.weighted = np.concatenate([f.weighted[:k], f.weighted[k:].sum(0, keepdims=True)])
+            f.base1 = np.concatenate([f.base1[:k], f.base1[k:].sum(0, keepdims=True)])
+            f.cur1 = np.concatenate([f.cur1[:k], f.cur1[k:].sum(0, keepdims=True)])
+        share = _div(f.cur1[:, NEGATIVE], f.cur1[:, CUSTOMER])
+        return [(t, q, self._health_index(f.weighted[i], f.base1[i])[0], float(share[i]))
+                for i, (t, q) in enumerate(keys)]
+
+    def _windows(self, f: _Figures, k: int) -> dict:
+        return {"1h": self._window("1h", f.cur1[k], f.base1[k], f.hist[k], self.w1, self.warm_b),
+                "3h": self._window("3h", f.cur3[k], f.base3[k], f.hist[k], self.w3, self.warm_b),
+                "24h": self._window("24h", f.cur24[k], f.prev24[k], f.hist[k], self.w24, self.warm24_b)}
 
     def _window(self, name: str, cur, base, hist: int, w: int, warm: int) -> dict:
         avail = int(np.clip(hist - w, 0, self.span))
@@ -754,6 +835,10 @@ class TrendTracker:
             if c == NEGATIVE:
                 a = (v - p.health_negative_yellow) / (p.health_negative_red - p.health_negative_yellow)
                 pen[name] = max(pen[name], float(np.clip(a, 0, 1)))
+        # a handful of turns cannot sink a queue: full penalties from as many weighted
+        # customer turns as the surge rule's minimum volume
+        scale = min(1.0, float(weighted[CUSTOMER]) / p.negative_min_customer_turns)
+        pen = {k: v * scale for k, v in pen.items()}
         wn, wc, we = p.health_weights
         index = 100.0 - wn * pen["negative"] - wc * pen["complaints"] - we * pen["escalations"]
         return float(np.clip(index, 0.0, 100.0)), pen

@@ -302,3 +302,64 @@ def test_a_second_service_on_the_same_data_dir_is_refused(tmp_path):
         assert "data_dir" in str(err.value) and str(p.proc.pid) in str(err.value)
     finally:
         assert p.stop() == 0, p.output()[-3000:]
+
+
+CALM = "could you tell me where my parcel is please"
+ANGRY = "this is terrible, worst service ever, I am very angry!!"
+HOUR = 3_600_000
+
+
+def _replay(stub, rows, chunk: int = 60) -> list:
+    """Send ``rows`` (queue, session, ts, text) as customer turns with ScoreBatch, ``chunk``
+    at a time (the trend rules are evaluated as of each micro-batch's latest turn: 60 turns
+    here are 20 minutes of the replayed day, as live traffic is milliseconds); the risks."""
+    out = []
+    for k in range(0, len(rows), chunk):
+        batch = pb.TurnBatch(turns=[pb.Turn(session_id=s, turn_id="1", text=t, speaker=pb.CUSTOMER,
+                                            timestamp_ms=ts, queue=q) for q, s, ts, t in rows[k:k + chunk]])
+        res = stub.ScoreBatch(batch, timeout=120).results
+        assert all(r.HasField("risk") for r in res), [r.error for r in res if r.HasField("error")][:3]
+        out += [r.risk for r in res]
+    return out
+
+
+def test_a_replayed_day_raises_the_queue_trends_when_they_happen(tmp_path):
+    p = _serve(tmp_path / "state", "--capacity", "65536", "--policy", str(_quiet_sla_policy(tmp_path)))
+    try:
+        stub = p.stub()
+        probe = _replay(stub, [("probe", "p-calm", int(time.time() * 1000), CALM),
+                               ("probe", "p-angry", int(time.time() * 1000), ANGRY)])
+        assert [r.sentiment.label for r in probe] == ["neutral", "negative"], probe
+        day0 = (int(time.time() * 1000) // HOUR - 40) * HOUR
+        rows = []
+        for h in range(24):                      # queue "care": 120 customer turns an hour, 10 % negative,
+            share = 0.4 if h == 14 else 0.1      # 40 % in hour 14
+            for k in range(120):
+                ts = day0 + h * HOUR + k * HOUR // 120
+                rows.append(("care", f"c{h}-{k}", ts, ANGRY if (k % 10) < share * 10 else CALM))
+        for h in range(27):                      # queue "sales": 60 an hour, 200 an hour in hours 24-26
+            n = 200 if h >= 24 else 60
+            for k in range(n):
+                rows.append(("sales", f"s{h}-{k}", day0 + h * HOUR + k * HOUR // n, CALM))
+        complaint = "I will file a formal complaint, my refund never arrived, this is terrible!!"
+        for k in range(5):                       # 5 customers, the same complaint, within an hour
+            rows.append(("returns", f"r{k}", day0 + 30 * HOUR + k * 600_000, complaint))
+        rows.sort(key=lambda r: r[2])
+        _replay(stub, rows)
+        trend_kinds = [pb.NEGATIVE_SURGE, pb.VOLUME_SPIKE, pb.COMPLAINT_RATE_UP, pb.REPEATED_COMPLAINT]
+        got = _drain(p.port, pb.AlertQuery(kinds=trend_kinds, from_oldest=True), 3, timeout_s=10)
+        health = p.alerts().GetQueueHealth(pb.QueueRef(queue="care"), timeout=10)
+    finally:
+        assert p.stop() == 0, p.output()[-3000:]
+    whole = [a for a in got if not a.intent_category]
+    surge = [a for a in whole if a.kind == pb.NEGATIVE_SURGE]
+    assert [a.queue for a in surge] == ["care"], [(pb.AlertKind.Name(a.kind), a.queue) for a in whole]
+    assert day0 + 14 * HOUR <= surge[0].event_time_ms < day0 + 15 * HOUR
+    assert surge[0].figures["baseline"] == pytest.approx(0.1, abs=0.02)
+    assert not [a for a in got if a.queue == "care" and a.event_time_ms < day0 + 14 * HOUR]
+    spike = [a for a in whole if a.kind == pb.VOLUME_SPIKE]
+    assert [a.queue for a in spike] == ["sales"]
+    assert day0 + 24 * HOUR <= spike[0].event_time_ms < day0 + 27 * HOUR
+    repeated = [a for a in got if a.kind == pb.REPEATED_COMPLAINT]
+    assert [a.queue for a in repeated] == ["returns"] and repeated[0].figures["count"] >= 5
+    assert {w.window for w in health.windows} == {"1h", "3h", "24h"} and 0 <= health.health_index <= 100
