@@ -363,3 +363,35 @@ def test_a_replayed_day_raises_the_queue_trends_when_they_happen(tmp_path):
     repeated = [a for a in got if a.kind == pb.REPEATED_COMPLAINT]
     assert [a.queue for a in repeated] == ["returns"] and repeated[0].figures["count"] >= 5
     assert {w.window for w in health.windows} == {"1h", "3h", "24h"} and 0 <= health.health_index <= 100
+
+
+def test_yujing_alerts_follows_and_acknowledges_and_metrics_count_them(tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.service_models import in_process_repo
+    from yujing.service.background import ServiceThread
+    from yujing.service.config import Config
+
+    cfg = Config(port=0, models="in-process", model_repo=in_process_repo(), capacity=1024,
+                 data_dir=tmp_path / "state", metrics_port=0, policy=_quiet_sla_policy(tmp_path))
+    with ServiceThread(cfg) as svc:
+        levels = _converse(svc.stub(), "cli-1", ESCALATING, int(time.time() * 1000), "billing")
+        n = len(_rises(levels))
+        cmd = [sys.executable, "-m", "yujing.cli", "alerts", "--target", f"127.0.0.1:{svc.port}",
+               "--from-oldest", "--queue", "billing", "--kind", "level_rise", "--count", str(n)]
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+        lines = text.strip().splitlines()
+        assert len(lines) == n and all("LEVEL_RISE" in ln and "cli-1" in ln for ln in lines), text
+        js = subprocess.run(cmd[:-2] + ["--count", "1", "--json"], capture_output=True, text=True, timeout=60,
+                            check=True).stdout
+        first = json.loads(js)
+        assert first["kind"] == "LEVEL_RISE" and first["summaryEn"].startswith("session cli-1 rose to")
+        ack = subprocess.run([sys.executable, "-m", "yujing.cli", "alerts", "--target", f"127.0.0.1:{svc.port}",
+                              "--ack", first["id"], "--by", "ann"], capture_output=True, text=True, timeout=60)
+        assert ack.returncode == 0 and "acknowledged by ann" in ack.stdout, ack.stderr
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{svc.srv.metrics_port}/metrics", timeout=10).read().decode()
+    assert f'yujing_alerts_raised_total{{kind="LEVEL_RISE"}} {float(n)}' in metrics, metrics[-2000:]
+    assert 'yujing_queue_health_index{queue="billing",tenant=""}' in metrics
+    assert "yujing_scan_seconds_count" in metrics and "yujing_alert_log_bytes" in metrics
