@@ -5,6 +5,7 @@
     yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (loadtest/bench/models.py)
     yujing bench e2e     [--duration 10] [--client-processes 1] [--out FILE]    (loadtest/bench/e2e.py)
     yujing bench projection [--batch ...]     (arithmetic for one H100; a projection, not a measurement)
+    yujing bench alerts  [--json FILE] [--alert-turns 40000] ...                (loadtest/bench/alerts.py)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
 each size and for each batch size, turns spread uniformly over the live sessions, and
@@ -414,6 +415,9 @@ def _run(args) -> int:
     elif args.suite == "e2e":
         from yujing.loadtest.bench.e2e import bench_e2e
         result = bench_e2e(args)
+    elif args.suite == "alerts":       # its own table and JSON (loadtest/bench/alerts.py)
+        from yujing.loadtest.bench.alerts import run as run_alerts
+        return run_alerts(args)
     else:
         raise SystemExit(f"unknown suite {args.suite}")
     result["machine"] = _machine()
@@ -429,7 +433,7 @@ def _run(args) -> int:
 
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
-    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "projection"))
+    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "projection", "alerts"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
     p.add_argument("--batch", type=int, nargs="+", default=None,
@@ -444,4 +448,6 @@ def add_subcommand(sub) -> None:
     p.add_argument("--client-processes", type=int, default=1,
                    help="e2e: load-generator processes (more when the generator is the bottleneck)")
     p.add_argument("--out", type=Path, default=None)
+    from yujing.loadtest.bench.alerts import add_arguments as add_alerts_arguments
+    add_alerts_arguments(p)
     p.set_defaults(func=_run)
