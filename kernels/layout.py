@@ -112,6 +112,15 @@ AGENT_BUCKETS = 12   # 12 x agent_bucket_ms (default 10 min) = the 2-hour fatigu
 AW_ROWS = 2 * AGENT_BUCKETS   # [0, AB) customer turns handled, [AB, 2AB) negative ones
 AGENT_DTYPES = (("ai", np.int64, AI_ROWS), ("aw", np.int32, AW_ROWS))
 
+
+def layout_version() -> str:
+    """A name for this exact layout (every array's name, dtype and rows, and the window
+    sizes): a snapshot of the tables is restored only into the layout that wrote it."""
+    import hashlib
+
+    spec = repr((SESSION_DTYPES, AGENT_DTYPES, WINDOW_BUCKETS, AGENT_BUCKETS, SIMHASH_RING))
+    return "layout-" + hashlib.sha256(spec.encode()).hexdigest()[:12]
+
 # --- per-turn input (a batch of B turns, in arrival order) --------------------------------
 T_SLOT = 0           # session slot
 T_AGENT = 1          # agent slot, -1 when the turn names no agent

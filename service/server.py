@@ -281,6 +281,49 @@ class YujingServer:
                 self.webhook.offer(a.id, alert_json(a))
                 cursor = a.id
 
+    # -- session state across restarts (issue 14: snapshots; the turn log is still to come) ---
+    def _snapshot_dir(self) -> Path | None:
+        return Path(self.config.data_dir) / "snapshots" if self.config.data_dir is not None else None
+
+    def _restore_snapshot(self) -> None:
+        """Load the newest valid snapshot of the tables (and of the alert marks, so a
+        restored session does not alert its level again) into the empty tables."""
+        folder = self._snapshot_dir()
+        if folder is None or not folder.is_dir():
+            return
+        from yujing.kernels import layout as L
+        from yujing.service.storage.snapshot import SnapshotLayoutError, read_latest_snapshot
+
+        try:
+            found = read_latest_snapshot(folder, layout_version=L.layout_version())
+        except SnapshotLayoutError as exc:
+            raise ConfigError(f"data_dir {self.config.data_dir}: {exc}", "data_dir") from None
+        if found is None:
+            return
+        arrays, meta, path = found
+        n = self.table.restore(arrays, meta)
+        self.detector.marks.restore(arrays, meta, arrays["sessions.slots"])
+        log.info("restored %d sessions from %s (written %s)", n, path, meta.get("written_at", "?"))
+
+    def _take_snapshot(self) -> Path | None:
+        """Write the tables now (the caller makes sure no batch is half applied)."""
+        from yujing.kernels import layout as L
+        from yujing.service.storage.snapshot import write_snapshot
+
+        folder = self._snapshot_dir()
+        if folder is None:
+            return None
+        arrays, meta = self.table.export()
+        marks, marks_meta = self.detector.marks.export(arrays["sessions.slots"])
+        arrays.update(marks)
+        meta.update(marks_meta, policy_version=self.policy.version,
+                    written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        t0 = time.perf_counter()
+        path = write_snapshot(folder, arrays, meta, layout_version=L.layout_version())
+        log.info("snapshot of %d sessions written to %s in %.2f s", len(meta["session_keys"]), path,
+                 time.perf_counter() - t0)
+        return path
+
     def queue_health(self, tenant: str, queue: str):
         # the trend tracker's own clock (the latest turn time it has seen): event time, as the
         # counts are, so a replayed day reads like a live one
@@ -366,6 +409,7 @@ class YujingServer:
         self.metrics.watch(table=self.table, router=self.router)
         self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
         self.engine.detector, self.engine.hub = self.detector, self.hub
+        self._restore_snapshot()
         self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
                                     on_batch=self.metrics.observe_batch)
         self.batcher.start()
@@ -443,6 +487,10 @@ class YujingServer:
             await self.server.stop(grace)
         if self.batcher is not None:
             await self.batcher.close()
+            try:
+                self._take_snapshot()
+            except Exception:   # the alert log still closes cleanly; the sessions are lost
+                log.exception("snapshot at shutdown failed")
         for task in (self._sweeper, self._supervisor, self._scheduler):
             if task is not None:
                 task.cancel()

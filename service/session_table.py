@@ -201,6 +201,50 @@ class SessionTable:
         key_of = self.sessions.key_of
         return [(key_of[s], s, w, sla) for s, w, sla in zip(slots.tolist(), wait_ms.tolist(), sla_ms.tolist())]
 
+    # -- snapshots (service/storage/snapshot.py writes them) ----------------------------------
+    def export(self) -> tuple[dict, dict]:
+        """Host copies of the state and what locates it: ``(arrays, meta)`` for a snapshot.
+        Only live slots' keys are listed; free slots' stale columns travel but are never read."""
+        arrays = {f"s.{n}": np.ascontiguousarray(self.kernels.to_host(a)) for n, a in self.state.items()}
+        arrays.update({f"a.{n}": np.ascontiguousarray(self.kernels.to_host(a)) for n, a in self.agents.items()})
+        for name, idx in (("sessions", self.sessions), ("agents", self.agent_index)):
+            live = np.flatnonzero(idx.occupied)
+            arrays[f"{name}.slots"] = live.astype(np.int64)
+            arrays[f"{name}.last_seen"] = idx.last_seen[live]
+        meta = {"capacity": self.capacity, "agent_capacity": self.agent_index.capacity,
+                "session_keys": [list(self.sessions.key_of[s]) for s in arrays["sessions.slots"].tolist()],
+                "agent_keys": [list(self.agent_index.key_of[s]) for s in arrays["agents.slots"].tolist()],
+                "expired": self.expired, "evicted": self.evicted}
+        return arrays, meta
+
+    def restore(self, arrays: dict, meta: dict) -> int:
+        """Load an :meth:`export` into this (empty) table of the same capacities; the
+        number of sessions restored."""
+        from yujing.service.errors import ConfigError
+
+        if meta["capacity"] != self.capacity or meta["agent_capacity"] != self.agent_index.capacity:
+            raise ConfigError(f"the snapshot holds a table of {meta['capacity']:,} sessions and "
+                              f"{meta['agent_capacity']:,} agents; start with --capacity {meta['capacity']} "
+                              f"--agent-capacity {meta['agent_capacity']} (or move the snapshot away)", "capacity")
+        xp = self.kernels.xp
+        for n in self.state:
+            self.state[n][...] = xp.asarray(arrays[f"s.{n}"])
+        for n in self.agents:
+            self.agents[n][...] = xp.asarray(arrays[f"a.{n}"])
+        for name, idx in (("sessions", self.sessions), ("agents", self.agent_index)):
+            slots = arrays[f"{name}.slots"].tolist()
+            keys = meta["session_keys" if name == "sessions" else "agent_keys"]
+            taken = set(slots)
+            idx.free = [s for s in range(idx.capacity - 1, -1, -1) if s not in taken]
+            for s, key, seen in zip(slots, keys, arrays[f"{name}.last_seen"].tolist()):
+                key = tuple(key)
+                idx.slot_of[key] = s
+                idx.key_of[s] = key
+                idx.occupied[s] = True
+                idx.last_seen[s] = seen
+        self.expired, self.evicted = meta.get("expired", 0), meta.get("evicted", 0)
+        return len(self.sessions.slot_of)
+
     def slot(self, key) -> int:
         slot = self.sessions.slot_of.get(key)
         if slot is None:

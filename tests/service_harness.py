@@ -8,6 +8,26 @@ from yujing.service.background import ServiceThread  # noqa: F401 (the tests' in
 from yujing.service.contract import pb, pb_grpc
 
 
+def state_copy(svc) -> tuple:
+    """Copies of a ServiceThread's whole state (tables, slot indexes, answer cache size):
+    a refused call must leave it unchanged (:func:`assert_same_state`)."""
+    def grab(srv):
+        t = srv.table
+        return ({k: v.copy() for k, v in t.state.items()}, {k: v.copy() for k, v in t.agents.items()},
+                dict(t.sessions.slot_of), dict(t.agent_index.slot_of), len(srv.engine.answers._d))
+    return svc.call(grab)
+
+
+def assert_same_state(a, b) -> None:
+    import numpy as np
+
+    for k in a[0]:
+        np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
+    for k in a[1]:
+        np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
+    assert a[2:] == b[2:]
+
+
 def turn(session="s1", turn_id="1", text="hello", speaker=pb.CUSTOMER, ts=0, **kw) -> pb.Turn:
     return pb.Turn(session_id=session, turn_id=turn_id, text=text, speaker=speaker, timestamp_ms=ts, **kw)
 
@@ -26,7 +46,8 @@ class ServeProcess:
         import time
 
         self.log = tempfile.NamedTemporaryFile("w+", prefix="yujing-serve-", suffix=".log", delete=False)
-        if "--data-dir" not in args:    # never the user's default state directory
+        self._own_dir = "--data-dir" not in args
+        if self._own_dir:               # never the user's default state directory
             args = ("--data-dir", tempfile.mkdtemp(prefix="yujing-state-"), *args)
         self.data_dir = args[args.index("--data-dir") + 1]
         cmd = [*(command or [sys.executable, "-m", "yujing.cli"]), "serve", "--port", "0", "--triton-port", "0",
@@ -67,4 +88,8 @@ class ServeProcess:
             except Exception:
                 self.proc.kill()
                 self.proc.wait()
+        if self._own_dir:
+            import shutil
+
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         return self.proc.returncode

@@ -3,14 +3,13 @@ status, a refused turn changes no state, repeats are idempotent, streams keep or
 import time
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from yujing.kernels import layout as L
 from yujing.service.config import Config
 from yujing.service.contract import pb
-from tests.service_harness import ServiceThread, turn
+from tests.service_harness import assert_same_state, state_copy, ServiceThread, turn
 
 NOW = int(time.time() * 1000)
 
@@ -25,22 +24,6 @@ def svc(tmp_path_factory):
     s = ServiceThread(cfg).start()
     yield s
     s.stop()
-
-
-def state_copy(svc):
-    def grab(srv):
-        t = srv.table
-        return ({k: v.copy() for k, v in t.state.items()}, {k: v.copy() for k, v in t.agents.items()},
-                dict(t.sessions.slot_of), dict(t.agent_index.slot_of), len(srv.engine.answers._d))
-    return svc.call(grab)
-
-
-def assert_same_state(a, b):
-    for k in a[0]:
-        np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
-    for k in a[1]:
-        np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
-    assert a[2:] == b[2:]
 
 
 BAD_TURNS = [

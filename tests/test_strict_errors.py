@@ -9,13 +9,12 @@ import random
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from yujing.service.config import Config
 from yujing.service.contract import pb
 from yujing.service.metrics import MetricsInterceptor
-from tests.service_harness import ServiceThread, turn
+from tests.service_harness import assert_same_state, state_copy, ServiceThread, turn
 
 RISK = "/yujing.v1.RiskScorer/"
 TYPES = {"Score": "yujing.v1.Turn", "ScoreBatch": "yujing.v1.TurnBatch",
@@ -68,22 +67,6 @@ def call_raw(channel, method: str, data: bytes):
 
 def sample(svc, name, **labels):
     return svc.call(lambda srv: srv.metrics.registry.get_sample_value(name, labels)) or 0.0
-
-
-def state_copy(svc):
-    def grab(srv):
-        t = srv.table
-        return ({k: v.copy() for k, v in t.state.items()}, {k: v.copy() for k, v in t.agents.items()},
-                dict(t.sessions.slot_of), dict(t.agent_index.slot_of), len(srv.engine.answers._d))
-    return svc.call(grab)
-
-
-def assert_same_state(a, b):
-    for k in a[0]:
-        np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
-    for k in a[1]:
-        np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
-    assert a[2:] == b[2:]
 
 
 def no_tracebacks(caplog):

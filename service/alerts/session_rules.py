@@ -78,3 +78,18 @@ class SessionMarks:
             q[s] = t.queue
             if t.agent_id or fresh:
                 a[s] = t.agent_id
+
+    def export(self, live_slots) -> tuple[dict, dict]:
+        """The marks for a snapshot: arrays whole, the queue and agent names of live slots."""
+        live = [int(x) for x in live_slots]
+        arrays = {"marks.last_level": self.last_level, "marks.handoff_on": self.handoff_on,
+                  "marks.fatigue_on": self.fatigue_on}
+        return arrays, {"marks_queue": [self.queue_of[s] for s in live],
+                        "marks_agent": [self.agent_of[s] for s in live]}
+
+    def restore(self, arrays: dict, meta: dict, live_slots) -> None:
+        self.last_level[...] = arrays["marks.last_level"]
+        self.handoff_on[...] = arrays["marks.handoff_on"]
+        self.fatigue_on[...] = arrays["marks.fatigue_on"]
+        for s, q, a in zip([int(x) for x in live_slots], meta["marks_queue"], meta["marks_agent"]):
+            self.queue_of[s], self.agent_of[s] = q, a
