@@ -117,8 +117,7 @@ class AlertHub:
                 a.id = rec.id
                 if rec.payload[:1] == REC_ACK:
                     self._acks[a.id] = a.ack
-                    self._count_ack(a, a.ack.on_time)
-                    self._open.pop(a.id, None)
+                    self._count_ack(a, a.ack.on_time, self._open.pop(a.id, None) is not None)
                 elif rec.payload[:1] == REC_ALERT:
                     n += 1
                     self._remember(a)
@@ -149,8 +148,11 @@ class AlertHub:
                 s = self.ack_stats[(tenant, queue)] = [0, 0, 0]
         return s
 
-    def _count_ack(self, a, on_time: bool) -> None:
-        self._stats(a.tenant_id, a.queue)[0 if on_time else 1] += 1
+    def _count_ack(self, a, on_time: bool, was_open: bool) -> None:
+        """Count an acknowledgement: on time, or late while still open. A late one of an
+        alert that already escalated was counted as missed then, and is not counted twice."""
+        if on_time or was_open:
+            self._stats(a.tenant_id, a.queue)[0 if on_time else 1] += 1
 
     # -- raising -------------------------------------------------------------------------
     def _to_alert(self, e: AlertEvent, now_ms: int) -> "pb.Alert":
@@ -257,8 +259,7 @@ class AlertHub:
         self.log.append(REC_ACK + rec.SerializeToString(), now)
         self.log.commit()
         self._acks[a.id] = ack
-        self._open.pop(a.id, None)
-        self._count_ack(a, ack.on_time)
+        self._count_ack(a, ack.on_time, self._open.pop(a.id, None) is not None)
         out.ack.CopyFrom(ack)
         return out
 

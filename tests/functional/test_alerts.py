@@ -280,6 +280,8 @@ def test_an_alert_not_acknowledged_by_its_deadline_escalates(tmp_path):
         assert e.channel == "manager" and e.priority == min(pb.P0, first["e2"].priority + 1)
         late = alerts.AckAlert(pb.AckRequest(alert_id=first["e2"].id, by="carl"), timeout=10)
         assert not late.ack.on_time
+        health = alerts.GetQueueHealth(pb.QueueRef(queue="vip"), timeout=10)
+        assert 0.0 < health.ack_on_time_share < 1.0     # one on time, at least one missed
         with pytest.raises(grpc.RpcError) as err:
             alerts.AckAlert(pb.AckRequest(alert_id=10**9, by="x"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
