@@ -14,7 +14,7 @@ Usage::
 Files in the directory
 ----------------------
 ``snapshot-<sequence, 20 digits>.snap``   snapshots; the newest has the highest sequence.
-``.snapshot-<sequence>.snap.tmp``         a snapshot being written; a leftover one (crash)
+``snapshot-<sequence>.snap.tmp``          a snapshot being written; a leftover one (crash)
                                           is ignored by readers and deleted by the next
                                           :func:`write_snapshot` / :func:`read_latest_snapshot`.
 
@@ -26,8 +26,9 @@ File format (version 1, little-endian)
 | zero padding to a 64-byte boundary (the data start) | the raw C-order bytes of each array
 at ``data start + offset`` (offsets 64-byte aligned, zero padding between)
 | trailer ``crc32 u32`` of the 16-byte prefix + header (the file's last 4 bytes).
-The file's size must be exactly data start + end of the last array + 4; any mismatch, a bad
-magic, or a crc mismatch (header or any array) makes the snapshot corrupt.
+The file's size must be exactly data start + end of the last array + 4, and all padding must
+be zero; any mismatch, a bad magic, or a crc mismatch (header or any array) makes the
+snapshot corrupt -- so every byte of the file is checked.
 
 Writing: temp file in the same directory, write, flush, fsync, ``os.replace``, fsync of the
 directory, then retention (the newest ``keep`` snapshots stay). Each array is written from a
@@ -70,7 +71,7 @@ _ALIGN = 64
 _CHUNK = 64 << 20  # readinto in pieces of at most 64 MiB (a single read() caps near 2 GiB)
 
 _NAME_RE = re.compile(r"^snapshot-(\d{20})\.snap$")
-_TMP_RE = re.compile(r"^\.snapshot-\d{20}\.snap\.tmp$")
+_TMP_RE = re.compile(r"^\.?snapshot-\d{20}\.snap\.tmp$")
 
 
 class SnapshotError(RuntimeError):
@@ -150,7 +151,9 @@ def write_snapshot(
     for name, a in arrays.items():
         if not isinstance(name, str):
             raise ValueError(f"array names must be str, got {name!r}")
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+            a = a.copy(order="C")
         if a.dtype.hasobject or a.dtype.fields is not None or a.dtype.subdtype is not None:
             raise ValueError(f"array {name!r}: dtype {a.dtype} is not supported")
         view = _byte_view(a)
@@ -178,7 +181,7 @@ def write_snapshot(
     existing = _list_snapshots(directory)
     seq = existing[-1][0] + 1 if existing else 1
     final = directory / f"snapshot-{seq:020d}.snap"
-    tmp = directory / f".snapshot-{seq:020d}.snap.tmp"
+    tmp = directory / f"snapshot-{seq:020d}.snap.tmp"
     try:
         with open(tmp, "xb") as f:
             f.write(prefix)
@@ -258,16 +261,28 @@ def _read_one(path: Path, layout_version: str) -> tuple[dict[str, np.ndarray], d
             end = max(end, data_start + e["offset"] + e["length"])
         if end + _TRAILER.size != size:
             raise _Corrupt(f"size {size} bytes, expected {end + _TRAILER.size} (truncated?)")
+        if end == data_start:  # no array data: the header padding is checked here
+            f.seek(_PREFIX.size + header_len)
+            pad = f.read(end - _PREFIX.size - header_len)
+            if pad.count(0) != len(pad):
+                raise _Corrupt("non-zero padding after the header")
 
         out: dict[str, np.ndarray] = {}
-        for e in entries:
+        pos = _PREFIX.size + header_len
+        f.seek(pos)
+        for e in sorted(entries, key=lambda e: e["offset"]):
             dtype = np.dtype(e["dtype"])
             arr = np.empty(tuple(e["shape"]), dtype=dtype)
             view = _byte_view(arr)
             if view.nbytes != e["length"]:
                 raise _Corrupt(f"array {e['name']!r}: length does not match dtype and shape")
-            f.seek(data_start + e["offset"])
+            at = data_start + e["offset"]
+            if at < pos:
+                raise _Corrupt(f"array {e['name']!r}: overlaps the previous one")
+            if at > pos and f.read(at - pos).count(0) != at - pos:
+                raise _Corrupt(f"non-zero padding before array {e['name']!r}")
             _readinto_exact(f, view)
+            pos = at + e["length"]
             if zlib.crc32(view) != e["crc32"]:
                 raise _Corrupt(f"array {e['name']!r}: crc32 mismatch")
             out[e["name"]] = arr
@@ -297,7 +312,7 @@ def read_latest_snapshot(
         try:
             arrays, meta = _read_one(path, layout_version)
         except _Corrupt as exc:
-            log.warning("snapshot: %s is corrupt (%s); trying the previous one", path, exc)
+            log.warning("snapshot: %s is damaged (%s); trying the previous one", path, exc)
             continue
         except FileNotFoundError:
             continue
