@@ -531,9 +531,10 @@ async def _serve(config: Config) -> None:
              srv.router.versions.get(c.intent_model), emotion, srv.table.kernels.name, c.capacity,
              srv.policy.version)
     if c.data_dir is not None:
-        log.info("yujing state in %s: alert log ids %d .. %d kept (%.0f days, %.0f MiB at most)",
-                 c.data_dir, srv.hub.log.first_id, srv.hub.log.last_id, c.alert_retention_days,
-                 c.alert_retention_mb)
+        held = (f"alerts {srv.hub.log.first_id} .. {srv.hub.log.last_id}" if srv.hub.log.last_id >= srv.hub.log.first_id
+                else "no alerts yet")
+        log.info("yujing state in %s: %d sessions, %s (alerts kept %.0f days, %.0f MiB at most)",
+                 c.data_dir, len(srv.table), held, c.alert_retention_days, c.alert_retention_mb)
     else:
         log.info("yujing keeps no state on disk (--data-dir none): alerts are lost on exit")
     if srv.webhook is not None:

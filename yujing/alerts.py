@@ -28,7 +28,7 @@ def describe(a) -> str:
     about = a.session_id or a.agent_id or ""
     due = ""
     if a.deadline_ms:
-        due = " due " + datetime.fromtimestamp(a.deadline_ms / 1000, timezone.utc).strftime("%H:%M")
+        due = " due " + datetime.fromtimestamp(a.deadline_ms / 1000, timezone.utc).strftime("%m-%d %H:%M")
     return (f"#{a.id} {when} {LEVEL_MARK.get(level, '')} {level:<6} {prio:<4} {pb.AlertKind.Name(a.kind):<18} "
             f"{where} {about}{due}  {a.summary_en}")
 
