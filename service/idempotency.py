@@ -40,6 +40,25 @@ class AnswerCache:
         while len(self._d) > self.capacity:
             self._d.popitem(last=False)
 
+    def export(self) -> tuple[dict, list]:
+        """The window for a snapshot, oldest first: ``({"idem.bytes", "idem.lengths"}, keys)``."""
+        import numpy as np
+
+        raws = list(self._d.values())
+        lengths = np.fromiter((len(r) for r in raws), np.int64, len(raws))
+        data = np.frombuffer(b"".join(raws), np.uint8) if raws else np.zeros(0, np.uint8)
+        return {"idem.bytes": data, "idem.lengths": lengths}, [list(k) for k in self._d]
+
+    def restore(self, arrays: dict, keys: list) -> int:
+        data, lengths = arrays["idem.bytes"].tobytes(), arrays["idem.lengths"].tolist()
+        pos = 0
+        for key, n in zip(keys, lengths):
+            self._d[tuple(key)] = data[pos:pos + n]
+            pos += n
+        while len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+        return len(self._d)
+
 
 def plan(items, cached) -> tuple[list, list[int]]:
     """Answers known before scoring (``cached(item)``, or the position of an earlier repeat

@@ -303,6 +303,8 @@ class YujingServer:
         arrays, meta, path = found
         n = self.table.restore(arrays, meta)
         self.detector.marks.restore(arrays, meta, arrays["sessions.slots"])
+        if "idem.bytes" in arrays:
+            self.engine.answers.restore(arrays, meta["idem_keys"])
         log.info("restored %d sessions from %s (written %s)", n, path, meta.get("written_at", "?"))
 
     def _take_snapshot(self) -> Path | None:
@@ -316,6 +318,8 @@ class YujingServer:
         arrays, meta = self.table.export()
         marks, marks_meta = self.detector.marks.export(arrays["sessions.slots"])
         arrays.update(marks)
+        answers, marks_meta["idem_keys"] = self.engine.answers.export()   # a retry after the restart is still a duplicate
+        arrays.update(answers)
         meta.update(marks_meta, policy_version=self.policy.version,
                     written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         t0 = time.perf_counter()

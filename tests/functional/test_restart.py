@@ -36,6 +36,10 @@ def test_every_session_survives_a_sigterm_and_restart(tmp_path):
         assert "restored 100 sessions" in q.output()
         after = {sid: _state(stub, sid) for sid in before}
         assert after == before
+        # the idempotency window came back too: a retried turn is a duplicate, not counted again
+        again = stub.Score(pb.Turn(tenant_id="t1", session_id="s5", turn_id="1", text=ESCALATING[1],
+                                   speaker=pb.CUSTOMER, timestamp_ms=now + 15_000, queue="q"), timeout=30)
+        assert again.duplicate and _state(stub, "s5") == before["s5"]
         # the next turn continues the session; a restored level is not alerted again (only a rise is)
         top = max(before, key=lambda sid: before[sid][2])
         assert before[top][2] >= pb.YELLOW, "the conversations should reach YELLOW"
