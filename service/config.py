@@ -78,6 +78,8 @@ class Config:
         None, "directory for the service's state (the alert log); 'none': keep alerts in memory only. "
               "The command's default is $YUJING_STATE_DIR, else $XDG_STATE_HOME/yujing, else "
               "~/.local/state/yujing; one service per directory", type=state_dir_arg, cli_default=default_state_dir)
+    snapshot_interval_s: float = setting(300.0, "write a snapshot of the tables this often (and always at "
+                                                "SIGTERM); what a SIGKILL loses is at most this much (0: only at SIGTERM)")
     alert_retention_days: float = setting(7.0, "alerts older than this are dropped from the alert log")
     alert_retention_mb: float = setting(1024.0, "the alert log is kept under this many MiB (oldest dropped first)")
     scan_period_s: float = setting(1.0, "how often the scheduler re-evaluates every live session at the server "
@@ -118,6 +120,8 @@ class Config:
         need(self.triton_timeout_ms > 0, "triton_timeout_ms", "must be > 0")
         need(Path(self.model_repo).is_dir(), "model_repo", f"{self.model_repo} is not a directory")
         need(self.policy is None or Path(self.policy).is_file(), "policy", f"{self.policy} does not exist")
+        need(self.snapshot_interval_s == 0 or self.snapshot_interval_s >= 0.1, "snapshot_interval_s",
+             "expected 0 (only at SIGTERM) or at least 0.1 s")
         need(self.alert_retention_days > 0, "alert_retention_days", "must be > 0")
         need(self.alert_retention_mb >= 1, "alert_retention_mb", "must be at least 1 MiB")
         need(0.05 <= self.scan_period_s <= 60, "scan_period_s", f"{self.scan_period_s}: expected 0.05 .. 60 s")

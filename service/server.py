@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -219,6 +221,8 @@ class YujingServer:
         self._sweeper: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._scheduler: asyncio.Task | None = None
+        self._snapshotter: asyncio.Task | None = None
+        self._snapshot_lock = threading.Lock()
         self.metrics = Metrics()
         self.hub: AlertHub | None = None
         self.trends = None
@@ -307,26 +311,47 @@ class YujingServer:
             self.engine.answers.restore(arrays, meta["idem_keys"])
         log.info("restored %d sessions from %s (written %s)", n, path, meta.get("written_at", "?"))
 
-    def _take_snapshot(self) -> Path | None:
-        """Write the tables now (the caller makes sure no batch is half applied)."""
-        from yujing.kernels import layout as L
-        from yujing.service.storage.snapshot import write_snapshot
-
-        folder = self._snapshot_dir()
-        if folder is None:
-            return None
+    def _snapshot_payload(self) -> tuple[dict, dict]:
+        """Copies of everything a snapshot holds, taken on the event loop between batches
+        (so they are consistent): tables, indexes, alert marks, the idempotency window."""
         arrays, meta = self.table.export()
         marks, marks_meta = self.detector.marks.export(arrays["sessions.slots"])
         arrays.update(marks)
         answers, marks_meta["idem_keys"] = self.engine.answers.export()   # a retry after the restart is still a duplicate
         arrays.update(answers)
+        arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}   # the loop goes on changing the originals
         meta.update(marks_meta, policy_version=self.policy.version,
                     written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        return arrays, meta
+
+    def _write_snapshot(self, arrays: dict, meta: dict) -> Path:
+        from yujing.kernels import layout as L
+        from yujing.service.storage.snapshot import write_snapshot
+
         t0 = time.perf_counter()
-        path = write_snapshot(folder, arrays, meta, layout_version=L.layout_version())
+        with self._snapshot_lock:        # the periodic writer's thread and the one at SIGTERM take turns
+            path = write_snapshot(self._snapshot_dir(), arrays, meta, layout_version=L.layout_version())
         log.info("snapshot of %d sessions written to %s in %.2f s", len(meta["session_keys"]), path,
                  time.perf_counter() - t0)
         return path
+
+    def _take_snapshot(self) -> Path | None:
+        """Write the tables now (the caller makes sure no batch is half applied)."""
+        if self._snapshot_dir() is None:
+            return None
+        return self._write_snapshot(*self._snapshot_payload())
+
+    async def _snapshot_forever(self) -> None:
+        """Every ``snapshot_interval_s``: copy the state on the loop (a memcpy of the tables,
+        about 0.1 s at 1 M sessions), write it in a thread. Bounds what a SIGKILL loses."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                arrays, meta = self._snapshot_payload()
+                await loop.run_in_executor(None, self._write_snapshot, arrays, meta)
+            except Exception:
+                log.exception("periodic snapshot failed")
 
     def queue_health(self, tenant: str, queue: str):
         # the trend tracker's own clock (the latest turn time it has seen): event time, as the
@@ -445,6 +470,8 @@ class YujingServer:
         await self._warm_up()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="yujing-ttl-sweeper")
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="yujing-scheduler")
+        if cfg.data_dir is not None and cfg.snapshot_interval_s > 0:
+            self._snapshotter = asyncio.create_task(self._snapshot_forever(), name="yujing-snapshots")
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self
 
@@ -495,7 +522,7 @@ class YujingServer:
                 self._take_snapshot()
             except Exception:   # the alert log still closes cleanly; the sessions are lost
                 log.exception("snapshot at shutdown failed")
-        for task in (self._sweeper, self._supervisor, self._scheduler):
+        for task in (self._sweeper, self._supervisor, self._scheduler, self._snapshotter):
             if task is not None:
                 task.cancel()
         if self.webhook is not None:

@@ -50,3 +50,30 @@ def test_every_session_survives_a_sigterm_and_restart(tmp_path):
         assert rises_after == rises_before + (1 if r.level > before[top][2] else 0)
     finally:
         assert q.stop() == 0, q.output()[-3000:]
+
+
+def test_after_a_sigkill_the_last_periodic_snapshot_is_restored(tmp_path):
+    data, policy = tmp_path / "state", str(_quiet_sla_policy(tmp_path))
+    now = int(time.time() * 1000) - 5 * 60_000
+    p = _serve(data, "--policy", policy, "--snapshot-interval-s", "0.5")
+    try:
+        stub = p.stub()
+        for s in range(20):
+            stub.Score(pb.Turn(tenant_id="t1", session_id=f"k{s}", turn_id="1", text=ESCALATING[s % 6],
+                               speaker=pb.CUSTOMER, timestamp_ms=now, queue="q"), timeout=30)
+        before = {f"k{s}": _state(stub, f"k{s}") for s in range(20)}
+        deadline = time.monotonic() + 20
+        while "snapshot of 20 sessions written" not in p.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "snapshot of 20 sessions written" in p.output(), p.output()[-2000:]
+        p.proc.kill()
+        p.proc.wait(30)
+    finally:
+        if p.proc.poll() is None:
+            p.proc.kill()
+    q = _serve(data, "--policy", policy)
+    try:
+        assert "restored 20 sessions" in q.output()
+        assert {sid: _state(q.stub(), sid) for sid in before} == before
+    finally:
+        assert q.stop() == 0, q.output()[-3000:]
