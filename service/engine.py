@@ -112,7 +112,7 @@ class Engine:
             answers[k] = risk
         if self.detector is not None:
             kept = [items[k] for k in slots.keep]
-            self.hub.publish(self.detector.from_batch(kept, slots, of, oi, built, outputs, lookups, feats))
+            self.hub.publish(self.detector.from_batch(kept, slots, ti, of, oi, built, outputs, lookups, feats))
         return answers
 
     # -- session reads --------------------------------------------------------------------

@@ -178,3 +178,13 @@ def wire_problem(data: bytes, descriptor=None, path: str = "", depth: int = 0) -
     if groups:
         return f"group {groups[-1]} is not closed"
     return None
+
+
+def fail(context, err: YujingError, empty=None):
+    """End a gRPC call with ``err``'s status and message; returns ``empty`` (the handler's
+    answer). Not ``context.abort()``: an aborted call counts as finished to gRPC core before
+    its coroutine is, and a graceful stop would then cancel the calls still in flight
+    (grpc/grpc#37239)."""
+    context.set_code(err.code)
+    context.set_details(err.message)
+    return empty

@@ -31,7 +31,7 @@ from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
-from yujing.service.errors import ConfigError, InvalidTurn, Overloaded, ShuttingDown, YujingError
+from yujing.service.errors import ConfigError, InvalidTurn, Overloaded, ShuttingDown, YujingError, fail
 from yujing.service.policy import load_policy
 from yujing.service.session_table import SessionTable
 from yujing.service.validate import session_key, validate_turn
@@ -61,14 +61,7 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
     def __init__(self, owner: "YujingServer"):
         self.o = owner
 
-    @staticmethod
-    def _fail(context, err: YujingError, empty=None):
-        """End the call with ``err``'s status. Not ``context.abort()``: an aborted call
-        counts as finished to gRPC core before its coroutine is, and a graceful stop
-        would then cancel the calls still in flight (grpc/grpc#37239)."""
-        context.set_code(err.code)
-        context.set_details(err.message)
-        return empty
+    _fail = staticmethod(fail)
 
     def _check_open(self):
         self.o.last_call = time.monotonic()
@@ -237,11 +230,11 @@ class YujingServer:
             return MemoryLog()
         from yujing.service.storage.segment_log import LogLocked, SegmentLog
 
-        try:
+        keep_bytes = int(cfg.alert_retention_mb * (1 << 20))
+        try:   # segments of 1/8 of the retention (1 .. 64 MiB): retention drops an eighth at a time
             return SegmentLog(Path(cfg.data_dir) / "alerts", durability="batch",
-                              retention_ms=int(cfg.alert_retention_days * 86_400_000),
-                              retention_bytes=int(cfg.alert_retention_mb * (1 << 20)),
-                              segment_bytes=min(64 << 20, max(1 << 20, int(cfg.alert_retention_mb * (1 << 20)) // 8)))
+                              retention_ms=int(cfg.alert_retention_days * 86_400_000), retention_bytes=keep_bytes,
+                              segment_bytes=min(64 << 20, max(1 << 20, keep_bytes // 8)))
         except LogLocked as exc:
             raise ConfigError(f"data_dir {cfg.data_dir}: {exc}; give each service its own --data-dir",
                               "data_dir") from None
@@ -278,7 +271,7 @@ class YujingServer:
         if not cursor:
             return
         while True:
-            batch = self.hub._after(cursor, 1024)
+            batch = self.hub.after(cursor, 1024)
             if not batch:
                 return
             for a in batch:

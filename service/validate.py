@@ -22,7 +22,9 @@ _ENUMS = tuple((name, enum, frozenset(enum.values()), zero_ok) for name, enum, z
 ))
 
 
-def _check_id(value: str, name: str, limit: int, required: bool, prefix: str) -> None:
+def check_id(value: str, name: str, limit: int, required: bool, prefix: str = "") -> None:
+    """Refuse (InvalidTurn naming ``prefix + name``) a missing required id or one over ``limit``
+    UTF-8 bytes; every id-like field a client sends is checked here."""
     if required and not value:
         raise InvalidTurn(f"{prefix}{name} is required", prefix + name)
     # UTF-8 takes at most 4 bytes a character: encode only when that could pass the limit
@@ -31,8 +33,8 @@ def _check_id(value: str, name: str, limit: int, required: bool, prefix: str) ->
 
 
 def session_key(ref, cfg: Config, prefix: str = "") -> tuple[str, str]:
-    _check_id(ref.tenant_id, "tenant_id", cfg.max_id_bytes, False, prefix)
-    _check_id(ref.session_id, "session_id", cfg.max_id_bytes, True, prefix)
+    check_id(ref.tenant_id, "tenant_id", cfg.max_id_bytes, False, prefix)
+    check_id(ref.session_id, "session_id", cfg.max_id_bytes, True, prefix)
     return (ref.tenant_id, ref.session_id)
 
 
@@ -42,9 +44,9 @@ def validate_turn(turn, cfg: Config, now_ms: int, prefix: str = "") -> PendingTu
     ``prefix`` names the turn inside a batch (``"turns[3]."``) in messages and fields.
     """
     key = session_key(turn, cfg, prefix)
-    _check_id(turn.turn_id, "turn_id", cfg.max_id_bytes, True, prefix)
-    _check_id(turn.agent_id, "agent_id", cfg.max_id_bytes, False, prefix)
-    _check_id(turn.queue, "queue", cfg.max_id_bytes, False, prefix)
+    check_id(turn.turn_id, "turn_id", cfg.max_id_bytes, True, prefix)
+    check_id(turn.agent_id, "agent_id", cfg.max_id_bytes, False, prefix)
+    check_id(turn.queue, "queue", cfg.max_id_bytes, False, prefix)
     text_bytes = len(turn.text.encode("utf-8")) if len(turn.text) * 4 > cfg.max_text_bytes else 0
     if text_bytes > cfg.max_text_bytes:
         raise InvalidTurn(f"{prefix}text is {text_bytes} bytes; the limit is {cfg.max_text_bytes}",

@@ -199,6 +199,20 @@ def _init_table(k, n, rng, pf, t_ms):
     return s, a
 
 
+def fill_waits(si, sf, rng, now: int, waiting: float, breaching: float):
+    """Session columns for a scheduler benchmark: a 60 s SLA everywhere, a share ``waiting``
+    of the slots waiting less than the SLA, ``breaching`` of them past it (returned)."""
+    n = si.shape[0]
+    si[:, L.I_WAIT_SINCE] = L.NO_WAIT
+    si[:, L.I_SLA_ALERTED] = L.NO_WAIT
+    sf[:, L.F_SLA_MS] = 60_000.0
+    waits = rng.choice(n, max(1, int(n * waiting)), replace=False)
+    si[waits, L.I_WAIT_SINCE] = now - rng.integers(0, 59_000, waits.size)
+    late = waits[:max(1, int(n * breaching))]
+    si[late, L.I_WAIT_SINCE] = now - rng.integers(60_000, 600_000, late.size)
+    return late
+
+
 def bench_sla_scan(n: int, rng: np.random.Generator, passes: int = 30, waiting: float = 0.10,
                    breaching: float = 0.001, period_s: float = 1.0) -> dict:
     """The scheduler's SLA scan (kernels/scan_cpu.py) over ``n`` occupied sessions, a
@@ -215,13 +229,7 @@ def bench_sla_scan(n: int, rng: np.random.Generator, passes: int = 30, waiting: 
     now = 1_700_000_000_000
     s = L.new_session_arrays(n)
     si, sf = s["si"], s["sf"]
-    si[:, L.I_WAIT_SINCE] = L.NO_WAIT
-    si[:, L.I_SLA_ALERTED] = L.NO_WAIT
-    sf[:, L.F_SLA_MS] = 60_000.0
-    waits = rng.choice(n, max(1, int(n * waiting)), replace=False)
-    si[waits, L.I_WAIT_SINCE] = now - rng.integers(0, 59_000, waits.size)
-    late = waits[:max(1, int(n * breaching))]
-    si[late, L.I_WAIT_SINCE] = now - rng.integers(60_000, 600_000, late.size)
+    late = fill_waits(si, sf, rng, now, waiting, breaching)
     occupied = np.ones(n, bool)
     mask, out, k = as_mask(occupied), np.empty(65536, np.int64), CpuKernels()
 
@@ -240,7 +248,7 @@ def bench_sla_scan(n: int, rng: np.random.Generator, passes: int = 30, waiting: 
     b_med, b_best, b_found = timed(lambda: k.sla_scan(s, occupied, now, 65536)[0].size)
     st_med, _, st_found = timed(lambda: sla_scan(si, sf, mask, now, out), reset=False)
     assert found == b_found == late.size and st_found == 0, (found, b_found, st_found)
-    return {"sessions": n, "waiting": int(waits.size), "breaching_per_pass": int(late.size),
+    return {"sessions": n, "waiting": max(1, int(n * waiting)), "breaching_per_pass": int(late.size),
             "passes": passes, "ms_per_pass_median": 1e3 * med, "ms_per_pass_best": 1e3 * best,
             "sessions_per_s": n / med, "backend_ms_per_pass_median": 1e3 * b_med,
             "backend_ms_per_pass_best": 1e3 * b_best, "steady_ms_per_pass_median": 1e3 * st_med,

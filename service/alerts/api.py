@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 
 from yujing.service.contract import pb, pb_grpc
-from yujing.service.errors import InvalidTurn, SessionNotFound, ShuttingDown, YujingError
+from yujing.service.errors import InvalidTurn, SessionNotFound, ShuttingDown, YujingError, fail
+from yujing.service.validate import check_id
 
 log = logging.getLogger(__name__)
 MAX_QUERY_QUEUES = 256
@@ -17,13 +18,11 @@ _LEVELS = set(pb.Level.values())
 
 
 def check_query(q: "pb.AlertQuery", max_id_bytes: int) -> None:
-    if len(q.tenant_id.encode()) > max_id_bytes:
-        raise InvalidTurn(f"tenant_id is longer than {max_id_bytes} bytes", "tenant_id")
+    check_id(q.tenant_id, "tenant_id", max_id_bytes, False)
     if len(q.queues) > MAX_QUERY_QUEUES:
         raise InvalidTurn(f"queues names {len(q.queues)} queues; the limit is {MAX_QUERY_QUEUES}", "queues")
     for k, name in enumerate(q.queues):
-        if len(name.encode()) > max_id_bytes:
-            raise InvalidTurn(f"queues[{k}] is longer than {max_id_bytes} bytes", f"queues[{k}]")
+        check_id(name, f"queues[{k}]", max_id_bytes, False)
     for k, kind in enumerate(q.kinds):
         if kind not in _KINDS:
             raise InvalidTurn(f"kinds[{k}] = {kind} is not an AlertKind", f"kinds[{k}]")
@@ -35,10 +34,6 @@ class AlertsServicer(pb_grpc.AlertsServicer):
     def __init__(self, owner):
         self.o = owner          # the YujingServer: config, hub, trends
 
-    @staticmethod
-    def _fail(context, err: YujingError):
-        context.set_code(err.code)
-        context.set_details(err.message)
 
     async def WatchAlerts(self, request, context):
         try:
@@ -48,29 +43,24 @@ class AlertsServicer(pb_grpc.AlertsServicer):
             async for alert in self.o.hub.watch(request):
                 yield alert
         except YujingError as err:
-            self._fail(context, err)
+            fail(context, err)
 
     async def AckAlert(self, request, context):
         try:
-            if len(request.tenant_id.encode()) > self.o.config.max_id_bytes:
-                raise InvalidTurn(f"tenant_id is longer than {self.o.config.max_id_bytes} bytes", "tenant_id")
+            check_id(request.tenant_id, "tenant_id", self.o.config.max_id_bytes, False)
             if not request.alert_id:
                 raise InvalidTurn("alert_id is required", "alert_id")
             return self.o.hub.ack(request, self.o.config.max_id_bytes)
         except YujingError as err:
-            self._fail(context, err)
-            return pb.Alert()
+            return fail(context, err, pb.Alert())
 
     async def GetQueueHealth(self, request, context):
         try:
-            cfg = self.o.config
             for name in ("tenant_id", "queue"):
-                if len(getattr(request, name).encode()) > cfg.max_id_bytes:
-                    raise InvalidTurn(f"{name} is longer than {cfg.max_id_bytes} bytes", name)
+                check_id(getattr(request, name), name, self.o.config.max_id_bytes, False)
             return self.o.queue_health(request.tenant_id, request.queue)
         except YujingError as err:
-            self._fail(context, err)
-            return pb.QueueHealth()
+            return fail(context, err, pb.QueueHealth())
 
 
 def queue_health(trends, hub, tenant: str, queue: str, now_ms: int) -> "pb.QueueHealth":

@@ -34,9 +34,10 @@ class AlertDetector:
         self.trends = trends
 
     # -- a batch ---------------------------------------------------------------------------
-    def from_batch(self, kept, slots, of, oi, built, outputs, lookups, feats) -> list:
+    def from_batch(self, kept, slots, ti, of, oi, built, outputs, lookups, feats) -> list:
         """Events raised by the applied turns ``kept`` (``slots`` their BatchSlots, ``built``
-        their answers, ``of``/``oi`` the kernel's outputs, the rest by batch position)."""
+        their answers, ``ti`` the kernel's inputs and ``of``/``oi`` its outputs, the rest by
+        batch position)."""
         ap = self.policy.alerts
         marks = self.marks.mark(slots.slots, slots.new, oi, slots.agent_slots, slots.agent_new,
                                 of[L.OF_AGENT_FATIGUE], ap.agent_fatigue_turns)
@@ -57,7 +58,7 @@ class AlertDetector:
                     summary_en=f"agent {it.turn.agent_id} took {n:.0f} negative customer turns in 2 hours",
                     summary_zh=f"坐席 {it.turn.agent_id} 两小时内接待了 {n:.0f} 条负面客户消息"))
         if self.trends is not None:
-            events.extend(self._trend_events(kept, slots, marks, oi, outputs, lookups, feats))
+            events.extend(self._trend_events(kept, slots, marks, ti, oi, outputs, lookups, feats))
         return events
 
     def _session_event(self, kind: str, it, risk, min_priority: int) -> AlertEvent:
@@ -77,9 +78,9 @@ class AlertDetector:
                           summary_en=f"{en}: {top_en}" if top_en else en,
                           summary_zh=f"{zh}：{top_zh}" if top_zh else zh)
 
-    def _trend_events(self, kept, slots, marks, oi, outputs, lookups, feats) -> list:
+    def _trend_events(self, kept, slots, marks, ti, oi, outputs, lookups, feats) -> list:
         pos = slots.positions
-        customer = np.fromiter((it.turn.speaker == L.SPEAKER_CUSTOMER for it in kept), bool, len(kept))
+        customer = ti[L.T_SPEAKER] == L.SPEAKER_CUSTOMER      # as packed for the kernel, not again per turn
         negative = outputs.negative[pos] & customer
         complaint = customer & (lookups.complaint[pos] | (outputs.negative[pos] & (lookups.esc_mask[pos] != 0)))
         table = outputs.intent_table
@@ -89,7 +90,7 @@ class AlertDetector:
         escalation = (marks[RISE] != 0) & (oi[L.OI_LEVEL] >= L.LEVEL_YELLOW)
         return self.trends.observe(
             tenants=[it.key[0] for it in kept], queues=[it.turn.queue for it in kept], categories=categories,
-            ts_ms=np.fromiter((it.ts_ms for it in kept), np.int64, len(kept)), customer=customer,
+            ts_ms=ti[L.T_TS], customer=customer,
             negative=negative, complaint=complaint, new_session=slots.new.astype(bool),
             escalation=escalation, session_hash=np.fromiter((hash(it.key) for it in kept), np.int64, len(kept)),
             intent_id=intent, simhash=np.where(customer, feats.simhash[pos], 0).astype(np.uint64))

@@ -29,7 +29,8 @@ from collections import Counter, namedtuple
 from yujing.service.alerts.events import AlertEvent
 from yujing.service.alerts.policy import AlertPolicy
 from yujing.service.contract import pb
-from yujing.service.errors import InvalidTurn, SessionNotFound, ShuttingDown
+from yujing.service.errors import SessionNotFound, ShuttingDown
+from yujing.service.validate import check_id
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,7 @@ class AlertHub:
                 elif rec.payload[:1] == REC_ALERT:
                     n += 1
                     self._remember(a)
-                    if a.kind == pb.ESCALATION:
-                        self._open.pop(a.escalates_id, None)
-                        self._stats(a.tenant_id, a.queue)[2] += 1
+                    self._note_escalation(a)
         if n:
             log.info("alert log: %d alerts retained (ids %d .. %d), %d acknowledged, %d awaiting acknowledgement",
                      n, self.log.first_id, self.log.last_id, len(self._acks), len(self._open))
@@ -137,6 +136,12 @@ class AlertHub:
         if a.deadline_ms and a.id not in self._acks:
             self._open[a.id] = a
             heapq.heappush(self._deadlines, (a.deadline_ms, a.id))
+
+    def _note_escalation(self, a: "pb.Alert") -> None:
+        """An ESCALATION closes the alert it escalates, which counts as missed."""
+        if a.kind == pb.ESCALATION:
+            self._open.pop(a.escalates_id, None)
+            self._stats(a.tenant_id, a.queue)[2] += 1
 
     def _stats(self, tenant: str, queue: str) -> list:
         s = self.ack_stats.get((tenant, queue))
@@ -185,9 +190,7 @@ class AlertHub:
         for a in out:
             self._remember(a)
             self.raised[pb.AlertKind.Name(a.kind)] += 1
-            if a.kind == pb.ESCALATION:
-                self._open.pop(a.escalates_id, None)
-                self._stats(a.tenant_id, a.queue)[2] += 1
+            self._note_escalation(a)
             if self.webhook is not None:
                 self.webhook.offer(a.id, alert_json(a))
         self._notify()
@@ -237,12 +240,8 @@ class AlertHub:
         return None
 
     def ack(self, req: "pb.AckRequest", max_bytes: int = 128) -> "pb.Alert":
-        if not req.by:
-            raise InvalidTurn("by is required: who takes the alert", "by")
-        if len(req.by.encode()) > max_bytes:
-            raise InvalidTurn(f"by is longer than {max_bytes} bytes", "by")
-        if len(req.note.encode()) > 1024:
-            raise InvalidTurn("note is longer than 1024 bytes", "note")
+        check_id(req.by, "by", max_bytes, True)        # who takes the alert
+        check_id(req.note, "note", 1024, False)
         a = self.find(req.alert_id) if req.alert_id else None
         if a is None or (req.tenant_id and a.tenant_id != req.tenant_id):
             raise SessionNotFound(f"no alert {req.alert_id} in the alert log (never raised, or dropped "
@@ -272,7 +271,7 @@ class AlertHub:
         return open_n, (on_time / total if total else 1.0)
 
     # -- watching ------------------------------------------------------------------------
-    def _after(self, cursor: int, limit: int = 512) -> list:
+    def after(self, cursor: int, limit: int = 512) -> list:
         """Alerts with id > cursor, from memory when they are recent, else from the log."""
         if self._ids and cursor >= self._ids[0] - 1:
             k = bisect.bisect_right(self._ids, cursor)
@@ -289,7 +288,7 @@ class AlertHub:
                     a.id = rec.id
                     out.append(a)
             if self._ids and cursor >= self._ids[0] - 1 and not out:
-                return self._after(cursor, limit)
+                return self.after(cursor, limit)
         return out
 
     def start_cursor(self, q: "pb.AlertQuery") -> tuple[int, bool]:
@@ -311,7 +310,7 @@ class AlertHub:
                 if self.closing:
                     raise ShuttingDown("server is shutting down; resume on another replica (or after the "
                                        f"restart) with after_id = {cursor}")
-                batch = self._after(cursor)
+                batch = self.after(cursor)
                 if not batch:
                     if self._changed is None:
                         self._changed = asyncio.get_running_loop().create_future()
