@@ -42,7 +42,7 @@ class ServiceThread:
                 return
             self._ready.set()
             await self._stop.wait()
-            await self.srv.stop(self.config.grace_s)
+            await self.srv.stop(self.config.drain_s)
 
         uvloop.run(main())
 

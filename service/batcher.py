@@ -47,6 +47,18 @@ class MicroBatcher:
         self._wakeup.set()
         return futs
 
+    def refuse_queued(self, answer) -> int:
+        """Answer every turn still waiting for a batch with ``answer`` (a refusal: nothing
+        of them is applied) and forget them; the batch being scored finishes. Returns
+        how many were refused (the shutdown's drain deadline)."""
+        n = len(self._queue)
+        while self._queue:
+            _, fut = self._queue.popleft()
+            if not fut.done():
+                fut.set_result(answer)
+        self.in_flight -= n
+        return n
+
     async def close(self) -> None:
         """Finish everything queued, then stop."""
         self._closing = True

@@ -72,7 +72,9 @@ class Config:
     # policy and shutdown
     policy: Path | None = setting(None, "risk policy TOML (default: the packaged service/policy_default.toml)",
                                   type=Path)
-    grace_s: float = setting(5.0, "seconds calls in flight get to finish on SIGINT/SIGTERM")
+    drain_s: float = setting(10.0, "on SIGINT/SIGTERM: seconds to answer the turns already accepted (new calls "
+                                   "get UNAVAILABLE); turns still unscored then are refused UNAVAILABLE, the state "
+                                   "is snapshotted and the process exits")
     # state on disk and the early-warning layer
     data_dir: Path | None = setting(
         None, "directory for the service's state (the alert log); 'none': keep alerts in memory only. "
@@ -80,6 +82,10 @@ class Config:
               "~/.local/state/yujing; one service per directory", type=state_dir_arg, cli_default=default_state_dir)
     snapshot_interval_s: float = setting(300.0, "write a snapshot of the tables this often (and always at "
                                                 "SIGTERM); what a SIGKILL loses is at most this much (0: only at SIGTERM)")
+    durability: str = setting("batch", "the turn log (in --data-dir): 'batch' writes each micro-batch to the OS "
+                                       "before its answers (survives a process crash), 'fsync' also syncs it to the "
+                                       "disk (survives a power loss), 'none' writes about once a second (a crash "
+                                       "loses up to that)", choices=("none", "batch", "fsync"))
     alert_retention_days: float = setting(7.0, "alerts older than this are dropped from the alert log")
     alert_retention_mb: float = setting(1024.0, "the alert log is kept under this many MiB (oldest dropped first)")
     scan_period_s: float = setting(1.0, "how often the scheduler re-evaluates every live session at the server "
@@ -122,6 +128,9 @@ class Config:
         need(self.policy is None or Path(self.policy).is_file(), "policy", f"{self.policy} does not exist")
         need(self.snapshot_interval_s == 0 or self.snapshot_interval_s >= 0.1, "snapshot_interval_s",
              "expected 0 (only at SIGTERM) or at least 0.1 s")
+        need(self.durability in ("none", "batch", "fsync"), "durability",
+             f"{self.durability!r}: expected none, batch or fsync")
+        need(0 <= self.drain_s <= 3600, "drain_s", f"{self.drain_s}: expected 0 .. 3600 s")
         need(self.alert_retention_days > 0, "alert_retention_days", "must be > 0")
         need(self.alert_retention_mb >= 1, "alert_retention_mb", "must be at least 1 MiB")
         need(0.05 <= self.scan_period_s <= 60, "scan_period_s", f"{self.scan_period_s}: expected 0.05 .. 60 s")

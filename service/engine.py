@@ -2,6 +2,8 @@
 
     plan (idempotency.py: answers already known, repeats in the batch)
       -> models (the router: sentiment, intent; Triton or in-process)
+      -> the turn log (storage/turn_log.py): the batch and the models' answer, committed
+         before anything is applied (a restart replays it after the last snapshot)
       -> model outputs by position (model_outputs.py) + features (featurize.py)
       -> policy look-ups (pack.py) -> session/agent slots (slots.py)
       -> packed kernel inputs (pack.py) -> update kernel (session_table.py -> kernels/)
@@ -15,11 +17,13 @@ changes nothing; every other refusal happens earlier, in :mod:`yujing.service.va
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 from yujing.service import answers as A
 from yujing.service.contract import pb
+from yujing.service.errors import StateUnavailable
 from yujing.service.featurize import featurize_batch
 from yujing.service.idempotency import AnswerCache, plan, resolve_repeats
 from yujing.service.model_outputs import read_outputs
@@ -28,6 +32,14 @@ from yujing.service.pack import pack_turns, policy_lookups
 from yujing.service.policy import Policy
 from yujing.service.session_table import SessionTable
 from yujing.service.slots import resolve_slots
+
+log = logging.getLogger("yujing")
+
+
+def replay_key(e) -> tuple:
+    """What identifies an alert a replayed batch may raise again: the turn-raised kinds only
+    (queue trends are not replayed: their counters start again after a restart)."""
+    return (e.kind, e.tenant_id, e.session_id, e.agent_id, e.turn_id)
 
 
 @dataclass
@@ -55,6 +67,10 @@ class Engine:
         # the early-warning layer (service/alerts): set by the server, None in a bare engine
         self.detector = None
         self.hub = None
+        # the turn log (service/storage/turn_log.py): set by the server when it keeps state
+        self.turn_log = None
+        # while a restart replays the turn log: the alerts the log already holds (not raised twice)
+        self._replay_seen: set | None = None
         self.batches = 0
         self.turns = 0
 
@@ -70,9 +86,33 @@ class Engine:
         with_text = [j for j, it in enumerate(fresh) if it.turn.text]
         result = await self.router.classify([fresh[j].turn.text for j in with_text]) if with_text else None
         if fresh:
-            for k, a in zip(run, self._apply_kernel(fresh, with_text, result)):
+            logged = self._log_batch(fresh, result)
+            for k, a in zip(run, self._apply_kernel(fresh, with_text, result) if logged is None
+                            else [logged] * len(fresh)):
                 answers[k] = a
         return resolve_repeats(answers)
+
+    def _log_batch(self, fresh, result):
+        """Write ``fresh`` ahead to the turn log; None when written (or no log is kept),
+        else the refusal every turn of the batch gets (nothing is applied)."""
+        if self.turn_log is None:
+            return None
+        try:
+            self.turn_log.batch(fresh, result, max(it.now_ms for it in fresh))
+        except OSError as exc:
+            log.error("turn log write failed; the batch of %d turns is refused: %s", len(fresh), exc)
+            return StateUnavailable(f"the service cannot write its turn log ({exc.strerror or exc}); "
+                                    "nothing was applied, retry later")
+        return None
+
+    def replay(self, batch) -> int:
+        """Apply a batch read back from the turn log (a restart): everything after the
+        model call, with the recorded model answer; alerts the alert log already holds
+        (``alerts_seen``) are not raised again. Returns the turns applied."""
+        items, result = batch.items, batch.result
+        with_text = [j for j, it in enumerate(items) if it.turn.text]
+        answers = self._apply_kernel(items, with_text, result)
+        return sum(1 for a in answers if isinstance(a, pb.TurnRisk))
 
     def cached(self, item) -> "pb.TurnRisk | None":
         """The idempotency look-up: the first answer of ``item``'s turn id (``duplicate``
@@ -112,10 +152,17 @@ class Engine:
             answers[k] = risk
         if self.detector is not None:
             kept = [items[k] for k in slots.keep]
-            self.hub.publish(self.detector.from_batch(kept, slots, ti, of, oi, built, outputs, lookups, feats))
+            events = self.detector.from_batch(kept, slots, ti, of, oi, built, outputs, lookups, feats)
+            if self._replay_seen is not None:
+                events = [e for e in events if replay_key(e) not in self._replay_seen]
+            self.hub.publish(events)
         return answers
 
     # -- session reads --------------------------------------------------------------------
     def session_state(self, key, end: bool = False) -> "pb.SessionState":
+        if end:
+            self.table.slot(key)                       # NOT_FOUND before anything is logged
+            if self.turn_log is not None:
+                self.turn_log.end(key, self.clock())
         snap = (self.table.end if end else self.table.snapshot)(key, self.policy.pf)
         return A.session_state(key, snap, self.policy.pf, self.clock())

@@ -5,7 +5,8 @@
     ├── TableFull          RESOURCE_EXHAUSTED  no free slot and nothing idle to evict
     ├── Overloaded         RESOURCE_EXHAUSTED  too many turns accepted and not yet answered
     ├── SessionNotFound    NOT_FOUND           GetSession / EndSession on an unknown session
-    ├── ShuttingDown       UNAVAILABLE         the server is draining
+    ├── ShuttingDown       UNAVAILABLE         the server is draining (or stopped before scoring it)
+    ├── StateUnavailable   UNAVAILABLE         the turn log cannot be written: nothing applied
     └── ConfigError        (start-up only)     a bad configuration or policy file
 
 A refused turn changes no state: every check that can refuse runs before the turn
@@ -43,6 +44,12 @@ class SessionNotFound(YujingError):
 
 
 class ShuttingDown(YujingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class StateUnavailable(YujingError):
+    """The service cannot make a change durable (its turn log is not writable): the turns
+    are refused and nothing is applied."""
     code = grpc.StatusCode.UNAVAILABLE
 
 

@@ -4,9 +4,15 @@ start-up and graceful shutdown of everything behind them.
     create_server(config) -> (YujingServer, port)    # started, listening; tests use port 0
     serve(config)                                    # runs until SIGINT / SIGTERM
 
-Shutdown: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in flight finish
-within ``grace_s``, the batcher drains, then the model router and the embedded Triton
-server stop.
+Shutdown (SIGINT / SIGTERM): health goes NOT_SERVING, new calls and the streams' next
+turns get UNAVAILABLE, the turns already accepted are answered for up to ``drain_s``; those
+still unscored then are refused UNAVAILABLE (nothing of them applied), the state is
+snapshotted, the model router and the embedded Triton server stop. A second signal exits
+at once (the turn log still holds every answered turn).
+
+State across restarts (``data_dir``): the newest snapshot is restored, then the turn log
+after it is replayed (:mod:`yujing.service.storage.turn_log`); what the durability modes
+lose on a crash is said there.
 """
 from __future__ import annotations
 
@@ -32,14 +38,19 @@ from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
 from yujing.service.errors import ConfigError, InvalidTurn, Overloaded, ShuttingDown, YujingError, fail
+from yujing.service.storage.turn_log import REC_BATCH, REC_END, REC_SCAN, REC_SWEEP, decode_batch
 from yujing.service.policy import load_policy
 from yujing.service.session_table import SessionTable
 from yujing.service.validate import session_key, validate_turn
 
 log = logging.getLogger("yujing")
-STREAM_WINDOW = 4096
+STREAM_WINDOW = 4096     # turns a stream may have in flight before its reader waits
 # What a client sees when a batch fails for a reason of ours (a bug; logged with its trace).
-INTERNAL = YujingError("internal error while scoring this turn; the server log has the details")     # turns a stream may have in flight before its reader waits
+INTERNAL = YujingError("internal error while scoring this turn; the server log has the details")
+STOPPED_READING = ShuttingDown("server is shutting down: the turns after the last answer were not read "
+                               "(nothing of them applied); resume on another replica or after the restart")
+NOT_SCORED = ShuttingDown("server is shutting down: this turn was not scored before the drain deadline "
+                          "(nothing of it applied); retry on another replica or after the restart")
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -120,10 +131,15 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                     await queue.put(self._cached_or_submit(item, admit=False))
             except YujingError as err:
                 await queue.put(err)
+            except asyncio.CancelledError:   # the shutdown stops reading streams
+                await queue.put(STOPPED_READING)
+                raise
             finally:
                 await queue.put(None)
 
         reader = asyncio.create_task(read())
+        self.o.stream_readers.add(reader)
+        reader.add_done_callback(self.o.stream_readers.discard)
         try:
             while True:
                 x = await queue.get()
@@ -216,6 +232,9 @@ class YujingServer:
         self._scheduler: asyncio.Task | None = None
         self._snapshotter: asyncio.Task | None = None
         self._snapshot_lock = threading.Lock()
+        self.turn_log = None
+        self._snapshot_log_ids: list[int] = []   # turn-log ids of the snapshots kept (oldest first)
+        self.stream_readers: set = set()          # reader tasks of the open ScoreStream calls
         self.metrics = Metrics()
         self.hub: AlertHub | None = None
         self.trends = None
@@ -282,12 +301,68 @@ class YujingServer:
     def _snapshot_dir(self) -> Path | None:
         return Path(self.config.data_dir) / "snapshots" if self.config.data_dir is not None else None
 
-    def _restore_snapshot(self) -> None:
+    def _open_turn_log(self) -> None:
+        """The turn log in ``data_dir/turns`` (issue 14; storage/turn_log.py), or none."""
+        if self.config.data_dir is None:
+            return
+        from yujing.service.storage.segment_log import LogLocked
+        from yujing.service.storage.turn_log import TurnLog
+
+        try:
+            self.turn_log = TurnLog(Path(self.config.data_dir) / "turns", durability=self.config.durability)
+        except LogLocked as exc:
+            raise ConfigError(f"data_dir {self.config.data_dir}: {exc}; give each service its own --data-dir",
+                              "data_dir") from None
+
+    def _recover_state(self) -> None:
+        """The newest valid snapshot, then every turn-log record after it; from then on
+        the engine writes the log ahead of every batch."""
+        meta = self._restore_snapshot() or {}
+        if self.turn_log is None:
+            return
+        after = int(meta.get("turn_log_id", 0))
+        self._snapshot_log_ids = [after]
+        if after + 1 < self.turn_log.log.first_id:
+            log.error("turn log starts at record %d but the snapshot holds records up to %d only: the records "
+                      "between are gone and their turns are missing from the restored state",
+                      self.turn_log.log.first_id, after)
+        self._replay_turn_log(after, int(meta.get("alert_log_id", 0)))
+        self.engine.turn_log = self.turn_log
+
+    def _replay_turn_log(self, after: int, alerts_after: int) -> None:
+        t0 = time.perf_counter()
+        records = turns = 0
+        self.engine._replay_seen = self.hub.raised_keys_after(alerts_after)
+        try:
+            for rec in self.turn_log.records_after(after):
+                kind = rec.payload[:1]
+                if kind == REC_BATCH:
+                    turns += self.engine.replay(decode_batch(rec.payload))
+                elif kind == REC_END:
+                    import json
+
+                    key = tuple(json.loads(rec.payload[1:]))
+                    if key in self.table.sessions.slot_of:
+                        self.table.end(key, self.policy.pf)
+                elif kind == REC_SWEEP:
+                    self.table.sweep(rec.ts_ms)
+                elif kind == REC_SCAN:
+                    self.table.sla_breaches(rec.ts_ms)
+                else:
+                    raise ConfigError(f"turn log record {rec.id}: unknown kind {kind!r}", "data_dir")
+                records += 1
+        finally:
+            self.engine._replay_seen = None
+        if records:
+            log.info("replayed %d turn-log records (%d turns) after the snapshot in %.2f s; %d sessions live",
+                     records, turns, time.perf_counter() - t0, len(self.table))
+
+    def _restore_snapshot(self) -> dict | None:
         """Load the newest valid snapshot of the tables (and of the alert marks, so a
-        restored session does not alert its level again) into the empty tables."""
+        restored session does not alert its level again) into the empty tables; its meta."""
         folder = self._snapshot_dir()
         if folder is None or not folder.is_dir():
-            return
+            return None
         from yujing.kernels import layout as L
         from yujing.service.storage.snapshot import SnapshotLayoutError, read_latest_snapshot
 
@@ -296,13 +371,14 @@ class YujingServer:
         except SnapshotLayoutError as exc:
             raise ConfigError(f"data_dir {self.config.data_dir}: {exc}", "data_dir") from None
         if found is None:
-            return
+            return None
         arrays, meta, path = found
         n = self.table.restore(arrays, meta)
         self.detector.marks.restore(arrays, meta, arrays["sessions.slots"])
         if "idem.bytes" in arrays:
             self.engine.answers.restore(arrays, meta["idem_keys"])
         log.info("restored %d sessions from %s (written %s)", n, path, meta.get("written_at", "?"))
+        return meta
 
     def _snapshot_payload(self) -> tuple[dict, dict]:
         """Copies of everything a snapshot holds, taken on the event loop between batches
@@ -314,8 +390,21 @@ class YujingServer:
         arrays.update(answers)
         arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}   # the loop goes on changing the originals
         meta.update(marks_meta, policy_version=self.policy.version,
-                    written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                    written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    # what the state holds: the turn log and the alert log up to these records
+                    turn_log_id=self.turn_log.last_id if self.turn_log is not None else 0,
+                    alert_log_id=self.hub.log.last_id)
         return arrays, meta
+
+    def _snapshot_written(self, meta: dict) -> None:
+        """On the loop, after a snapshot is on disk: the turn log before the older of the two
+        snapshots kept (the fallback if the newest turns out corrupt) is no longer needed."""
+        if self.turn_log is None:
+            return
+        self._snapshot_log_ids = (self._snapshot_log_ids + [meta["turn_log_id"]])[-2:]
+        dropped = self.turn_log.drop_through(self._snapshot_log_ids[0])
+        if dropped:
+            log.debug("turn log: %d records before the snapshots dropped", dropped)
 
     def _write_snapshot(self, arrays: dict, meta: dict) -> Path:
         from yujing.kernels import layout as L
@@ -332,7 +421,10 @@ class YujingServer:
         """Write the tables now (the caller makes sure no batch is half applied)."""
         if self._snapshot_dir() is None:
             return None
-        return self._write_snapshot(*self._snapshot_payload())
+        arrays, meta = self._snapshot_payload()
+        path = self._write_snapshot(arrays, meta)
+        self._snapshot_written(meta)
+        return path
 
     async def _snapshot_forever(self) -> None:
         """Every ``snapshot_interval_s``: copy the state on the loop (a memcpy of the tables,
@@ -343,6 +435,7 @@ class YujingServer:
             try:
                 arrays, meta = self._snapshot_payload()
                 await loop.run_in_executor(None, self._write_snapshot, arrays, meta)
+                self._snapshot_written(meta)
             except Exception:
                 log.exception("periodic snapshot failed")
 
@@ -360,6 +453,8 @@ class YujingServer:
             await asyncio.sleep(period)
             try:
                 self.scan_once()
+                if self.turn_log is not None and self.turn_log.durability == "none":
+                    self.turn_log.flush()        # bounds what a crash loses in 'none' mode
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + 60.0
                     self.hub.log.enforce_retention(_now_ms())
@@ -372,6 +467,8 @@ class YujingServer:
         t0 = time.perf_counter()
         breaches = self.table.sla_breaches(now)
         self.metrics.observe_scan(len(self.table), time.perf_counter() - t0)
+        if breaches and self.turn_log is not None:
+            self.turn_log.scan(now)          # the scan marked them reported: a replay must too
         raised = []
         if breaches:
             raised += self.hub.publish(self.detector.sla_events(breaches, self.engine.session_state, now), now)
@@ -426,12 +523,13 @@ class YujingServer:
         cfg = self.config
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._start_alerts()        # first: a data directory held by another service fails fast
+        self._open_turn_log()
         await self._start_models()
         self.metrics.instrument_router(self.router)
         self.metrics.watch(table=self.table, router=self.router)
         self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
         self.engine.detector, self.engine.hub = self.detector, self.hub
-        self._restore_snapshot()
+        self._recover_state()
         self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
                                     on_batch=self.metrics.observe_batch)
         self.batcher.start()
@@ -480,7 +578,10 @@ class YujingServer:
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(min(60.0, self.config.ttl_s / 4))
-            self.table.sweep(_now_ms())
+            now = _now_ms()
+            if self.turn_log is not None and self.table.sessions.idle_slots(now - self.table.ttl_ms, set()).size:
+                self.turn_log.sweep(now)     # ahead of the change, as every change
+            self.table.sweep(now)
 
     async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):
@@ -500,21 +601,33 @@ class YujingServer:
                 return
             await asyncio.sleep(0.02)
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        grace = self.config.grace_s if grace_s is None else grace_s
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Stop accepting, answer what was accepted within ``drain_s``, refuse the rest
+        UNAVAILABLE, snapshot, close everything (module docstring)."""
+        grace = self.config.drain_s if drain_s is None else drain_s
         self.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.hub is not None:
             self.hub.stop_watchers()
+        for reader in list(self.stream_readers):   # a stream's next turn is not read
+            reader.cancel()
         if self.server is not None:
             await self._drain(grace)
-            await self.server.stop(grace)
         if self.batcher is not None:
-            await self.batcher.close()
+            refused = self.batcher.refuse_queued(NOT_SCORED)
+            if refused:
+                log.warning("drain deadline (%.1f s): %d accepted turns not scored were refused UNAVAILABLE",
+                            grace, refused)
+            await self.batcher.close()             # the batch being scored, if any
+        if self.server is not None:
+            await self.server.stop(min(grace, 2.0))  # every answer is decided: send them
+        if self.batcher is not None:
             try:
                 self._take_snapshot()
-            except Exception:   # the alert log still closes cleanly; the sessions are lost
+            except Exception:   # the turn log still holds every applied turn
                 log.exception("snapshot at shutdown failed")
+        if self.turn_log is not None:
+            self.turn_log.close()
         for task in (self._sweeper, self._supervisor, self._scheduler, self._snapshotter):
             if task is not None:
                 task.cancel()
@@ -571,9 +684,19 @@ async def _serve(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("yujing: shutting down (grace %.1f s)", c.grace_s)
+    log.info("yujing: shutting down (answering accepted turns for up to %.1f s)", c.drain_s)
+    for sig in (signal.SIGINT, signal.SIGTERM):   # a second signal: exit now
+        loop.add_signal_handler(sig, _exit_now)
     await srv.stop()
     log.info("yujing: stopped")
+
+
+def _exit_now() -> None:
+    import os
+
+    log.warning("yujing: second signal, exiting without the shutdown snapshot (the turn log holds the state)")
+    logging.shutdown()
+    os._exit(1)
 
 
 def serve(config: Config) -> None:

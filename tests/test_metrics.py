@@ -170,7 +170,7 @@ def test_real_service_metrics(tmp_path_factory):
     from tests.service_models import in_process_repo
 
     cfg = Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
-                 capacity=4096, agent_capacity=1024, metrics_port=0, grace_s=0.5)
+                 capacity=4096, agent_capacity=1024, metrics_port=0, drain_s=0.5)
     svc = ServiceThread(cfg).start()
     try:
         metrics = getattr(svc.srv, "metrics", None)

@@ -27,7 +27,7 @@ def _start(tmp_path_factory, **kw) -> ServiceThread:
     from tests.service_models import in_process_repo
 
     cfg = Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
-                 capacity=1 << 14, agent_capacity=16, grace_s=1.0, **kw)
+                 capacity=1 << 14, agent_capacity=16, drain_s=1.0, **kw)
     return ServiceThread(cfg).start()
 
 

@@ -20,7 +20,7 @@ def svc(tmp_path_factory):
 
     cfg = Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
                  capacity=64, agent_capacity=16, max_batch=32, max_delay_ms=1.0,
-                 max_text_bytes=1024, max_batch_turns=50, grace_s=1.0)
+                 max_text_bytes=1024, max_batch_turns=50, drain_s=1.0)
     s = ServiceThread(cfg).start()
     yield s
     s.stop()
@@ -221,7 +221,7 @@ def test_full_table_refuses_with_resource_exhausted_and_changes_nothing(tmp_path
     from tests.service_models import in_process_repo
 
     cfg = Config(port=0, models="in-process", model_repo=in_process_repo(), capacity=2, agent_capacity=4,
-                 evict_min_idle_s=3600, grace_s=1.0)
+                 evict_min_idle_s=3600, drain_s=1.0)
     s = ServiceThread(cfg).start()
     try:
         stub = s.stub()

@@ -42,7 +42,7 @@ def test_concurrent_calls_share_batches(tmp_path_factory):
 
 
 def test_graceful_shutdown_finishes_calls_in_flight(tmp_path_factory):
-    svc = start(tmp_path_factory, max_batch=16, max_delay_ms=20.0, grace_s=10.0)
+    svc = start(tmp_path_factory, max_batch=16, max_delay_ms=20.0, drain_s=10.0)
     port = svc.port
 
     async def scenario():

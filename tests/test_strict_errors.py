@@ -32,7 +32,7 @@ def svc(tmp_path_factory):
 
     cfg = Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
                  capacity=2048, agent_capacity=64, max_batch=32, max_delay_ms=1.0,
-                 max_text_bytes=1024, max_batch_turns=50, grace_s=1.0)
+                 max_text_bytes=1024, max_batch_turns=50, drain_s=1.0)
     s = ServiceThread(cfg).start()
     yield s
     s.stop()

@@ -291,6 +291,18 @@ class AlertHub:
                 return self.after(cursor, limit)
         return out
 
+    def raised_keys_after(self, cursor: int) -> set:
+        """``(kind, tenant, session, agent, turn)`` of every alert after ``cursor``: what a
+        replay of the turn log (a restart) must not raise again (engine.replay_key)."""
+        keys = set()
+        while True:
+            batch = self.after(cursor, 4096)
+            if not batch:
+                return keys
+            for a in batch:
+                keys.add((pb.AlertKind.Name(a.kind), a.tenant_id, a.session_id, a.agent_id, a.turn_id))
+            cursor = batch[-1].id
+
     def start_cursor(self, q: "pb.AlertQuery") -> tuple[int, bool]:
         """(cursor, gap): where a query starts, and whether retention dropped alerts after
         its cursor."""

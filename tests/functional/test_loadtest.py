@@ -25,7 +25,7 @@ from yujing.loadtest.traffic import ConversationTraffic, FileTraffic
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     cfg = Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
-                 capacity=16384, agent_capacity=2048, grace_s=0.5, metrics_port=0)
+                 capacity=16384, agent_capacity=2048, drain_s=0.5, metrics_port=0)
     svc = ServiceThread(cfg).start()
     yield svc
     svc.stop()
