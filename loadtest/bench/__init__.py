@@ -426,6 +426,9 @@ def _run(args) -> int:
     elif args.suite == "alerts":       # its own table and JSON (loadtest/bench/alerts.py)
         from yujing.loadtest.bench.alerts import run as run_alerts
         return run_alerts(args)
+    elif args.suite == "durability":   # its own options (loadtest/bench/durability.py)
+        from yujing.loadtest.bench.durability import main as run_durability
+        return run_durability(["--json", str(args.out)] if args.out else [])
     else:
         raise SystemExit(f"unknown suite {args.suite}")
     result["machine"] = _machine()
@@ -441,7 +444,8 @@ def _run(args) -> int:
 
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
-    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "projection", "alerts"))
+    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "projection", "alerts",
+                                          "durability"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
     p.add_argument("--batch", type=int, nargs="+", default=None,
