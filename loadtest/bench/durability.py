@@ -15,7 +15,9 @@ how fast a restart replays it, and what ``none`` loses on a crash; side by side 
 2. ``replay``: the ``batch`` log of (1) read back and applied to a fresh table the way a
    restart does (``decode_batch`` + ``Engine.replay``): turns/s, so the restart time after
    a crash is about (turns since the last snapshot) / this rate + the snapshot restore.
-3. ``kill``: ``yujing serve --durability none`` (in-process models, snapshots only at
+3. ``snapshots`` (``--snapshot-sessions``, default 1 M and 4 M): the event loop's copy, the
+   writer thread's write and the start's read + restore of a table with every slot live.
+4. ``kill``: ``yujing serve --durability none`` (in-process models, snapshots only at
    SIGTERM) under a closed-loop load of unary calls, SIGKILLed after ``--kill-seconds``,
    restarted: how many answered turns are missing and how old (before the kill) the oldest
    missing answer was: the measured loss window of ``none``. The same for ``batch``
@@ -171,6 +173,43 @@ def bench_kill(mode: str, seconds: float, callers: int = 8) -> dict:
             "answered_per_s": len(answered) / seconds}
 
 
+def bench_snapshot(n: int) -> dict:
+    """A table of ``n`` live sessions (every slot taken): the copy the event loop makes
+    (``SessionTable.export`` + a copy of every array: the loop's stall), the write (in the
+    server's writer thread: ``write_snapshot``, fsync included), and the start's
+    ``read_latest_snapshot`` + ``SessionTable.restore`` into an empty table."""
+    import numpy as np
+
+    from yujing.kernels import layout as L
+    from yujing.service.session_table import SessionTable
+    from yujing.service.storage.snapshot import read_latest_snapshot, write_snapshot
+
+    t = SessionTable(capacity=n, agent_capacity=1 << 16, backend="cpu")
+    now = int(time.time() * 1000)
+    for i in range(0, n, 1 << 16):
+        t.resolve([("tenant-1", f"session-{j:09d}") for j in range(i, min(n, i + (1 << 16)))], now)
+    gc.collect()
+    with tempfile.TemporaryDirectory(prefix="yujing-bench-snap-") as d:
+        t0 = time.perf_counter()
+        arrays, meta = t.export()
+        arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        copy_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        path = write_snapshot(Path(d), arrays, meta, layout_version=L.layout_version())
+        write_s = time.perf_counter() - t0
+        size = path.stat().st_size
+        del arrays, meta
+        gc.collect()
+        t0 = time.perf_counter()
+        got, gmeta, _ = read_latest_snapshot(Path(d), layout_version=L.layout_version())
+        fresh = SessionTable(capacity=n, agent_capacity=1 << 16, backend="cpu")
+        restored = fresh.restore(got, gmeta)
+        restore_s = time.perf_counter() - t0
+    assert restored == n
+    return {"sessions": n, "loop_copy_s": copy_s, "write_s": write_s, "read_restore_s": restore_s,
+            "bytes": size}
+
+
 def table(r: dict) -> str:
     lines = [f"turn log on {r['filesystem']}; {r['mix']['turns']:,} turns in batches of {r['mix']['batch']}",
              "", "| durability | us/turn (step) | added by the log | log write us/turn | bytes/turn |",
@@ -181,6 +220,9 @@ def table(r: dict) -> str:
     rp = r["replay"]
     lines += ["", f"replay: {rp['turns']:,} turns ({rp['records']} records) in {rp['seconds']:.2f} s = "
                   f"{rp['turns_per_s']:,.0f} turns/s"]
+    for x in r.get("snapshots", []):
+        lines.append(f"snapshot of {x['sessions']:,} sessions: loop copy {x['loop_copy_s']:.2f} s, write "
+                     f"{x['write_s']:.2f} s, read + restore {x['read_restore_s']:.2f} s ({x['bytes'] / 2**20:.0f} MiB)")
     for k in r.get("kill", []):
         lines.append(f"kill ({k['durability']}): {k['answered']:,} answered, {k['answered_turns_missing']} missing "
                      f"after restart, oldest missing answered {k['oldest_missing_answer_age_s']:.2f} s before the kill")
@@ -192,9 +234,12 @@ def main(argv=None) -> int:
     ap.add_argument("--turns", type=int, default=40_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kill-seconds", type=float, default=4.0, help="0: skip the kill runs")
+    ap.add_argument("--snapshot-sessions", type=int, nargs="*", default=[1 << 20, 1 << 22],
+                    help="table sizes of the snapshot runs (none: skip)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     r = bench_turn_path(turns=a.turns, repeats=a.repeats)
+    r["snapshots"] = [bench_snapshot(n) for n in a.snapshot_sessions]
     if a.kill_seconds > 0:
         r["kill"] = [bench_kill(m, a.kill_seconds) for m in ("none", "batch")]
     r["command"] = "python -m yujing.loadtest.bench.durability " + " ".join(argv or sys.argv[1:])
