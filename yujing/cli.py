@@ -35,6 +35,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         default = meta["cli_default"]() if meta.get("cli_default") else f.default
         kind = meta.get("type") or type(default)
         help_text = meta.get("help", "")
+        if kind is bool:        # a switch: --insecure-no-auth, --metrics-tls
+            p.add_argument(_flag(f.name), dest=f.name, action="store_true", default=default, help=help_text)
+            continue
         if default is not None:
             help_text += " (default: %(default)s)"
         p.add_argument(_flag(f.name), dest=f.name, type=kind, default=None if f.name == "models" else default,
