@@ -3,6 +3,7 @@
     yujing serve [--host H] [--port P] [--models embedded|external|in-process] ...
     yujing score [--target H:P] "text" ... | --file conversation.jsonl
     yujing alerts [--target H:P] [--queue Q] ...  (follow the alert stream; --ack ID --by NAME)
+    yujing tokens add|list|revoke|quota --file F ... (the bearer tokens of --tokens F)
     yujing models train | eval | deploy ...
     yujing eval conversations ...  (risk measured on whole dialogues)
     yujing policy fit ...          (a candidate policy fitted to dialogue outcomes)
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "add_subcommand")
     _add_optional(sub, "yujing.client", "add_subcommand")
     _add_optional(sub, "yujing.alerts", "add_subcommand")
+    _add_optional(sub, "yujing.tokens", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.cli", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.bench", "add_subcommand")
     return parser
