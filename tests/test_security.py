@@ -433,3 +433,16 @@ def test_a_bad_tokens_file_stops_the_start_with_a_message(tmp_path):
     path.write_text(json.dumps({"tokens": [], "quotas": {"acme": {"turns_per_s": -1}}}))
     with pytest.raises(ConfigError, match="turns_per_s"):
         T.TokenStore(path)
+
+
+def test_the_load_generator_reaches_a_secured_service_and_keeps_the_token_out_of_its_report(svc, certs, tokens,
+                                                                                          tmp_path):
+    from yujing.loadtest.cli import run_once
+    from yujing.loadtest.runner import RunSpec
+
+    for mode in ("unary", "stream"):
+        spec = RunSpec(target=f"localhost:{svc.port}", mode=mode, rate=30, duration=1.0, sessions=20, streams=2,
+                       drain_s=5, progress=False, token=tokens["admin"], tls_ca=certs["ca.pem"])   # its traffic spans tenants
+        rep = run_once(spec, tmp_path / mode)
+        assert rep["sent"] > 0 and rep["answered"] == rep["sent"], rep.get("errors_by_code")
+        assert tokens["admin"] not in "".join(p.read_text(errors="replace") for p in (tmp_path / mode).glob("*.json"))
