@@ -5,6 +5,7 @@ binding, a client who knows a tenant's name reads and ends its sessions."""
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -446,3 +447,20 @@ def test_the_load_generator_reaches_a_secured_service_and_keeps_the_token_out_of
         rep = run_once(spec, tmp_path / mode)
         assert rep["sent"] > 0 and rep["answered"] == rep["sent"], rep.get("errors_by_code")
         assert tokens["admin"] not in "".join(p.read_text(errors="replace") for p in (tmp_path / mode).glob("*.json"))
+
+
+def test_yujing_serve_off_loopback_with_tokens_and_tls(certs, tokens):
+    """The real command: --tokens unlocks a non-loopback host; the flags reach the service."""
+    from tests.service_harness import ServeProcess
+
+    p = ServeProcess("--host", "0.0.0.0", "--models", "in-process", "--data-dir", "none", "--tokens",
+                     str(tokens["path"]), "--tls-cert", certs["server.pem"], "--tls-key", certs["server.key"],
+                     "--quota-turns-per-s", "1000", timeout_s=120)
+    try:
+        assert re.search(r"yujing serving on 0\.0\.0\.0:\d+ .*; tls on, tokens \d+ from ", p.output())
+        stub = p.stub(tls_ca=certs["ca.pem"], token=tokens["acme"])
+        assert stub.Score(turn(_sid()), timeout=10).turn_id == "1"
+        code, _ = _code(p.stub(tls_ca=certs["ca.pem"]).Score, turn(_sid()))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        assert p.stop() == 0
