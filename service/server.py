@@ -183,7 +183,7 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
             pos.append(k)
         try:
             self._admit(len(todo))
-            release = self.o.quotas.admit([it for it in todo if self.o.engine.cached(it) is None])
+            release = self.o.quotas.admit(todo, repeats=self.o.engine.answers)
         except (Overloaded, QuotaExceeded) as err:
             return self._fail(context, err)
         try:
@@ -463,8 +463,8 @@ class YujingServer:
         self.batcher.start()
         self.metrics.watch(table=self.table, router=self.router, batcher=self.batcher, hub=self.hub,
                            webhook=self.webhook, trends=self.trends)
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics), AuthInterceptor(self.auth)],
-                                      options=[
+        interceptors = [MetricsInterceptor(self.metrics), AuthInterceptor(self.auth)]   # counted, then authenticated
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
             ("grpc.so_reuseport", 0),
             # gRPC core's backlog of calls not yet picked up: its defaults (random early drop

@@ -53,13 +53,16 @@ class TenantQuotas:
     def limits(self, tenant: str) -> Limits:
         return self.defaults.merged(self.overrides().get(tenant))
 
-    def admit(self, items) -> "callable | None":
+    def admit(self, items, repeats=()) -> "callable | None":
         """Count ``items`` (PendingTurns) against their tenants' quotas, or raise
-        QuotaExceeded and count nothing; returns the release of their reservations."""
+        QuotaExceeded and count nothing; returns the release of their reservations.
+        Items whose turn id is in ``repeats`` (the idempotency window) are not counted."""
         if not self.defaults.active and not self.overrides():
             return None
         by_tenant: dict = {}
         for it in items:
+            if it.idem in repeats:
+                continue
             by_tenant.setdefault(it.key[0], []).append(it)
         plans = [self._plan(tenant, its) for tenant, its in by_tenant.items()]
         reserved = []
