@@ -464,3 +464,18 @@ def test_yujing_serve_off_loopback_with_tokens_and_tls(certs, tokens):
         assert code == grpc.StatusCode.UNAUTHENTICATED
     finally:
         assert p.stop() == 0
+
+
+def test_the_tables_count_of_a_tenants_sessions_follows_takes_releases_expiry_and_a_restore():
+    from yujing.service.session_table import SessionTable
+
+    t = SessionTable(capacity=8, agent_capacity=2, ttl_ms=1000, backend="cpu")
+    t.resolve([("acme", "a"), ("acme", "b"), ("globex", "c"), ("acme", "a")], now_ms=10_000)
+    assert (t.live_of("acme"), t.live_of("globex"), t.live_of("nobody")) == (2, 1, 0)
+    t.sessions.release(t.sessions.slot_of[("acme", "b")])
+    assert t.live_of("acme") == 1
+    arrays, meta = t.export()
+    again = SessionTable(capacity=8, agent_capacity=2, ttl_ms=1000, backend="cpu")
+    again.restore(arrays, meta)
+    assert (again.live_of("acme"), again.live_of("globex")) == (1, 1)
+    assert again.sweep(now_ms=20_000) == 2 and again.live_of("acme") == again.live_of("globex") == 0
