@@ -23,17 +23,10 @@ def token_from(arg: str | None) -> str | None:
 
 
 def _with_token(details, token: str):
+    """``details`` (grpc's call details, a namedtuple) with the token's metadata added."""
     md = list(details.metadata or ())
     md.append(("authorization", f"Bearer {token}"))
-    return details._replace(metadata=md) if hasattr(details, "_replace") else _Details(details, md)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, d, metadata):
-        self.method, self.timeout, self.metadata = d.method, d.timeout, metadata
-        self.credentials = d.credentials
-        self.wait_for_ready = getattr(d, "wait_for_ready", None)
-        self.compression = getattr(d, "compression", None)
+    return details._replace(metadata=md)
 
 
 class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
