@@ -4,6 +4,7 @@
                     [--sessions N] [--processes P] [--batch-size B] [--streams K]
                     [--turns-file F] [--out DIR] [--metrics-url URL] [--p99-target-ms X]
                     [--knee --p99-target-ms X [--knee-step 1.5] [--knee-max-steps 12]]
+                    [--token T | $YUJING_TOKEN] [--tls-ca ca.pem [--tls-cert c.pem --tls-key c.key]]
 
 Writes DIR/report.json and DIR/report.png (knee: DIR/knee.json, DIR/knee.png and one
 report per step). The PNG: the run's settings and commit in the title, throughput per
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from yujing.loadtest import report as R
 from yujing.loadtest.runner import RunSpec, run_load
+from yujing.service.security.client import token_from
 
 KNEE_P99_TARGET_MS = 50.0  # --knee without --p99-target-ms
 
@@ -61,6 +63,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--knee-max-steps", type=int, default=12)
     p.add_argument("--knee-max-error-rate", type=float, default=0.01,
                    help="a step with more errors than this share fails too")
+    from yujing.service.security.client import add_client_arguments
+
+    add_client_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -69,7 +74,9 @@ def spec_from_args(a) -> RunSpec:
                    concurrent=a.concurrent, processes=a.processes, batch_size=a.batch_size,
                    batch_linger_ms=a.batch_linger_ms, streams=a.streams, turns_file=a.turns_file, seed=a.seed,
                    arrival=a.arrival, max_turns=a.max_turns, timeout_s=a.timeout_s, drain_s=a.drain_s,
-                   max_lag_ms=a.max_lag_ms, run_id=a.run_id, progress=not a.quiet).validate()
+                   max_lag_ms=a.max_lag_ms, run_id=a.run_id, progress=not a.quiet,
+                   token=token_from(a.token), tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
+                   tls_server_name=a.tls_server_name).validate()
 
 
 def _scrape(url):

@@ -75,6 +75,12 @@ class RunSpec:
     max_lag_ms: float = 10.0            # p99 send lag above this: the generator was the bottleneck
     run_id: str | None = None
     progress: bool = True
+    # a secured service (service/security/client.py); the token is never written to a report
+    token: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
 
     def validate(self) -> "RunSpec":
         if self.mode not in ("unary", "stream", "batch"):
@@ -365,7 +371,10 @@ async def run_worker(spec: RunSpec, idx: int, start_wall: float, progress_cb=Non
                            shard=idx, shards=P, run_id=spec.run_id)
     arrivals = random.Random(spec.seed * 7919 + idx)
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    channel = grpc.aio.insecure_channel(spec.target, options=options)
+    from yujing.service.security.client import open_channel
+
+    channel = open_channel(spec.target, token=spec.token, tls_ca=spec.tls_ca, tls_cert=spec.tls_cert,
+                           tls_key=spec.tls_key, server_name=spec.tls_server_name, options=options, aio=True)
     from yujing.service.contract import pb_grpc as _pg  # noqa: F401
     stub = pb_grpc.RiskScorerStub(channel)
     try:
@@ -579,7 +588,7 @@ def merge_results(results: list[dict], spec: RunSpec) -> dict:
     if cpu_frac > 0.9:
         warnings.append(f"a client process used {cpu_frac:.0%} of a CPU core (add --processes)")
     return {
-        "spec": asdict(spec), "sent": sent, "answered": answered, "errors": errors, "planned": planned,
+        "spec": {k: v for k, v in asdict(spec).items() if k != "token"}, "sent": sent, "answered": answered, "errors": errors, "planned": planned,
         "hist": hist, "lag": lag, "per_second": per_sec, "send_window_s": send_window,
         "schedule_span_s": schedule_span,
         "achieved_send_rate": achieved, "lag_p99_ms": lag_p99_ms, "lag_max_ms": lag.get_max_value() / 1000.0,

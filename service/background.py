@@ -65,14 +65,20 @@ class ServiceThread:
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+    def channel(self, **secure) -> grpc.Channel:
+        """A channel to the service; ``secure``: open_channel's token, tls_ca, tls_cert, tls_key,
+        server_name (service/security/client.py)."""
+        if not secure:
+            return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        from yujing.service.security.client import open_channel
 
-    def stub(self) -> pb_grpc.RiskScorerStub:
-        return pb_grpc.RiskScorerStub(self.channel())
+        return open_channel(f"127.0.0.1:{self.port}", **secure)
 
-    def alerts(self) -> pb_grpc.AlertsStub:
-        return pb_grpc.AlertsStub(self.channel())
+    def stub(self, **secure) -> pb_grpc.RiskScorerStub:
+        return pb_grpc.RiskScorerStub(self.channel(**secure))
+
+    def alerts(self, **secure) -> pb_grpc.AlertsStub:
+        return pb_grpc.AlertsStub(self.channel(**secure))
 
     def __enter__(self) -> "ServiceThread":
         return self.start()

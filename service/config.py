@@ -75,6 +75,22 @@ class Config:
     drain_s: float = setting(10.0, "on SIGINT/SIGTERM: seconds to answer the turns already accepted (new calls "
                                    "get UNAVAILABLE); turns still unscored then are refused UNAVAILABLE, the state "
                                    "is snapshotted and the process exits")
+    # security (README "Security model"; service/security/)
+    tokens: Path | None = setting(None, "tokens file (`yujing tokens add` mints one): every call but health and "
+                                        "reflection then needs `authorization: Bearer <token>`, bound to its "
+                                        "tenant; re-read when it changes", type=Path)
+    insecure_no_auth: bool = setting(False, "serve without tokens on an address other than loopback (refused "
+                                            "otherwise): anyone who reaches the port acts for any tenant")
+    tls_cert: Path | None = setting(None, "TLS certificate chain (PEM) of the gRPC port, with --tls-key", type=Path)
+    tls_key: Path | None = setting(None, "TLS private key (PEM) of --tls-cert", type=Path)
+    tls_client_ca: Path | None = setting(None, "CA (PEM) that signs client certificates: require one (mTLS)",
+                                         type=Path)
+    metrics_tls: bool = setting(False, "serve /metrics over HTTPS with --tls-cert/--tls-key (and client "
+                                       "certificates when --tls-client-ca)")
+    quota_max_sessions: int = setting(0, "live sessions one tenant may hold (0: no limit; the tokens file's "
+                                         "quotas override it per tenant)")
+    quota_turns_per_s: float = setting(0.0, "turns per second one tenant may send, sustained (0: no limit)")
+    quota_burst_turns: float = setting(0.0, "turns one tenant may send at once above its rate (0: one second's worth)")
     # state on disk and the early-warning layer
     data_dir: Path | None = setting(
         None, "directory for the service's state (the alert log); 'none': keep alerts in memory only. "
@@ -136,6 +152,12 @@ class Config:
         need(0.05 <= self.scan_period_s <= 60, "scan_period_s", f"{self.scan_period_s}: expected 0.05 .. 60 s")
         need(not self.webhook_url or self.webhook_url.startswith(("http://", "https://")), "webhook_url",
              f"{self.webhook_url!r}: expected an http:// or https:// URL")
+        need(self.quota_max_sessions >= 0, "quota_max_sessions", "must be >= 0 (0: no limit)")
+        need(self.quota_turns_per_s >= 0, "quota_turns_per_s", "must be >= 0 (0: no limit)")
+        need(self.quota_burst_turns >= 0, "quota_burst_turns", "must be >= 0")
+        from yujing.service.security import tls
+
+        tls.check(self)
         need(self.webhook_secret_file is None or Path(self.webhook_secret_file).is_file(), "webhook_secret_file",
              f"{self.webhook_secret_file} does not exist")
         return self

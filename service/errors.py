@@ -7,6 +7,9 @@
     ├── SessionNotFound    NOT_FOUND           GetSession / EndSession on an unknown session
     ├── ShuttingDown       UNAVAILABLE         the server is draining (or stopped before scoring it)
     ├── StateUnavailable   UNAVAILABLE         the turn log cannot be written: nothing applied
+    ├── Unauthenticated    UNAUTHENTICATED     no token, or one the tokens file does not hold
+    ├── PermissionDenied   PERMISSION_DENIED   a tenant's token used for another tenant
+    ├── QuotaExceeded      RESOURCE_EXHAUSTED  a tenant's live sessions or turns/s quota
     └── ConfigError        (start-up only)     a bad configuration or policy file
 
 A refused turn changes no state: every check that can refuse runs before the turn
@@ -51,6 +54,46 @@ class StateUnavailable(YujingError):
     """The service cannot make a change durable (its turn log is not writable): the turns
     are refused and nothing is applied."""
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(YujingError):
+    """No ``authorization: Bearer ...`` metadata, or a token the tokens file does not hold."""
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(YujingError):
+    """A tenant's token used for another tenant's data."""
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class QuotaExceeded(YujingError):
+    """A tenant over one of its quotas (``service/security/quotas.py``): the refusal carries
+    a ``google.rpc.QuotaFailure`` and a ``RetryInfo`` (``retry_after_s``) in its status."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, tenant: str, quota: str, retry_after_s: float):
+        super().__init__(message)
+        self.tenant = tenant
+        self.quota = quota
+        self.retry_after_s = retry_after_s
+
+    def status_details(self) -> bytes:
+        """The ``grpc-status-details-bin`` trailer: a ``google.rpc.Status`` with this code and
+        message and two details, ``QuotaFailure`` (subject ``tenant:<id>``, the quota) and
+        ``RetryInfo`` (when to try again); ``grpc_status.rpc_status.from_call`` decodes it."""
+        from google.protobuf import any_pb2
+        from google.rpc import error_details_pb2, status_pb2
+
+        failure = error_details_pb2.QuotaFailure()
+        failure.violations.add(subject=f"tenant:{self.tenant}", description=f"{self.quota}: {self.message}")
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(1_000_000, int(self.retry_after_s * 1e9)))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        for detail in (failure, retry):
+            packed = any_pb2.Any()
+            packed.Pack(detail)
+            status.details.append(packed)
+        return status.SerializeToString()
 
 
 class ConfigError(YujingError, ValueError):
@@ -194,4 +237,7 @@ def fail(context, err: YujingError, empty=None):
     (grpc/grpc#37239)."""
     context.set_code(err.code)
     context.set_details(err.message)
+    details = getattr(err, "status_details", None)   # rich status (QuotaExceeded): google.rpc.Status bytes
+    if details is not None:
+        context.set_trailing_metadata((("grpc-status-details-bin", details()),))
     return empty

@@ -23,6 +23,9 @@ class AnswerCache:
         self.capacity = capacity
         self._d: OrderedDict = OrderedDict()
 
+    def __contains__(self, idem) -> bool:
+        return idem in self._d
+
     def get(self, idem) -> "pb.TurnRisk | None":
         raw = self._d.get(idem)
         if raw is None:

@@ -30,6 +30,8 @@ Metric names (all prefixed ``yujing_``):
     queue_health_index{tenant,queue}           gauge     README "Queue trends" (at most QUEUE_GAUGES queues,
     queue_negative_share{tenant,queue}         gauge     the rest folded into queue="other")
     scan_seconds, scan_sessions                histogram, gauge  the scheduler's pass over the session table
+    auth_refusals_total{code}                  counter   calls (batch turns) refused UNAUTHENTICATED / PERMISSION_DENIED
+    quota_refusals_total{quota}                counter   turns refused by a tenant quota (max_sessions, turns_per_s)
 
 A dedicated :class:`prometheus_client.CollectorRegistry` is used, so several services in
 one process (tests) never share or collide on metrics.
@@ -188,6 +190,10 @@ class Metrics:
         self.overload_refusals = Counter("yujing_overload_refusals",
                                          "Turns refused by admission control (RESOURCE_EXHAUSTED, overloaded)",
                                          registry=r)
+        self.auth_refusals = Counter("yujing_auth_refusals", "Calls (ScoreBatch: turns) refused for their token: "
+                                     "UNAUTHENTICATED or PERMISSION_DENIED", ["code"], registry=r)
+        self.quota_refusals = Counter("yujing_quota_refusals", "Turns refused RESOURCE_EXHAUSTED by a tenant quota",
+                                      ["quota"], registry=r)
         self.scan_seconds = Histogram("yujing_scan_seconds", "One scheduler pass over the session table",
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.scan_sessions = Gauge("yujing_scan_sessions", "Sessions the last scheduler pass scanned", registry=r)
@@ -208,11 +214,12 @@ class Metrics:
         self.port: int | None = None
 
     # ---- HTTP -------------------------------------------------------------------------
-    def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0: a free port) in a daemon thread; the port."""
+    def start_http(self, host: str = "127.0.0.1", port: int = 0, **tls) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0: a free port) in a daemon thread; the port.
+        ``tls``: start_http_server's certfile, keyfile, client_cafile, client_auth_required."""
         from prometheus_client import start_http_server
 
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        server, thread = start_http_server(port, addr=host, registry=self.registry, **tls)
         self._http, self._http_thread = server, thread
         self.port = int(server.server_address[1])
         return self.port

@@ -37,7 +37,10 @@ from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
-from yujing.service.errors import ConfigError, InvalidTurn, Overloaded, ShuttingDown, YujingError, fail
+from yujing.service.errors import (ConfigError, InvalidTurn, Overloaded, PermissionDenied, QuotaExceeded,
+                                   ShuttingDown, YujingError, fail)
+from yujing.service.security import guards, tls
+from yujing.service.security.auth import AuthInterceptor
 from yujing.service.storage.turn_log import REC_BATCH, REC_END, REC_SCAN, REC_SWEEP, decode_batch
 from yujing.service.policy import load_policy
 from yujing.service.session_table import SessionTable
@@ -79,6 +82,12 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         if self.o.draining:
             raise ShuttingDown("server is shutting down; retry on another replica")
 
+    def _bind(self, context, request) -> None:
+        """The caller's token (UNAUTHENTICATED) may act for ``request.tenant_id``
+        (PERMISSION_DENIED; an empty one becomes the token's tenant)."""
+        auth = self.o.auth
+        auth.bind(auth.principal(context.invocation_metadata()), request)
+
     def _admit(self, n: int) -> None:
         """Admission control for unary and batch calls: refuse before any state moves."""
         pending = self.o.batcher.in_flight
@@ -99,11 +108,16 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
             return fut
         if admit:
             self._admit(1)
-        return self.o.batcher.submit(item)
+        release = self.o.quotas.admit((item,))
+        fut = self.o.batcher.submit(item)
+        if release is not None:
+            fut.add_done_callback(lambda _: release())
+        return fut
 
     async def Score(self, request, context):
         try:
             self._check_open()
+            self._bind(context, request)
             ans = await self._cached_or_submit(validate_turn(request, self.o.config, _now_ms()), admit=True)
         except YujingError as err:
             return self._fail(context, err)
@@ -115,6 +129,7 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
 
     async def ScoreStream(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
+        auth, metadata = self.o.auth, context.invocation_metadata()
 
         async def read():
             """Queue each turn's answer to come, in order; the first refusal (a turn that
@@ -124,6 +139,7 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 async for turn in request_iterator:
                     try:
                         self._check_open()
+                        auth.bind(auth.principal(metadata), turn)    # each turn: a revoked token stops here
                         item = validate_turn(turn, self.o.config, _now_ms())
                     except YujingError as err:
                         await queue.put(err)
@@ -163,7 +179,8 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         cfg = self.o.config
         try:
             self._check_open()
-        except ShuttingDown as err:
+            principal = self.o.auth.principal(context.invocation_metadata())
+        except YujingError as err:
             return self._fail(context, err)
         if len(request.turns) > cfg.max_batch_turns:
             return self._fail(context, InvalidTurn(
@@ -172,18 +189,24 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         results: list = [None] * len(request.turns)
         todo, pos = [], []
         for k, turn in enumerate(request.turns):
-            try:
+            try:     # a turn of another tenant is refused alone, as an invalid one is
+                self.o.auth.bind(principal, turn, prefix=f"turns[{k}].")
                 item = validate_turn(turn, cfg, now, prefix=f"turns[{k}].")
-            except InvalidTurn as err:
+            except (InvalidTurn, PermissionDenied) as err:
                 results[k] = err
                 continue
             todo.append(item)
             pos.append(k)
         try:
             self._admit(len(todo))
-        except Overloaded as err:
+            release = self.o.quotas.admit(todo, repeats=self.o.engine.answers)
+        except (Overloaded, QuotaExceeded) as err:
             return self._fail(context, err)
-        answers = await asyncio.gather(*self.o.batcher.submit_many(todo), return_exceptions=True)
+        try:
+            answers = await asyncio.gather(*self.o.batcher.submit_many(todo), return_exceptions=True)
+        finally:
+            if release is not None:
+                release()
         for k, ans in zip(pos, answers):
             results[k] = INTERNAL if isinstance(ans, Exception) and not isinstance(ans, YujingError) else ans
         out = pb.TurnRiskBatch()
@@ -196,12 +219,14 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
 
     async def GetSession(self, request, context):
         try:
+            self._bind(context, request)
             return self.o.engine.session_state(session_key(request, self.o.config))
         except YujingError as err:
             return self._fail(context, err)
 
     async def EndSession(self, request, context):
         try:
+            self._bind(context, request)
             return self.o.engine.session_state(session_key(request, self.o.config), end=True)
         except YujingError as err:
             return self._fail(context, err)
@@ -236,6 +261,7 @@ class YujingServer:
         self._snapshot_log_ids: list[int] = []   # turn-log ids of the snapshots kept (oldest first)
         self.stream_readers: set = set()          # reader tasks of the open ScoreStream calls
         self.metrics = Metrics()
+        self.auth, self.quotas = guards(self.config, self.table, self.metrics)   # tokens, tenant quotas
         self.hub: AlertHub | None = None
         self.trends = None
         self.webhook = None
@@ -535,7 +561,8 @@ class YujingServer:
         self.batcher.start()
         self.metrics.watch(table=self.table, router=self.router, batcher=self.batcher, hub=self.hub,
                            webhook=self.webhook, trends=self.trends)
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.metrics)], options=[
+        interceptors = [MetricsInterceptor(self.metrics), AuthInterceptor(self.auth)]   # counted, then authenticated
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
             ("grpc.so_reuseport", 0),
             # gRPC core's backlog of calls not yet picked up: its defaults (random early drop
@@ -552,12 +579,10 @@ class YujingServer:
             (pb.DESCRIPTOR.services_by_name["RiskScorer"].full_name,
              pb.DESCRIPTOR.services_by_name["Alerts"].full_name, health.SERVICE_NAME,
              reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+        self.port = tls.listen(self.server, cfg)
         await self.server.start()
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.start_http(cfg.host, cfg.metrics_port)
+            self.metrics_port = self.metrics.start_http(cfg.host, cfg.metrics_port, **tls.metrics_tls(cfg))
         await self._warm_up()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="yujing-ttl-sweeper")
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="yujing-scheduler")
@@ -663,10 +688,13 @@ async def _serve(config: Config) -> None:
               "external": f"Triton at {c.triton_url}", "in-process": "in-process models"}[c.models]
     emotion = f", emotion {c.emotion_model} v{srv.router.versions.get(c.emotion_model)}" if c.emotion_model else ""
     log.info("yujing serving on %s:%d (models: %s, sentiment %s v%s, intent %s v%s%s; kernels %s; "
-             "capacity %d sessions; policy %s)", c.host, port, models, c.sentiment_model,
+             "capacity %d sessions; policy %s; %s)", c.host, port, models, c.sentiment_model,
              srv.router.versions.get(c.sentiment_model), c.intent_model,
              srv.router.versions.get(c.intent_model), emotion, srv.table.kernels.name, c.capacity,
-             srv.policy.version)
+             srv.policy.version, tls.describe(c, len(srv.auth.store) if srv.auth.store is not None else None))
+    if c.tokens is not None and not c.tls_cert and not tls.is_loopback(c.host):
+        log.warning("yujing: tokens travel in clear text on %s: give --tls-cert/--tls-key (or terminate TLS "
+                    "in front of the service)", c.host)
     if c.data_dir is not None:
         held = (f"alerts {srv.hub.log.first_id} .. {srv.hub.log.last_id}" if srv.hub.log.last_id >= srv.hub.log.first_id
                 else "no alerts yet")
@@ -678,7 +706,8 @@ async def _serve(config: Config) -> None:
         log.info("yujing webhook: POST alerts to %s%s", c.webhook_url,
                  " (signed)" if c.webhook_secret_file else " (unsigned: give --webhook-secret-file)")
     if srv.metrics_port is not None:
-        log.info("yujing metrics on http://%s:%d/metrics", c.host, srv.metrics_port)
+        log.info("yujing metrics on %s://%s:%d/metrics", "https" if c.metrics_tls else "http", c.host,
+                 srv.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -34,6 +34,7 @@ class _SlotIndex:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.slot_of: dict = {}
+        self.per_tenant: dict = {}      # key[0] (the tenant) -> keys held: the live-sessions quota
         self.key_of: list = [None] * capacity
         self.free = list(range(capacity - 1, -1, -1))
         self.last_seen = np.zeros(capacity, np.int64)
@@ -42,6 +43,7 @@ class _SlotIndex:
     def take(self, key, now_ms: int) -> int:
         slot = self.free.pop()
         self.slot_of[key] = slot
+        self.per_tenant[key[0]] = self.per_tenant.get(key[0], 0) + 1
         self.key_of[slot] = key
         self.occupied[slot] = True
         self.last_seen[slot] = now_ms
@@ -51,6 +53,11 @@ class _SlotIndex:
         key = self.key_of[slot]
         if key is not None:
             del self.slot_of[key]
+            left = self.per_tenant[key[0]] - 1
+            if left:
+                self.per_tenant[key[0]] = left
+            else:
+                del self.per_tenant[key[0]]
         self.key_of[slot] = None
         self.occupied[slot] = False
         self.free.append(slot)
@@ -244,8 +251,17 @@ class SessionTable:
             key_of = idx.key_of
             for s, key in zip(slots, keys):
                 key_of[s] = key
+            for key in keys:
+                idx.per_tenant[key[0]] = idx.per_tenant.get(key[0], 0) + 1
         self.expired, self.evicted = meta.get("expired", 0), meta.get("evicted", 0)
         return len(self.sessions.slot_of)
+
+    def live_of(self, tenant: str) -> int:
+        """Sessions of ``tenant`` in the table (the live-sessions quota)."""
+        return self.sessions.per_tenant.get(tenant, 0)
+
+    def holds(self, key) -> bool:
+        return key in self.sessions.slot_of
 
     def slot(self, key) -> int:
         slot = self.sessions.slot_of.get(key)

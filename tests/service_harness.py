@@ -69,11 +69,19 @@ class ServeProcess:
             self.stop()
             raise TimeoutError(f"yujing serve not ready in {timeout_s} s:\n{open(self.log.name).read()[-4000:]}")
 
-    def stub(self) -> pb_grpc.RiskScorerStub:
-        return pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+    def channel(self, **secure) -> grpc.Channel:
+        """``secure``: open_channel's token, tls_ca, tls_cert, tls_key, server_name."""
+        if not secure:
+            return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        from yujing.service.security.client import open_channel
 
-    def alerts(self) -> pb_grpc.AlertsStub:
-        return pb_grpc.AlertsStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+        return open_channel(f"127.0.0.1:{self.port}", **secure)
+
+    def stub(self, **secure) -> pb_grpc.RiskScorerStub:
+        return pb_grpc.RiskScorerStub(self.channel(**secure))
+
+    def alerts(self, **secure) -> pb_grpc.AlertsStub:
+        return pb_grpc.AlertsStub(self.channel(**secure))
 
     def output(self) -> str:
         return open(self.log.name).read()

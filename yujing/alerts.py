@@ -3,6 +3,7 @@
     yujing alerts [--target H:P] [--tenant T] [--queue Q ...] [--kind K ...] [--min-level yellow]
                   [--after ID | --from-oldest] [--json] [--count N]
     yujing alerts --ack ID --by NAME [--note TEXT]
+    ... [--token T | $YUJING_TOKEN] [--tls-ca ca.pem [--tls-cert c.pem --tls-key c.key]]
 
 It prints one line per alert as it is raised (``--json``: the alert as proto3 JSON, one per
 line) and stays connected; after a dropped connection or a service restart it reconnects
@@ -66,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from yujing.service.contract import pb_grpc
+    from yujing.service.security.client import channel_from_args
 
-    channel = grpc.insecure_channel(args.target)
+    channel = channel_from_args(args)
     stub = pb_grpc.AlertsStub(channel)
     if args.ack:
         return _ack(args, stub)
@@ -115,4 +117,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--by", help="with --ack: who takes it")
     p.add_argument("--note", help="with --ack: a note")
     p.add_argument("--timeout-s", type=float, default=10.0, help="deadline of --ack (default: %(default)s)")
+    from yujing.service.security.client import add_client_arguments
+
+    add_client_arguments(p)
     p.set_defaults(func=run)

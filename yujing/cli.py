@@ -3,6 +3,7 @@
     yujing serve [--host H] [--port P] [--models embedded|external|in-process] ...
     yujing score [--target H:P] "text" ... | --file conversation.jsonl
     yujing alerts [--target H:P] [--queue Q] ...  (follow the alert stream; --ack ID --by NAME)
+    yujing tokens add|list|revoke|quota --file F ... (the bearer tokens of --tokens F)
     yujing models train | eval | deploy ...
     yujing eval conversations ...  (risk measured on whole dialogues)
     yujing policy fit ...          (a candidate policy fitted to dialogue outcomes)
@@ -35,6 +36,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         default = meta["cli_default"]() if meta.get("cli_default") else f.default
         kind = meta.get("type") or type(default)
         help_text = meta.get("help", "")
+        if kind is bool:        # a switch: --insecure-no-auth, --metrics-tls
+            p.add_argument(_flag(f.name), dest=f.name, action="store_true", default=default, help=help_text)
+            continue
         if default is not None:
             help_text += " (default: %(default)s)"
         p.add_argument(_flag(f.name), dest=f.name, type=kind, default=None if f.name == "models" else default,
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "add_subcommand")
     _add_optional(sub, "yujing.client", "add_subcommand")
     _add_optional(sub, "yujing.alerts", "add_subcommand")
+    _add_optional(sub, "yujing.tokens", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.cli", "add_subcommand")
     _add_optional(sub, "yujing.loadtest.bench", "add_subcommand")
     return parser

@@ -9,7 +9,9 @@ A conversation file is JSON Lines, one turn per line; every key is optional exce
 "agent_id": "a1", "tier": "VIP", "channel": "CHAT", "event": "HOLD", "turn_id": "t3"}``.
 Turns of one invocation share a session (``--session``, default a fresh id), are sent in
 order on one stream, and each answer is printed as it arrives. ``--json`` prints the
-answers as JSON (the proto's JSON mapping) instead. Grpcurl is not needed.
+answers as JSON (the proto's JSON mapping) instead. Grpcurl is not needed. Against a
+secured service: ``--token`` (or $YUJING_TOKEN) and ``--tls-ca ca.pem`` (mTLS: also
+``--tls-cert``/``--tls-key``).
 """
 from __future__ import annotations
 
@@ -99,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("yujing score: nothing to send (give texts or --file)")
     session = args.session or f"cli-{uuid.uuid4().hex[:12]}"
     turns = [build_turn(r, session, args.tenant, n) for n, r in enumerate(rows, 1)]
-    with grpc.insecure_channel(args.target) as channel:
+    from yujing.service.security.client import channel_from_args
+
+    with channel_from_args(args) as channel:
         stub = pb_grpc.RiskScorerStub(channel)
         try:
             for turn, risk in zip(turns, stub.ScoreStream(iter(turns), timeout=args.timeout_s)):
@@ -130,4 +134,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--queue", default=None, help="queue for the turns (default: none)")
     p.add_argument("--json", action="store_true", help="print each answer as one line of JSON")
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of the whole call (default: %(default)s)")
+    from yujing.service.security.client import add_client_arguments
+
+    add_client_arguments(p)
     p.set_defaults(func=run)

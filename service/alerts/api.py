@@ -1,7 +1,9 @@
 """The ``yujing.v1.Alerts`` gRPC handlers: WatchAlerts, AckAlert, GetQueueHealth.
 
 Every request is checked before it reaches the hub; a bad one is INVALID_ARGUMENT with a
-message naming the field, and changes nothing.
+message naming the field, and changes nothing. With tokens, each request's ``tenant_id``
+is bound to the caller's (service/security/auth.py): a tenant's token watches, acknowledges
+and reads the queues of its own tenant only.
 """
 from __future__ import annotations
 
@@ -32,21 +34,31 @@ def check_query(q: "pb.AlertQuery", max_id_bytes: int) -> None:
 
 class AlertsServicer(pb_grpc.AlertsServicer):
     def __init__(self, owner):
-        self.o = owner          # the YujingServer: config, hub, trends
+        self.o = owner          # the YujingServer: config, hub, trends, auth
 
+    def _bind(self, context, request):
+        """Who the caller is (UNAUTHENTICATED), and ``request.tenant_id`` bound to it."""
+        auth = self.o.auth
+        principal = auth.principal(context.invocation_metadata())
+        auth.bind(principal, request)
+        return principal
 
     async def WatchAlerts(self, request, context):
         try:
+            self._bind(context, request)
             check_query(request, self.o.config.max_id_bytes)
             if self.o.draining:
                 raise ShuttingDown("server is shutting down; resume on another replica with after_id")
+            metadata = context.invocation_metadata()
             async for alert in self.o.hub.watch(request):
+                self.o.auth.principal(metadata)         # a token revoked meanwhile ends the stream
                 yield alert
         except YujingError as err:
             fail(context, err)
 
     async def AckAlert(self, request, context):
         try:
+            self._bind(context, request)
             check_id(request.tenant_id, "tenant_id", self.o.config.max_id_bytes, False)
             if not request.alert_id:
                 raise InvalidTurn("alert_id is required", "alert_id")
@@ -56,6 +68,7 @@ class AlertsServicer(pb_grpc.AlertsServicer):
 
     async def GetQueueHealth(self, request, context):
         try:
+            self._bind(context, request)
             for name in ("tenant_id", "queue"):
                 check_id(getattr(request, name), name, self.o.config.max_id_bytes, False)
             return self.o.queue_health(request.tenant_id, request.queue)
