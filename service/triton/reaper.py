@@ -139,6 +139,11 @@ class Reaper:
             os.close(read_end)
         return self
 
+    def __del__(self) -> None:  # dropped without close(): let the watchdog reap now
+        if getattr(self, "_pipe", None) is not None:
+            os.close(self._pipe)
+            self._pipe = None
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the pipe (the reaper reaps, finds nothing if all was stopped, and exits)
         and wait for it."""

@@ -53,8 +53,12 @@ def svc(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("state")
     s = ServiceThread(Config(port=0, models="embedded", triton_port=0, model_repo=in_process_repo(),
                              capacity=1024, agent_capacity=16, data_dir=data_dir)).start()
+    run_dir, prefix = s.call(lambda srv: (srv.triton.run_dir, srv.triton.shm_prefix))
     yield s
     s.stop()
+    # a clean stop leaves nothing either
+    assert not run_dir.exists() and not (data_dir / KEY_FILE_NAME).exists()
+    assert not list(SHM.glob(f"{prefix}*"))
 
 
 def _client(svc):
@@ -147,6 +151,26 @@ def _listening_addresses(pid: int) -> list[str]:
                 addr = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
                 found.append(getattr(addr, "ipv4_mapped", None) or addr)
     return found
+
+
+def test_http_repository_api_needs_the_key_too(model_repo):
+    """The service runs Triton without HTTP; a launcher caller that turns it on gets the
+    same restriction there (header ``yujing-triton-key``)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from conftest_triton import start_triton
+
+    with start_triton(model_repo, ["sentiment"], allow_http=True) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        try:
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.unload_model("sentiment")
+            assert client.is_model_ready("sentiment")
+            index = client.get_model_repository_index(headers=server.key.http_headers())
+            assert {m["name"]: m.get("state") for m in index}["sentiment"] == "READY"
+        finally:
+            client.close()
 
 
 # -- SIGKILL of the service -------------------------------------------------------------
