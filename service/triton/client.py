@@ -276,7 +276,8 @@ class TritonModelClient:
         return reply.get("config", reply)
 
     async def ready_versions(self, model_name: str, timeout_s: float | None = None) -> list[str]:
-        """Versions of ``model_name`` that Triton reports READY, ascending."""
+        """Versions of ``model_name`` that Triton reports READY, ascending. (The repository
+        index belongs to the model-repository protocol: a restricted Triton wants the key.)"""
         index = await self._call("repository index", self._grpc().get_model_repository_index(
             headers=self.headers, as_json=True, client_timeout=timeout_s or self.default_timeout_s))
         versions = [m.get("version", "") for m in index.get("models", [])
