@@ -64,6 +64,11 @@ class Config:
     triton_url: str | None = setting(None, "host:port of an external Triton (implies --models external)", type=str)
     triton_port: int = setting(8001, "gRPC port of the embedded Triton, what `yujing models deploy` talks to "
                                      "(0: any free port)")
+    triton_key_file: Path | None = setting(
+        None, "the key of Triton's restricted protocols, one line <header-key>=<value>: the embedded Triton's "
+              "is written there (0600) at every start (default: DATA_DIR/triton.key, or the Triton's run "
+              "directory without a data dir); for an external Triton, the key it was started with (sent on "
+              "every call)", type=Path)
     model_repo: Path = setting(DEFAULT_MODEL_REPO, "Triton model repository", type=Path)
     sentiment_model: str = setting("sentiment", "sentiment model name in the repository (e.g. sentiment_e5)")
     intent_model: str = setting("intent", "intent model name in the repository (e.g. intent_banking77)")
@@ -140,6 +145,8 @@ class Config:
              "external models need --triton-url host:port")
         need(0 <= self.triton_port <= 65535, "triton_port", f"{self.triton_port} is not a TCP port")
         need(self.triton_timeout_ms > 0, "triton_timeout_ms", "must be > 0")
+        need(self.models != "external" or self.triton_key_file is None or Path(self.triton_key_file).is_file(),
+             "triton_key_file", f"{self.triton_key_file} does not exist")
         need(Path(self.model_repo).is_dir(), "model_repo", f"{self.model_repo} is not a directory")
         need(self.policy is None or Path(self.policy).is_file(), "policy", f"{self.policy} does not exist")
         need(self.snapshot_interval_s == 0 or self.snapshot_interval_s >= 0.1, "snapshot_interval_s",

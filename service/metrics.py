@@ -17,6 +17,7 @@ Metric names (all prefixed ``yujing_``):
     batch_latency_seconds                      histogram engine time per micro-batch
     model_call_latency_seconds{served_by}      histogram one router.classify (Triton or in-process)
     model_call_errors_total{kind}              counter   failed model calls / Triton trips
+    triton_model_reloads_total{model}          counter   models the embedded Triton had unloaded, reloaded
     fallback_active                            gauge     1 when answers come from the in-process fallback
     live_sessions                              gauge     sessions in the table
     session_evictions_total                    counter   idle sessions evicted to make room
@@ -183,6 +184,9 @@ class Metrics:
                                        ["served_by"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_errors = Counter("yujing_model_call_errors", "Failed model calls (Triton errors, timeouts)",
                                     ["kind"], registry=r)
+        self.triton_model_reloads = Counter("yujing_triton_model_reloads",
+                                            "Models found unloaded on the embedded Triton and reloaded",
+                                            ["model"], registry=r)
         self.undecodable_requests = Counter("yujing_undecodable_requests",
                                             "Requests refused with INVALID_ARGUMENT because their bytes are not "
                                             "the method's message (malformed protobuf, a string not UTF-8)",

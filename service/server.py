@@ -504,8 +504,10 @@ class YujingServer:
     async def _start_models(self) -> None:
         from yujing.service.triton.router import ModelRouter
 
+        from yujing.service.triton.access import KEY_FILE_NAME, read_key_file
+
         cfg = self.config
-        url = None
+        url = headers = None
         if cfg.models == "embedded":
             from yujing.service.triton.launcher import TritonServer
 
@@ -513,28 +515,36 @@ class YujingServer:
             if port and not _port_free(port):
                 log.warning("port %d is taken: the embedded Triton takes a free port instead", port)
                 port = 0
+            key_file = cfg.triton_key_file or (Path(cfg.data_dir) / KEY_FILE_NAME if cfg.data_dir else None)
             self.triton = TritonServer(cfg.model_repo, models=[m for m in (cfg.sentiment_model, cfg.intent_model,
                                                                    cfg.emotion_model) if m],
-                                       grpc_port=port, allow_http=False, allow_metrics=True)
+                                       grpc_port=port, allow_http=False, allow_metrics=True, key_file=key_file)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
             url = self.triton.grpc_url
+            log.info("embedded Triton at %s; its model-repository API takes the key in %s", url,
+                     self.triton.key_file)
             self._supervisor = asyncio.create_task(self._supervise_triton(), name="yujing-triton-supervisor")
         elif cfg.models == "external":
             url = cfg.triton_url
+            headers = read_key_file(cfg.triton_key_file).grpc_headers() if cfg.triton_key_file else None
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
                                   intent_model=cfg.intent_model, emotion_model=cfg.emotion_model or None,
-                                  deadline_s=cfg.triton_timeout_ms / 1000)
+                                  deadline_s=cfg.triton_timeout_ms / 1000, triton_headers=headers)
         await self.router.start()
 
     async def _supervise_triton(self) -> None:
-        """Restart the embedded Triton if it dies (same ports); the router scores
-        in-process, degraded, meanwhile and goes back to Triton by itself."""
+        """Restart the embedded Triton if it dies (same ports), and reload a model it
+        unloaded (checked every second); the router scores in-process, degraded,
+        meanwhile and goes back to Triton by itself."""
         loop = asyncio.get_running_loop()
         backoff = 1.0
         while True:
             await asyncio.sleep(backoff)
-            if self.draining or self.triton.is_running():
+            if self.draining:
+                continue
+            if self.triton.is_running():
                 backoff = 1.0
+                await self._reload_unloaded_models()
                 continue
             log.error("embedded Triton exited; restarting it (log %s)", self.triton.log_path)
             try:
@@ -544,6 +554,21 @@ class YujingServer:
             except Exception as exc:  # keep serving in-process; try again later
                 log.error("embedded Triton restart failed: %s", str(exc).splitlines()[0])
                 backoff = min(30.0, backoff * 2)
+
+    async def _reload_unloaded_models(self) -> None:
+        """A model the running Triton does not have ready (unloaded with the key, behind
+        the service's back) is loaded again, with a log line and a count."""
+        loop = asyncio.get_running_loop()
+        for model in await loop.run_in_executor(None, self.triton.unready_models):
+            log.warning("embedded Triton: model %s is not loaded (unloaded behind the service's back?); "
+                        "reloading it", model)
+            try:
+                await loop.run_in_executor(None, self.triton.load_model, model)
+            except Exception as exc:  # scored in-process meanwhile; tried again next time
+                log.error("embedded Triton: reloading %s failed: %s", model, str(exc).splitlines()[0])
+                continue
+            self.metrics.triton_model_reloads.labels(model).inc()
+            log.info("embedded Triton: model %s reloaded", model)
 
     async def start(self) -> "YujingServer":
         cfg = self.config

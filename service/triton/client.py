@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -150,11 +150,15 @@ class TritonModelClient:
         max_batch_size: the largest request when Triton does not say a model's own
             ``max_batch_size`` (which is asked once per model); bigger batches are split.
         default_timeout_s: the deadline of calls that give none.
+        headers: sent with every call: the key of a Triton's restricted protocols
+            (:meth:`yujing.service.triton.access.TritonKey.grpc_headers`), if it has any.
     """
 
     def __init__(self, url: str, model_repository: str | Path | None = None, *,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, default_timeout_s: float = 5.0) -> None:
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, default_timeout_s: float = 5.0,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.url = url
+        self.headers = dict(headers) if headers else None
         self.model_repository = Path(model_repository) if model_repository is not None else None
         self.max_batch_size = max_batch_size
         self.default_timeout_s = default_timeout_s
@@ -234,7 +238,7 @@ class TritonModelClient:
             f"infer {model_name}",
             self._grpc().infer(model_name, [tensor], model_version=model_version,
                                outputs=[grpcclient.InferRequestedOutput(TRITON_OUTPUT)],
-                               client_timeout=timeout))
+                               headers=self.headers, client_timeout=timeout))
         probs = result.as_numpy(TRITON_OUTPUT)
         if probs is None or probs.ndim != 2 or probs.shape[0] != len(texts) or probs.shape[1] < 1:
             shape = None if probs is None else probs.shape
@@ -246,7 +250,7 @@ class TritonModelClient:
     async def is_server_ready(self, timeout_s: float = 1.0) -> bool:
         """True if the server answers and is ready; never raises."""
         try:
-            return bool(await self._grpc().is_server_ready(client_timeout=timeout_s))
+            return bool(await self._grpc().is_server_ready(headers=self.headers, client_timeout=timeout_s))
         except Exception:
             return False
 
@@ -254,7 +258,7 @@ class TritonModelClient:
                              timeout_s: float = 1.0) -> bool:
         """True if that model (version) is loaded and ready; never raises."""
         try:
-            return bool(await self._grpc().is_model_ready(model_name, str(model_version),
+            return bool(await self._grpc().is_model_ready(model_name, str(model_version), headers=self.headers,
                                                           client_timeout=timeout_s))
         except Exception:
             return False
@@ -263,18 +267,19 @@ class TritonModelClient:
                              timeout_s: float | None = None) -> dict:
         """Triton's metadata: name, versions, platform, inputs, outputs (as a dict)."""
         return await self._call(f"metadata {model_name}", self._grpc().get_model_metadata(
-            model_name, str(model_version), as_json=True,
+            model_name, str(model_version), headers=self.headers, as_json=True,
             client_timeout=timeout_s or self.default_timeout_s))
 
     async def model_config(self, model_name: str, timeout_s: float | None = None) -> dict:
         reply = await self._call(f"config {model_name}", self._grpc().get_model_config(
-            model_name, as_json=True, client_timeout=timeout_s or self.default_timeout_s))
+            model_name, headers=self.headers, as_json=True, client_timeout=timeout_s or self.default_timeout_s))
         return reply.get("config", reply)
 
     async def ready_versions(self, model_name: str, timeout_s: float | None = None) -> list[str]:
-        """Versions of ``model_name`` that Triton reports READY, ascending."""
+        """Versions of ``model_name`` that Triton reports READY, ascending. (The repository
+        index belongs to the model-repository protocol: a restricted Triton wants the key.)"""
         index = await self._call("repository index", self._grpc().get_model_repository_index(
-            as_json=True, client_timeout=timeout_s or self.default_timeout_s))
+            headers=self.headers, as_json=True, client_timeout=timeout_s or self.default_timeout_s))
         versions = [m.get("version", "") for m in index.get("models", [])
                     if m.get("name") == model_name and m.get("state") == "READY"]
         return sorted(versions, key=lambda v: (len(v), v))
@@ -291,8 +296,8 @@ class TritonModelClient:
         version_policy selects. Raises :class:`TritonClientError` if the load fails."""
         self._model_max_batch.pop(model_name, None)      # a reload may bring a new config
         await self._call(f"load {model_name}",
-                         self._grpc().load_model(model_name, client_timeout=timeout_s))
+                         self._grpc().load_model(model_name, headers=self.headers, client_timeout=timeout_s))
 
     async def unload_model(self, model_name: str, timeout_s: float = 60.0) -> None:
         await self._call(f"unload {model_name}",
-                         self._grpc().unload_model(model_name, client_timeout=timeout_s))
+                         self._grpc().unload_model(model_name, headers=self.headers, client_timeout=timeout_s))

@@ -26,6 +26,13 @@ version keeps serving, and :class:`DeployError` says what failed.
     DeployResult(model_name='sentiment', version='4', previous_version='3', ...)
 
 Without Triton (``triton_url=None``, ``--no-triton``) steps 3-4 are skipped.
+
+Steps 3 and 5's reload use Triton's model-repository API, which the embedded Triton opens
+only to callers with its per-start key (:mod:`yujing.service.triton.access`). The CLI reads
+it from ``--triton-key-file``, else ``$YUJING_TRITON_KEY_FILE``, else ``triton.key`` in the
+service's default data directory (``yujing serve`` writes it there at every start, 0600);
+a service with its own ``--data-dir`` has it in ``DATA_DIR/triton.key``. An external Triton
+locked down the same way takes a file holding ``<header-key>=<value>``.
 """
 from __future__ import annotations
 
@@ -43,6 +50,8 @@ from typing import Sequence
 
 import numpy as np
 
+from yujing.service.paths import default_state_dir
+from yujing.service.triton.access import KEY_FILE_NAME, TritonKey, read_key_file
 from yujing.service.triton.client import (
     TritonClientError, TritonModelClient, repository_versions, serving_version, set_serving_version,
 )
@@ -67,6 +76,7 @@ from yujing.service.triton.backend import TritonPythonModel  # noqa: F401
 
 # The Triton beside the service (Dockerfile.gpu sets $YUJING_TRITON_URL).
 DEFAULT_TRITON_URL = os.environ.get("YUJING_TRITON_URL", "127.0.0.1:8001")
+TRITON_KEY_FILE_ENV = "YUJING_TRITON_KEY_FILE"
 
 
 class DeployError(RuntimeError):
@@ -141,9 +151,11 @@ async def deploy_model_async(
     smoke_texts: Sequence[str] = SMOKE_TEXTS,
     load_timeout_s: float = 120.0,
     switch: bool = True,
+    triton_key: TritonKey | None = None,
 ) -> DeployResult:
     """Deploy the artifact dir ``artifact_path`` as the next version of model ``name``
-    (see the module doc). ``switch=False`` stops before rewriting ``serving_version``."""
+    (see the module doc). ``switch=False`` stops before rewriting ``serving_version``;
+    ``triton_key`` opens Triton's model-repository API when it is restricted."""
     artifact = Path(artifact_path)
     repo = Path(model_repository)
     model_dir = repo / name
@@ -172,11 +184,11 @@ async def deploy_model_async(
         if triton_url:
             try:
                 await _load_and_smoke(triton_url, name, version, labels, local_probs,
-                                      list(smoke_texts), load_timeout_s)
+                                      list(smoke_texts), load_timeout_s, triton_key)
                 checked_on_triton = True
             except BaseException as exc:
                 shutil.rmtree(target, ignore_errors=True)
-                restore = await _restore(triton_url, name)
+                restore = await _restore(triton_url, name, triton_key)
                 if isinstance(exc, DeployError):
                     raise DeployError(f"{exc}; version {version} removed, {restore}") from exc
                 raise
@@ -185,16 +197,25 @@ async def deploy_model_async(
     return DeployResult(name, version, previous, labels, checked_on_triton, target)
 
 
+def _headers(key: TritonKey | None) -> dict[str, str] | None:
+    return key.grpc_headers() if key is not None else None
+
+
 async def _load_and_smoke(url: str, name: str, version: str, labels: tuple[str, ...],
-                          local_probs: np.ndarray, texts: list[str], load_timeout_s: float) -> None:
-    async with TritonModelClient(url) as client:
+                          local_probs: np.ndarray, texts: list[str], load_timeout_s: float,
+                          key: TritonKey | None) -> None:
+    async with TritonModelClient(url, headers=_headers(key)) as client:
         if not await client.is_server_ready(timeout_s=5.0):
             raise DeployError(f"Triton at {url} is not reachable or not ready "
                               "(use --no-triton if the service runs without Triton)")
         try:
             await client.load_model(name, timeout_s=load_timeout_s)
         except TritonClientError as exc:
-            raise DeployError(f"Triton refused to load {name} v{version}: {exc}") from exc
+            hint = ""
+            if "restricted" in str(exc):
+                hint = (" (its model-repository API needs the key: --triton-key-file, the service writes "
+                        f"DATA_DIR/{KEY_FILE_NAME})" if key is None else " (the key was refused: stale key file?)")
+            raise DeployError(f"Triton refused to load {name} v{version}: {exc}{hint}") from exc
         if not await client.is_model_ready(name, version, timeout_s=5.0):
             raise DeployError(f"Triton loaded {name} but version {version} is not ready "
                               "(is the config's version_policy serving the newest versions?)")
@@ -210,9 +231,9 @@ async def _load_and_smoke(url: str, name: str, version: str, labels: tuple[str, 
             raise DeployError(f"{name} v{version}: Triton and in-process answers differ (max {worst:.4f})")
 
 
-async def _restore(url: str, name: str) -> str:
+async def _restore(url: str, name: str, key: TritonKey | None) -> str:
     try:
-        async with TritonModelClient(url) as client:
+        async with TritonModelClient(url, headers=_headers(key)) as client:
             await client.load_model(name, timeout_s=120.0)
         return "Triton reloaded the previous versions"
     except Exception as exc:  # the old version may still be loaded; say what we know
@@ -237,6 +258,10 @@ def add_deploy_subcommand(models_subparsers) -> argparse.ArgumentParser:
                    help="Triton model repository (default: %(default)s)")
     p.add_argument("--triton-url", default=DEFAULT_TRITON_URL,
                    help="Triton gRPC host:port to load and check the version on (default: %(default)s)")
+    p.add_argument("--triton-key-file", type=Path, default=None,
+                   help="file with the key of Triton's restricted model-repository API (<header-key>=<value>); "
+                        f"default: ${TRITON_KEY_FILE_ENV}, else {KEY_FILE_NAME} in the service's default "
+                        f"data directory if it is there (a service with --data-dir D: D/{KEY_FILE_NAME})")
     p.add_argument("--no-triton", action="store_true",
                    help="the service runs without Triton: check in-process only")
     p.add_argument("--no-switch", action="store_true",
@@ -246,12 +271,27 @@ def add_deploy_subcommand(models_subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def triton_key_for(key_file: Path | None) -> TritonKey | None:
+    """The key the CLI sends: ``key_file`` (must be readable), else ``$YUJING_TRITON_KEY_FILE``
+    (must be readable), else the default data directory's ``triton.key`` if it exists, else
+    None. Raises :class:`DeployError` for a named file that cannot be read."""
+    named = key_file or os.environ.get(TRITON_KEY_FILE_ENV)
+    path = Path(named) if named else default_state_dir() / KEY_FILE_NAME
+    if not named and not path.is_file():
+        return None
+    try:
+        return read_key_file(path)
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot read the Triton key file {path}: {exc}") from exc
+
+
 def run_deploy_command(args: argparse.Namespace) -> int:
     try:
+        key = None if args.no_triton else triton_key_for(args.triton_key_file)
         result = deploy_model(
             args.path, args.name, model_repository=args.model_repository,
             triton_url=None if args.no_triton else args.triton_url,
-            load_timeout_s=args.load_timeout, switch=not args.no_switch)
+            load_timeout_s=args.load_timeout, switch=not args.no_switch, triton_key=key)
     except DeployError as exc:
         print(f"yujing models deploy: refused: {exc}", file=sys.stderr)
         return 1

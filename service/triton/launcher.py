@@ -5,6 +5,19 @@ The server is the ``tritonserver`` binary shipped in the ``nvidia-pytriton`` whe
 by ``tritonserver_root`` (the GPU image's ``/opt/tritonserver``). It runs in explicit
 model-control mode on 127.0.0.1 and free ports, logs to a file, and dies with us.
 
+Locked down (:mod:`yujing.service.triton.access`): the model-repository, shared-memory,
+trace and logging protocols (gRPC, and HTTP when it is on) refuse any call without a
+header whose value is random per start; :attr:`TritonServer.key` holds it and
+:attr:`TritonServer.key_file` (0600) lets a local operator's ``yujing models deploy`` send
+it. Without that, anything on the host could load a model with uploaded Python and run it
+as us, or unload our models. Every endpoint (gRPC, HTTP, metrics) binds ``host``, which
+must be a loopback address unless ``allow_remote`` says otherwise.
+
+Leaves nothing behind (:mod:`yujing.service.triton.reaper`): a watchdog process, started
+with the server and outliving us by design, kills the server's processes and removes its
+shared-memory regions, run directory and key file as soon as we exit, SIGKILL included;
+each start also sweeps what a dead owner's servers left (the watchdog killed too, say).
+
     >>> with TritonServer("model_repo", models=["sentiment"]) as server:   # doctest: +SKIP
     ...     server.grpc_url
     '127.0.0.1:40123'
@@ -26,7 +39,7 @@ plug-in artifact loader; ``yujing`` itself is found as an installed package.
 from __future__ import annotations
 
 import atexit
-import glob
+import ipaddress
 import os
 import queue
 import shutil
@@ -45,6 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from yujing.service.triton.access import RESTRICTED, TritonKey, new_key, write_key_file
+from yujing.service.triton.reaper import SHM_DIR, Reaper, reap, remove_shm
+
 __all__ = [
     "TritonServer",
     "TritonServerError",
@@ -55,7 +71,6 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
-_SHM_DIR = Path("/dev/shm")
 
 
 class TritonServerError(RuntimeError):
@@ -199,21 +214,39 @@ def _stop_all() -> None:
 
 
 _RUN_DIR_PREFIX = "yujing-triton-"
+_SHM_PREFIX = "yujing_"
 
 
-def _sweep_stale_run_dirs() -> None:
-    """Remove run directories whose owner process is gone (one SIGKILLed, say): each is
-    named ``yujing-triton-<pid>-<random>``, and only a dead pid's are removed."""
+def _shm_prefix_of(pid: int) -> str:
+    """The shared-memory prefix of every server an owner process ``pid`` starts."""
+    return f"{_SHM_PREFIX}{pid}_"
+
+
+def _owner_dead(pid: str) -> bool:
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    return False
+
+
+def _sweep_stale_debris() -> None:
+    """What servers of a dead owner left, when their watchdog could not remove it (it
+    was killed too): run directories ``yujing-triton-<pid>-<random>``, shared-memory
+    regions ``yujing_<pid>_*``, and Triton processes still running with that prefix.
+    Only a dead owner pid's are touched."""
+    dirs: dict[str, list[Path]] = {}
     for d in Path(tempfile.gettempdir()).glob(f"{_RUN_DIR_PREFIX}*-*"):
-        pid = d.name[len(_RUN_DIR_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
+        dirs.setdefault(d.name[len(_RUN_DIR_PREFIX):].split("-", 1)[0], []).append(d)
+    for region in SHM_DIR.glob(f"{_SHM_PREFIX}*_*"):
+        dirs.setdefault(region.name[len(_SHM_PREFIX):].split("_", 1)[0], [])
+    for pid, paths in dirs.items():
+        if _owner_dead(pid):
+            reap(_shm_prefix_of(int(pid)), paths)
 
 
 # Runs in the child, after spawn, before tritonserver: asks the kernel to SIGKILL the child
@@ -248,7 +281,14 @@ class TritonServer:
         grpc_port, http_port, metrics_port: 0 picks a free port at the first start; the
             ports are kept across :meth:`restart` so clients can reconnect.
         allow_http, allow_metrics: serve the HTTP endpoint and the Prometheus metrics.
-        host: the address every endpoint binds to.
+        host: the address every endpoint binds to: loopback (127.0.0.1, ::1) unless
+            ``allow_remote``.
+        allow_remote: allow a non-loopback ``host`` (the restricted protocols still need
+            the key, but inference and metadata are open to whoever reaches the port).
+        restrict: start with the restricted protocols (:data:`access.RESTRICTED`) behind
+            a random key per start (:attr:`key`); False only for tests of the lockdown.
+        key_file: where each start writes the key (``<name>=<value>``, 0600); default: in
+            the run directory.
         log_path: the server's log (stdout and stderr); default: in the run directory.
         tritonserver_root: use this Triton installation instead of the wheel's.
         extra_args: more ``tritonserver`` flags.
@@ -277,12 +317,22 @@ class TritonServer:
         env: Mapping[str, str] | None = None,
         startup_timeout_s: float = 60.0,
         verbose: int = 0,
+        allow_remote: bool = False,
+        restrict: bool = True,
+        key_file: str | Path | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise TritonServerError(f"model repository {self.model_repository} is not a directory")
         self.models = list(models) if models is not None else discover_models(self.model_repository)
+        if not allow_remote and not _is_loopback(host):
+            raise TritonServerError(f"host {host!r} is not a loopback address: the embedded Triton serves "
+                                    "this host only (allow_remote=True to override)")
         self.host = host
+        self.restrict = restrict
+        self.key: TritonKey | None = None
+        self._user_key_file = Path(key_file) if key_file else None
+        self._reaper: Reaper | None = None
         self.grpc_port = grpc_port
         self.http_port = http_port
         self.metrics_port = metrics_port
@@ -299,7 +349,7 @@ class TritonServer:
         self._user_log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen | None = None
         self._log_file = None
-        self._shm_prefix = f"yujing_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._shm_prefix = f"{_shm_prefix_of(os.getpid())}{uuid.uuid4().hex[:8]}"
 
     # -- public surface ---------------------------------------------------------------
     @property
@@ -319,6 +369,24 @@ class TritonServer:
         if self._user_log_path is not None:
             return self._user_log_path
         return self._ensure_run_dir() / "tritonserver.log"
+
+    @property
+    def key_file(self) -> Path:
+        """The file each start writes :attr:`key` to (0600)."""
+        return self._user_key_file or self._ensure_run_dir() / "control.key"
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """The gRPC headers that open the restricted protocols ({} when not restricted)."""
+        return self.key.grpc_headers() if self.key is not None else {}
+
+    @property
+    def run_dir(self) -> Path:
+        return self._ensure_run_dir()
+
+    @property
+    def shm_prefix(self) -> str:
+        return self._shm_prefix
 
     @property
     def pid(self) -> int | None:
@@ -344,6 +412,33 @@ class TritonServer:
         except Exception:  # not up yet: connection refused, deadline, ...
             return False
 
+    def unready_models(self, timeout_s: float = 2.0) -> list[str]:
+        """The models of ``models`` that the running server says are not ready (unloaded
+        behind our back, say). [] when the server itself does not answer: that is the
+        supervisor's restart, not a reload."""
+        import tritonclient.grpc as grpcclient
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            if not client.is_server_live(client_timeout=timeout_s):
+                return []
+            return [m for m in self.models if not client.is_model_ready(m, client_timeout=timeout_s)]
+        except Exception:
+            return []
+        finally:
+            client.close()
+
+    def load_model(self, name: str, timeout_s: float = 120.0) -> None:
+        """(Re)load ``name`` through the repository API, with the key. Raises
+        :class:`TritonServerError` when Triton refuses or fails."""
+        import tritonclient.grpc as grpcclient
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            client.load_model(name, headers=self.control_headers, client_timeout=timeout_s)
+        except Exception as exc:
+            raise TritonServerError(f"loading {name} on the embedded Triton failed: {exc}") from exc
+        finally:
+            client.close()
+
     def start(self) -> "TritonServer":
         """Start the server and wait until it and its models are ready.
 
@@ -355,10 +450,14 @@ class TritonServer:
             self.stop()
         self._installation = self._installation or find_installation(self._tritonserver_root)
         run_dir = self._ensure_run_dir()
+        self._start_reaper(run_dir)
         backends = self._prepare_backends(run_dir)
         for attr in ("grpc_port", "http_port", "metrics_port"):
             if not getattr(self, attr):
                 setattr(self, attr, free_port(self.host))
+        if self.restrict:
+            self.key = new_key()
+            write_key_file(self.key_file, self.key)
         cmd = self._command(backends)
         env = self._environment()
         log_path = self.log_path
@@ -431,11 +530,17 @@ class TritonServer:
         return self.start()
 
     def close(self) -> None:
-        """Stop the server and remove the run directory (unless it holds the user's log)."""
+        """Stop the server, remove the run directory and the key file, let the watchdog go."""
         self.stop()
+        if self.key is not None:
+            self.key_file.unlink(missing_ok=True)
+            self.key = None
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
 
     def log_tail(self, n_lines: int = 40) -> str:
         try:
@@ -458,9 +563,15 @@ class TritonServer:
     # -- internals --------------------------------------------------------------------
     def _ensure_run_dir(self) -> Path:
         if self._run_dir is None:
-            _sweep_stale_run_dirs()
+            _sweep_stale_debris()
             self._run_dir = Path(tempfile.mkdtemp(prefix=f"{_RUN_DIR_PREFIX}{os.getpid()}-"))
         return self._run_dir
+
+    def _start_reaper(self, run_dir: Path) -> None:
+        """The watchdog first, so no moment of the server's life is uncovered."""
+        if self._reaper is None or not self._reaper.is_running():
+            paths = [run_dir] + ([self._user_key_file] if self._user_key_file else [])
+            self._reaper = Reaper(self._shm_prefix, paths).start()
 
     def _prepare_backends(self, run_dir: Path) -> Path:
         inst = self._installation
@@ -497,6 +608,10 @@ class TritonServer:
             "--exit-timeout-secs", "5",
             f"--log-verbose={self.verbose}",
         ]
+        if self.key is not None:
+            cmd.append(self.key.grpc_flag(RESTRICTED))
+            if self.allow_http:
+                cmd.append(self.key.http_flag(RESTRICTED))
         if self.allow_metrics and not _has_nvidia_gpu():
             cmd.append("--allow-gpu-metrics=false")
         if inst.caches is not None:
@@ -530,11 +645,16 @@ class TritonServer:
 
     def _cleanup_shm(self) -> None:
         # A killed server leaves its Python-backend shared-memory regions behind.
-        for path in glob.glob(str(_SHM_DIR / f"{self._shm_prefix}*")):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        remove_shm(self._shm_prefix)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _has_nvidia_gpu() -> bool:

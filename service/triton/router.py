@@ -116,6 +116,7 @@ class ModelRouter:
         on_state_change: ``callback(old, new, reason)`` when batches switch between
             "triton" and "in-process" (for logs and metrics).
         client: a ready :class:`TritonModelClient` to use instead of creating one.
+        triton_headers: sent with every Triton call (an external Triton's key).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class ModelRouter:
         in_process_threads: int = 2,
         on_state_change: Callable[[str, str, str], None] | None = None,
         client: TritonModelClient | None = None,
+        triton_headers: dict[str, str] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository)
         self.sentiment_model = sentiment_model
@@ -148,7 +150,7 @@ class ModelRouter:
         self.stats = RouterStats()
         self._own_client = client is None and bool(triton_url)
         if client is None and triton_url:
-            client = TritonModelClient(triton_url, self.model_repository)
+            client = TritonModelClient(triton_url, self.model_repository, headers=triton_headers)
         self.client = client
         self._executor = ThreadPoolExecutor(max_workers=in_process_threads,
                                             thread_name_prefix="yujing-in-process")

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def deploy(path, name, repo, url):
+def deploy(path, name, repo, url, key_file):
     return subprocess.run([sys.executable, "-m", "yujing.cli", "models", "deploy", str(path), "--name", name,
-                           "--model-repository", str(repo), "--triton-url", url],
+                           "--model-repository", str(repo), "--triton-url", url, "--triton-key-file", str(key_file)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -42,12 +42,12 @@ def test_deploy_switches_the_service_and_a_broken_model_is_refused(tmp_path):
                                agent_capacity=16)).start()
     try:
         stub = svc.stub()
-        url = svc.call(lambda s: s.triton.grpc_url)
+        url, key_file = svc.call(lambda s: (s.triton.grpc_url, s.triton.key_file))
         first = stub.Score(turn(session="deploy", turn_id="0", text="hello"))
         assert first.models.sentiment_version == "2" and first.models.served_by == "triton"
 
         # roll the review-trained version 1 out again as version 3
-        good = deploy(repo / "sentiment" / "1" / "artifact", "sentiment", repo, url)
+        good = deploy(repo / "sentiment" / "1" / "artifact", "sentiment", repo, url, key_file)
         assert good.returncode == 0, good.stdout + good.stderr
         r = wait_for_version(stub, "3")
         assert r.models.served_by == "triton" and not r.degraded
@@ -55,7 +55,7 @@ def test_deploy_switches_the_service_and_a_broken_model_is_refused(tmp_path):
         broken = tmp_path / "broken"
         broken.mkdir()
         (broken / "model.json").write_text("{not json")
-        bad = deploy(broken, "sentiment", repo, url)
+        bad = deploy(broken, "sentiment", repo, url, key_file)
         assert bad.returncode != 0 and "model.json" in (bad.stdout + bad.stderr)
         assert not (repo / "sentiment" / "4").exists()
         for k in range(5):

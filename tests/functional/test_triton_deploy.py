@@ -34,10 +34,10 @@ def test_deployed_version_with_a_new_label_set_is_picked_up_by_the_running_route
         async with ModelRouter(model_repo, triton_server.grpc_url, version_poll_s=0.1) as router:
             before = await router.classify(["谢谢, great"])
             result = await deploy_model_async(new, "sentiment", model_repository=model_repo,
-                                              triton_url=triton_server.grpc_url)
+                                              triton_url=triton_server.grpc_url, triton_key=triton_server.key)
             await _until(lambda: router.versions["sentiment"] == result.version, 5, "the router to switch")
             after = await router.classify(["谢谢, great"])
-            async with TritonModelClient(triton_server.grpc_url) as client:
+            async with TritonModelClient(triton_server.grpc_url, headers=triton_server.control_headers) as client:
                 ready = await client.ready_versions("sentiment")
             return before, result, after, ready
 
@@ -72,11 +72,11 @@ def test_broken_artifacts_are_refused_and_the_old_version_keeps_serving(triton_s
             for path in (no_meta, bad_json, triton_only):
                 with pytest.raises(DeployError) as info:
                     await deploy_model_async(path, "sentiment", model_repository=model_repo,
-                                             triton_url=triton_server.grpc_url)
+                                             triton_url=triton_server.grpc_url, triton_key=triton_server.key)
                 errors.append(str(info.value))
                 result = await router.classify(["谢谢"])
                 assert (result.served_by, result.sentiment.model_version) == (TRITON, "1"), errors[-1]
-            async with TritonModelClient(triton_server.grpc_url) as client:
+            async with TritonModelClient(triton_server.grpc_url, headers=triton_server.control_headers) as client:
                 probs, version = await client.infer("sentiment", ["谢谢"], timeout_s=5)
                 ready = await client.ready_versions("sentiment")
             return errors, version, ready, router.stats
