@@ -502,9 +502,8 @@ class YujingServer:
         return raised
 
     async def _start_models(self) -> None:
-        from yujing.service.triton.router import ModelRouter
-
         from yujing.service.triton.access import KEY_FILE_NAME, read_key_file
+        from yujing.service.triton.router import ModelRouter
 
         cfg = self.config
         url = headers = None

@@ -285,8 +285,6 @@ class TritonServer:
             ``allow_remote``.
         allow_remote: allow a non-loopback ``host`` (the restricted protocols still need
             the key, but inference and metadata are open to whoever reaches the port).
-        restrict: start with the restricted protocols (:data:`access.RESTRICTED`) behind
-            a random key per start (:attr:`key`); False only for tests of the lockdown.
         key_file: where each start writes the key (``<name>=<value>``, 0600); default: in
             the run directory.
         log_path: the server's log (stdout and stderr); default: in the run directory.
@@ -318,7 +316,6 @@ class TritonServer:
         startup_timeout_s: float = 60.0,
         verbose: int = 0,
         allow_remote: bool = False,
-        restrict: bool = True,
         key_file: str | Path | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
@@ -329,8 +326,7 @@ class TritonServer:
             raise TritonServerError(f"host {host!r} is not a loopback address: the embedded Triton serves "
                                     "this host only (allow_remote=True to override)")
         self.host = host
-        self.restrict = restrict
-        self.key: TritonKey | None = None
+        self.key: TritonKey | None = None  # new at every start: the restricted protocols' key
         self._user_key_file = Path(key_file) if key_file else None
         self._reaper: Reaper | None = None
         self.grpc_port = grpc_port
@@ -377,7 +373,7 @@ class TritonServer:
 
     @property
     def control_headers(self) -> dict[str, str]:
-        """The gRPC headers that open the restricted protocols ({} when not restricted)."""
+        """The gRPC headers that open the restricted protocols ({} before the first start)."""
         return self.key.grpc_headers() if self.key is not None else {}
 
     @property
@@ -455,9 +451,8 @@ class TritonServer:
         for attr in ("grpc_port", "http_port", "metrics_port"):
             if not getattr(self, attr):
                 setattr(self, attr, free_port(self.host))
-        if self.restrict:
-            self.key = new_key()
-            write_key_file(self.key_file, self.key)
+        self.key = new_key()
+        write_key_file(self.key_file, self.key)
         cmd = self._command(backends)
         env = self._environment()
         log_path = self.log_path

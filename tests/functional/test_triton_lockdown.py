@@ -251,6 +251,10 @@ def test_the_next_start_sweeps_what_a_dead_owners_servers_left(tmp_path):
     fake = tmp_path / "tritonserver"
     os.symlink(os.path.realpath(sys.executable), fake)
     orphan = subprocess.Popen([str(fake), "-c", "import time; time.sleep(600)", f"{prefix}deadbeef"])
+    deadline = time.monotonic() + 10  # until it has exec'd (before, its cmdline is pytest's)
+    while f"{prefix}deadbeef".encode() not in Path(f"/proc/{orphan.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     mine = SHM / f"yujing_{os.getpid()}_live"  # a live owner's: left alone
     mine.write_bytes(b"\0")
     try:
