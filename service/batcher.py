@@ -9,43 +9,86 @@ Under load, turns also gather by themselves while the previous batch is being sc
 
 A ScoreBatch request is submitted as one group, so its turns stay contiguous and in
 order (a group larger than ``max_batch`` is split at batch boundaries, still in order).
+
+Turns nobody waits for are dropped before the models: when a batch is taken, a turn
+whose call was cancelled (the client went away, or gRPC cancelled it at its deadline:
+its future is cancelled) or whose deadline has passed is not scored and changes no state
+(``on_drop(reason, n)``: "cancelled", "deadline"). A turn applied while its caller left
+(its future was cancelled during the batch) is counted as "undelivered": its answer is in
+the idempotency window, so a retry gets it as a duplicate.
+
+:meth:`expected_wait_s` estimates how long a turn submitted now would wait for its
+answer, from the queue and the recent cost of a batch (the admission by time in queue,
+:mod:`yujing.service.admission`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 
+from yujing.service.errors import DeadlinePassed
+
 log = logging.getLogger(__name__)
+
+NO_DEADLINE = math.inf
+
+
+DEADLINE_PASSED = DeadlinePassed("the call's deadline passed before this turn was scored (nothing of it applied)")
 
 
 class MicroBatcher:
-    def __init__(self, process, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None):
+    # the estimate's memory: each batch moves the averages this much towards itself
+    EWMA = 0.2
+
+    def __init__(self, process, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None, on_drop=None,
+                 on_stage=None):
         self._process = process               # async (items) -> answers
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
-        self._queue: deque = deque()          # (item, future)
+        self._queue: deque = deque()          # (item, future, deadline: loop time or NO_DEADLINE, loop time queued)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
         self._on_batch = on_batch             # callback(size, seconds)
+        self._on_drop = on_drop               # callback(reason, n): "cancelled", "deadline", "undelivered"
+        self._on_stage = on_stage             # callback("queue", the oldest turn's wait in seconds)
         self.in_flight = 0
         self.last_batch_size = 0
+        # the recent cost of scoring: seconds per batch and per turn (None until a batch ran)
+        self.batch_s: float | None = None
+        self.turn_s: float | None = None
+        self._busy_until = 0.0                # loop time the running batch is expected to end
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="yujing-batcher")
 
-    def submit(self, item) -> asyncio.Future:
-        return self.submit_many([item])[0]
+    def submit(self, item, deadline: float = NO_DEADLINE) -> asyncio.Future:
+        return self.submit_many([item], deadline)[0]
 
-    def submit_many(self, items) -> list[asyncio.Future]:
+    def submit_many(self, items, deadline: float = NO_DEADLINE) -> list[asyncio.Future]:
+        """Queue ``items`` (in order); ``deadline`` is the loop time after which nobody waits
+        for their answers. One future per item."""
         loop = asyncio.get_running_loop()
         futs = [loop.create_future() for _ in items]
-        self._queue.extend(zip(items, futs))
+        now = loop.time()
+        self._queue.extend((item, fut, deadline, now) for item, fut in zip(items, futs))
         self.in_flight += len(items)
         self._wakeup.set()
         return futs
+
+    def expected_wait_s(self, n: int = 1) -> float:
+        """About how long ``n`` turns submitted now would wait for their answers: the rest of
+        the running batch, the queue ahead of them and their own batches, at the recent cost
+        per batch and per turn. 0 before the first batch (nothing to go by)."""
+        if self.batch_s is None:
+            return 0.0
+        ahead = len(self._queue) + n
+        batches = math.ceil(ahead / self.max_batch)
+        running = max(0.0, self._busy_until - asyncio.get_running_loop().time())
+        return running + batches * self.batch_s + ahead * self.turn_s
 
     def refuse_queued(self, answer) -> int:
         """Answer every turn still waiting for a batch with ``answer`` (a refusal: nothing
@@ -53,7 +96,7 @@ class MicroBatcher:
         how many were refused (the shutdown's drain deadline)."""
         n = len(self._queue)
         while self._queue:
-            _, fut = self._queue.popleft()
+            fut = self._queue.popleft()[1]
             if not fut.done():
                 fut.set_result(answer)
         self.in_flight -= n
@@ -65,6 +108,44 @@ class MicroBatcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+
+    def _take(self, now: float) -> list:
+        """Up to ``max_batch`` turns somebody still waits for, oldest first; the others are
+        dropped (counted by reason) and leave the in-flight count."""
+        batch, cancelled, expired = [], 0, 0
+        q = self._queue
+        while q and len(batch) < self.max_batch:
+            entry = q.popleft()
+            fut = entry[1]
+            if fut.done():            # cancelled by its call (or answered already: nothing to do)
+                cancelled += 1
+            elif entry[2] <= now:
+                fut.set_result(DEADLINE_PASSED)
+                expired += 1
+            else:
+                batch.append(entry)
+        dropped = cancelled + expired
+        if dropped:
+            self.in_flight -= dropped
+            if self._on_drop is not None:
+                if cancelled:
+                    self._on_drop("cancelled", cancelled)
+                if expired:
+                    self._on_drop("deadline", expired)
+        return batch
+
+    def _learn(self, n: int, seconds: float) -> None:
+        """Fold one batch's duration into the cost estimate: a fixed part per batch and a
+        part per turn, told apart by batch size (small batches teach the fixed part)."""
+        per_turn = seconds / n
+        if self.batch_s is None:
+            self.batch_s, self.turn_s = seconds / 2, per_turn / 2
+            return
+        a = self.EWMA
+        # the share of this batch's time the current per-turn estimate does not explain
+        fixed = max(0.0, seconds - n * self.turn_s)
+        self.batch_s += a * (fixed - self.batch_s)
+        self.turn_s += a * (max(0.0, seconds - self.batch_s) / n - self.turn_s)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -87,24 +168,37 @@ class MicroBatcher:
                         await asyncio.wait_for(self._wakeup.wait(), left)
                     except asyncio.TimeoutError:
                         break
-            n = min(self.max_batch, len(self._queue))
+            batch = self._take(loop.time())
+            n = len(batch)
+            if n == 0:
+                continue
             self.last_batch_size = n
-            batch = [self._queue.popleft() for _ in range(n)]
+            if self._on_stage is not None:
+                self._on_stage("queue", loop.time() - batch[0][3])
             items = [b[0] for b in batch]
             t0 = time.perf_counter()
+            if self.batch_s is not None:
+                self._busy_until = loop.time() + self.batch_s + n * self.turn_s
             failure = None
             try:
                 answers = await self._process(items)
             except Exception as exc:  # a bug, not a client error: fail this batch, keep serving
                 log.exception("batch of %d turns failed", n)
                 failure, answers = exc, [None] * n
+            seconds = time.perf_counter() - t0
             self.in_flight -= n
+            self._busy_until = 0.0
+            self._learn(n, seconds)
             if self._on_batch is not None:
-                self._on_batch(n, time.perf_counter() - t0)
+                self._on_batch(n, seconds)
             # An answer may be a refusal (a YujingError value): it is a result, not a failure.
-            for (_, fut), ans in zip(batch, answers):
-                if not fut.done():
-                    if failure is not None:
-                        fut.set_exception(failure)
-                    else:
-                        fut.set_result(ans)
+            undelivered = 0
+            for (_, fut, _, _), ans in zip(batch, answers):
+                if fut.done():
+                    undelivered += 1
+                elif failure is not None:
+                    fut.set_exception(failure)
+                else:
+                    fut.set_result(ans)
+            if undelivered and self._on_drop is not None:
+                self._on_drop("undelivered", undelivered)

@@ -46,7 +46,12 @@ class Config:
     # admission control: unary and batch calls are refused (RESOURCE_EXHAUSTED) while this
     # many turns are accepted and not yet answered; streams are bounded by their window
     max_pending_turns: int = setting(32_768, "admission control: refuse Score/ScoreBatch (RESOURCE_EXHAUSTED) "
-                                             "while this many turns wait to be answered")
+                                             "while this many turns wait to be answered (streams' unread "
+                                             "answers included)")
+    max_queue_ms: float = setting(1000.0, "admission by time: refuse turns (RESOURCE_EXHAUSTED) that would wait "
+                                          "longer than this to be scored, by the batcher's estimate; 0: no bound")
+    stream_window: int = setting(256, "turns one ScoreStream may have admitted and not yet sent back before its "
+                                      "reader waits for its client to read")
     # calls gRPC core may hold before the service picks them up; beyond it gRPC core itself
     # cancels calls (its default, 1,000 to 3,000 with random early drop, cancelled bursts)
     max_pending_rpcs: int = setting(65_536, "calls gRPC core may queue before the service picks them up")
@@ -54,6 +59,8 @@ class Config:
     max_text_bytes: int = setting(16 * 1024, "longest turn text accepted, in UTF-8 bytes")
     max_id_bytes: int = setting(128, "longest id (tenant, session, turn, agent, queue) accepted, in bytes")
     max_batch_turns: int = setting(4096, "most turns in one ScoreBatch request")
+    max_request_bytes: int = setting(16 << 20, "largest request message gRPC accepts, in bytes (a bigger "
+                                               "ScoreBatch is refused RESOURCE_EXHAUSTED before it is parsed)")
     max_future_skew_s: float = setting(300.0, "timestamps further ahead of the server clock are refused")
     idempotency_window: int = setting(262_144, "answers kept to recognise a repeated (tenant, session, turn) id")
     # models
@@ -134,6 +141,11 @@ class Config:
         need(1 <= self.max_text_bytes <= 1 << 22, "max_text_bytes", "expected 1 B .. 4 MiB")
         need(1 <= self.max_id_bytes <= 4096, "max_id_bytes", "expected 1 .. 4096")
         need(1 <= self.max_batch_turns <= 1 << 20, "max_batch_turns", "expected 1 .. 1,048,576")
+        one_turn = self.max_text_bytes + 5 * self.max_id_bytes + 256
+        need(one_turn <= self.max_request_bytes <= 1 << 30, "max_request_bytes",
+             f"{self.max_request_bytes}: expected {one_turn:,} (one turn of the longest text and ids) .. 1 GiB")
+        need(0 <= self.max_queue_ms <= 600_000, "max_queue_ms", f"{self.max_queue_ms}: expected 0 .. 600,000")
+        need(1 <= self.stream_window <= 1 << 20, "stream_window", f"{self.stream_window}: expected 1 .. 1,048,576")
         need(self.max_batch_turns <= self.max_pending_turns, "max_pending_turns",
              f"{self.max_pending_turns} is below max_batch_turns ({self.max_batch_turns}): a full "
              "ScoreBatch could never be admitted")

@@ -73,6 +73,8 @@ class Engine:
         self._replay_seen: set | None = None
         self.batches = 0
         self.turns = 0
+        # callback(stage, seconds) for each stage of a batch (metrics: yujing_batch_stage_seconds)
+        self.on_stage = None
 
     async def score(self, items: list[PendingTurn]) -> list:
         """Answers (``pb.TurnRisk`` or a :class:`YujingError`) in the order of ``items``.
@@ -84,9 +86,14 @@ class Engine:
         answers, run = plan(items, self.cached)
         fresh = [items[k] for k in run]
         with_text = [j for j, it in enumerate(fresh) if it.turn.text]
+        t0 = time.perf_counter()
         result = await self.router.classify([fresh[j].turn.text for j in with_text]) if with_text else None
         if fresh:
+            t1 = time.perf_counter()
             logged = self._log_batch(fresh, result)
+            if self.on_stage is not None:
+                self.on_stage("models", t1 - t0)
+                self.on_stage("turn_log", time.perf_counter() - t1)
             for k, a in zip(run, self._apply_kernel(fresh, with_text, result) if logged is None
                             else [logged] * len(fresh)):
                 answers[k] = a
@@ -131,6 +138,8 @@ class Engine:
         """Score ``items`` (distinct turns, none cached) in order; ``with_text`` are the
         positions whose texts the models scored (``result``). One answer per item."""
         pol = self.policy
+        stage = self.on_stage
+        t0 = time.perf_counter()
         feats = featurize_batch([it.turn.text for it in items])
         outputs = read_outputs(result, with_text, len(items), feats.languages, pol, self._intent_table)
         lookups = policy_lookups(pol, items, feats, outputs)
@@ -141,7 +150,9 @@ class Engine:
         if not slots.keep:
             return answers
         ti, tf, th = pack_turns(items, slots, feats, outputs, lookups, pol)
+        t1 = time.perf_counter()
         of, oi = self.table.apply(ti, tf, th, pol.pf)
+        t2 = time.perf_counter()
         self.batches += 1
         self.turns += len(slots.keep)
         versions, degraded = A.model_versions(result, pol)
@@ -150,12 +161,18 @@ class Engine:
         for k, risk in zip(slots.keep, built):
             self.answers.put(items[k].idem, risk)
             answers[k] = risk
+        t3 = time.perf_counter()
         if self.detector is not None:
             kept = [items[k] for k in slots.keep]
             events = self.detector.from_batch(kept, slots, ti, of, oi, built, outputs, lookups, feats)
             if self._replay_seen is not None:
                 events = [e for e in events if replay_key(e) not in self._replay_seen]
             self.hub.publish(events)
+        if stage is not None:
+            stage("features", t1 - t0)
+            stage("kernel", t2 - t1)
+            stage("answers", t3 - t2)
+            stage("alerts", time.perf_counter() - t3)
         return answers
 
     # -- session reads --------------------------------------------------------------------

@@ -42,6 +42,11 @@ class Overloaded(YujingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlinePassed(YujingError):
+    """The caller's deadline passed while its turns were queued: they were not scored."""
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class SessionNotFound(YujingError):
     code = grpc.StatusCode.NOT_FOUND
 

@@ -11,6 +11,15 @@ Metric names (all prefixed ``yujing_``):
 
     rpc_requests_total{method,code}            counter   every RPC, by final gRPC status
     rpc_latency_seconds{method,code}           histogram whole call (streams: open to close)
+    expired_calls_total{method}                counter   calls picked up after their deadline (DEADLINE_EXCEEDED)
+    pending_turns                              gauge     turns admitted, answers not yet handed to gRPC
+    overload_refusals_total                    counter   turns refused by admission control (any reason)
+    admission_refusals_total{reason}           counter   the same by reason: turns, queue_time, deadline
+    turns_dropped_total{reason}                counter   cancelled / deadline (not scored), undelivered (applied)
+    grpc_core_calls_total{outcome}             counter   gRPC core's own count (channelz): started, succeeded, failed
+    calls_unseen_total                         counter   started by gRPC core, never picked up by the service
+    batch_stage_seconds{stage}                 histogram a micro-batch's queue, models, turn_log, features,
+                                                         kernel, answers and alerts stages
     stream_messages_total{method,direction}    counter   messages on streaming RPCs
     undecodable_requests_total{method}         counter   requests whose bytes are not the method's message
     batch_size                                 histogram turns per micro-batch
@@ -100,9 +109,23 @@ class _TableCollector:
                 log.debug("router read failed", exc_info=True)
         fb.add_metric([], self.m._fallback)
         yield fb
+        core = self.m.core_calls()
+        if core is not None:
+            calls = CounterMetricFamily("yujing_grpc_core_calls", "Calls gRPC core started on the service's "
+                                        "server, by outcome (from channelz)", labels=["outcome"])
+            for outcome in ("started", "succeeded", "failed"):
+                calls.add_metric([outcome], core[outcome])
+            yield calls
+            unseen = CounterMetricFamily("yujing_calls_unseen", "Calls gRPC core started that the service never "
+                                         "picked up (expired or cancelled in gRPC core's queue)")
+            self.m._unseen = max(self.m._unseen, core["started"] - self.m.calls_seen)
+            unseen.add_metric([], self.m._unseen)
+            yield unseen
         pend = GaugeMetricFamily("yujing_pending_turns",
                                  "Turns accepted and not yet answered (admission control limit: --max-pending-turns)")
-        if self.m._batcher is not None:
+        if self.m._admission is not None:
+            self.m._pending = int(self.m._admission.pending)
+        elif self.m._batcher is not None:
             self.m._pending = int(self.m._batcher.in_flight)
         pend.add_metric([], self.m._pending)
         yield pend
@@ -194,6 +217,22 @@ class Metrics:
         self.overload_refusals = Counter("yujing_overload_refusals",
                                          "Turns refused by admission control (RESOURCE_EXHAUSTED, overloaded)",
                                          registry=r)
+        self.admission_refusals = Counter("yujing_admission_refusals",
+                                          "Turns refused by admission control, by reason: turns (the pending "
+                                          "budget), queue_time (expected wait over --max-queue-ms), deadline "
+                                          "(expected wait past the call's deadline)", ["reason"], registry=r)
+        self.turns_dropped = Counter("yujing_turns_dropped",
+                                     "Turns nobody waited for: cancelled or deadline (dropped before the models, "
+                                     "nothing applied), undelivered (applied, the caller had gone; a retry gets "
+                                     "the answer as a duplicate)", ["reason"], registry=r)
+        self.expired_calls = Counter("yujing_expired_calls",
+                                     "Calls whose deadline had passed when the service picked them up (refused "
+                                     "DEADLINE_EXCEEDED, nothing applied)", ["method"], registry=r)
+        self.stage_latency = Histogram("yujing_batch_stage_seconds",
+                                       "Time of one micro-batch in each stage: queue (the oldest turn's wait "
+                                       "before its batch started), models, turn_log, features (featurize and "
+                                       "packing), kernel, answers, alerts", ["stage"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
         self.auth_refusals = Counter("yujing_auth_refusals", "Calls (ScoreBatch: turns) refused for their token: "
                                      "UNAUTHENTICATED or PERMISSION_DENIED", ["code"], registry=r)
         self.quota_refusals = Counter("yujing_quota_refusals", "Turns refused RESOURCE_EXHAUSTED by a tenant quota",
@@ -203,6 +242,12 @@ class Metrics:
         self.scan_sessions = Gauge("yujing_scan_sessions", "Sessions the last scheduler pass scanned", registry=r)
         self._hub = self._webhook = self._trends = None
         self._stream_children: dict = {}
+        self._rpc_children: dict = {}
+        self._stage_children: dict = {}
+        self._admission = None
+        self.calls_seen = 0             # calls whose handler ran (compared with gRPC core's count)
+        self._unseen = 0
+        self._core_server_id = None
         self._batcher = None
         self._pending = 0
         self._table = None
@@ -242,9 +287,31 @@ class Metrics:
 
     # ---- observations -----------------------------------------------------------------
     def observe_rpc(self, method: str, code, seconds: float) -> None:
-        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self.rpc_requests.labels(method, name).inc()
-        self.rpc_latency.labels(method, name).observe(seconds)
+        # the labelled children are resolved once per (method, code): a call costs one
+        # counter increment and one histogram observation, no label look-up
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            children = self._rpc_children[(method, code)] = (self.rpc_requests.labels(method, name),
+                                                               self.rpc_latency.labels(method, name))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Matches Engine's and MicroBatcher's ``on_stage(stage, seconds)`` callback."""
+        child = self._stage_children.get(stage)
+        if child is None:
+            child = self._stage_children[stage] = self.stage_latency.labels(stage)
+        child.observe(seconds)
+
+    def observe_drop(self, reason: str, n: int) -> None:
+        """Matches MicroBatcher's ``on_drop(reason, n)`` callback."""
+        self.turns_dropped.labels(reason).inc(n)
+
+    def observe_refusal(self, reason: str, n: int) -> None:
+        """Matches Admission's ``on_refuse(reason, n)`` callback."""
+        self.overload_refusals.inc(n)
+        self.admission_refusals.labels(reason).inc(n)
 
     def observe_stream_message(self, method: str, direction: str) -> None:
         # the labelled child is looked up once per (method, direction): resolving labels
@@ -280,13 +347,34 @@ class Metrics:
         self._expired += n
 
     # ---- wiring helpers ---------------------------------------------------------------
-    def watch(self, table=None, router=None, batcher=None, hub=None, webhook=None, trends=None) -> None:
-        """Read the table's size / evicted / expired, the router's state, the batcher's
-        pending turns and the early-warning layer at each scrape."""
+    def watch(self, table=None, router=None, batcher=None, hub=None, webhook=None, trends=None,
+              admission=None) -> None:
+        """Read the table's size / evicted / expired, the router's state, the pending turns
+        (admission control's count, else the batcher's) and the early-warning layer at each
+        scrape."""
         self._table = table
         self._router = router
         self._batcher = batcher
+        self._admission = admission
         self._hub, self._webhook, self._trends = hub, webhook, trends
+
+    def watch_core_server(self, server_id: int | None) -> None:
+        """Report gRPC core's call counts of the server with this channelz id at each scrape."""
+        self._core_server_id = server_id
+
+    def core_calls(self) -> dict | None:
+        """gRPC core's started / succeeded / failed calls of the watched server, or None."""
+        if self._core_server_id is None:
+            return None
+        import json
+
+        from grpc._cython import cygrpc
+
+        try:
+            data = json.loads(cygrpc.channelz_get_server(self._core_server_id))["server"]["data"]
+        except Exception:   # never fail a scrape (channelz off, the server gone)
+            return None
+        return {k: int(data.get("calls" + k.capitalize(), 0)) for k in ("started", "succeeded", "failed")}
 
     def observe_scan(self, sessions: int, seconds: float) -> None:
         self.scan_seconds.observe(seconds)
@@ -398,8 +486,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             if exc is None:
                 return grpc.StatusCode.OK
             import asyncio
-            if isinstance(exc, asyncio.CancelledError):
-                return grpc.StatusCode.CANCELLED
+            if isinstance(exc, asyncio.CancelledError):   # gRPC cancels a call at its deadline too
+                try:
+                    left = context.time_remaining()
+                except Exception:
+                    left = None
+                return grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
             return grpc.StatusCode.UNKNOWN
 
         def finish(context, t0, exc):
@@ -423,6 +515,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             """Time the call and count it by its final status (the exception it ends with).
             An undecodable request the handler let through ends the call INVALID_ARGUMENT."""
             t0 = time.perf_counter()
+            m.calls_seen += 1     # the handler runs: the service saw the call
             exc = None
             try:
                 yield

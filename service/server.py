@@ -37,8 +37,9 @@ from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
-from yujing.service.errors import (ConfigError, InvalidTurn, Overloaded, PermissionDenied, QuotaExceeded,
-                                   ShuttingDown, YujingError, fail)
+from yujing.service.admission import Admission, loop_deadline
+from yujing.service.errors import (ConfigError, DeadlinePassed, InvalidTurn, Overloaded, PermissionDenied,
+                                   QuotaExceeded, ShuttingDown, YujingError, fail)
 from yujing.service.security import guards, tls
 from yujing.service.security.auth import AuthInterceptor
 from yujing.service.storage.turn_log import REC_BATCH, REC_END, REC_SCAN, REC_SWEEP, decode_batch
@@ -47,7 +48,6 @@ from yujing.service.session_table import SessionTable
 from yujing.service.validate import session_key, validate_turn
 
 log = logging.getLogger("yujing")
-STREAM_WINDOW = 4096     # turns a stream may have in flight before its reader waits
 # What a client sees when a batch fails for a reason of ours (a bug; logged with its trace).
 INTERNAL = YujingError("internal error while scoring this turn; the server log has the details")
 STOPPED_READING = ShuttingDown("server is shutting down: the turns after the last answer were not read "
@@ -65,6 +65,18 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def _core_server_ids() -> set[int]:
+    """The channelz ids of the gRPC servers of this process (what gRPC core counts)."""
+    import json
+
+    from grpc._cython import cygrpc
+
+    try:
+        return {int(x["ref"]["serverId"]) for x in json.loads(cygrpc.channelz_get_servers(0)).get("server", [])}
+    except Exception:   # channelz is a diagnostic: its absence changes nothing
+        return set()
 
 
 def _now_ms() -> int:
@@ -88,70 +100,109 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         auth = self.o.auth
         auth.bind(auth.principal(context.invocation_metadata()), request)
 
-    def _admit(self, n: int) -> None:
-        """Admission control for unary and batch calls: refuse before any state moves."""
-        pending = self.o.batcher.in_flight
-        limit = self.o.config.max_pending_turns
-        if pending + n > limit:
-            self.o.metrics.overload_refusals.inc(n)
-            raise Overloaded(f"overloaded: {pending:,} turns are waiting to be scored and this call adds "
-                             f"{n:,} (limit {limit:,}); retry with backoff")
+    def _deadline_left(self, context, method: str) -> float | None:
+        """Seconds until the caller's deadline (None: none); a call picked up after its
+        deadline is refused here, counted, before anything is read or queued."""
+        left = context.time_remaining()
+        if left is not None and left <= 0:
+            self.o.metrics.expired_calls.labels(method).inc()
+            raise DeadlinePassed("the call's deadline had passed when the service picked it up; nothing applied")
+        return left
 
-    def _cached_or_submit(self, item, admit: bool) -> asyncio.Future:
-        """The answer of ``item`` to come: its first answer when the turn id is a repeat
-        (``duplicate``, no admission, no batch), else its place in the next batch
-        (admitted first when ``admit``)."""
+    def _submit(self, item, deadline: float) -> asyncio.Future:
+        """The answer of ``item`` to come (admitted by the caller): its first answer when
+        the turn id is a repeat (``duplicate``, no batch), else its place in the next batch."""
         cached = self.o.engine.cached(item)
         if cached is not None:
             fut = asyncio.get_running_loop().create_future()
             fut.set_result(cached)
             return fut
-        if admit:
-            self._admit(1)
         release = self.o.quotas.admit((item,))
-        fut = self.o.batcher.submit(item)
+        fut = self.o.batcher.submit(item, deadline)
         if release is not None:
             fut.add_done_callback(lambda _: release())
         return fut
 
     async def Score(self, request, context):
+        adm = self.o.admission
         try:
             self._check_open()
+            left = self._deadline_left(context, "Score")
             self._bind(context, request)
-            ans = await self._cached_or_submit(validate_turn(request, self.o.config, _now_ms()), admit=True)
+            item = validate_turn(request, self.o.config, _now_ms())
+            cached = self.o.engine.cached(item)
+            if cached is not None:
+                return cached
+            adm.admit(1, left)
         except YujingError as err:
             return self._fail(context, err)
         except Exception:
             return self._fail(context, INTERNAL)
+        try:
+            ans = await self._submit(item, loop_deadline(left))
+        except YujingError as err:
+            return self._fail(context, err)
+        except Exception:
+            return self._fail(context, INTERNAL)
+        finally:
+            adm.release(1)
         if isinstance(ans, YujingError):
             return self._fail(context, ans)
         return ans
 
     async def ScoreStream(self, request_iterator, context):
-        queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW)
-        auth, metadata = self.o.auth, context.invocation_metadata()
+        """Answers in order. The reader admits each turn into the shared budget
+        (:mod:`yujing.service.admission`) and keeps at most ``stream_window`` unanswered;
+        when the budget is spent it waits for this stream's own answers to be read, or
+        refuses the next turn if it has none outstanding. When the call ends (the client
+        went away, its deadline, a refusal), the turns not yet scored are dropped."""
+        queue: asyncio.Queue = asyncio.Queue()
+        auth, metadata, adm, cfg = self.o.auth, context.invocation_metadata(), self.o.admission, self.o.config
+        window = cfg.stream_window
+        outstanding = 0                 # turns admitted by this stream, answers not yet handed to gRPC
+        sent = asyncio.Event()          # set each time an answer is handed over
+
+        async def room() -> YujingError | None:
+            """Wait until this stream may take one more turn; the refusal when it may not."""
+            while True:
+                if outstanding < window:
+                    reason = adm.refusal_reason(1)
+                    if reason is None:
+                        return None
+                    if outstanding == 0:
+                        return adm.refuse(reason, 1)
+                sent.clear()
+                await sent.wait()
 
         async def read():
             """Queue each turn's answer to come, in order; the first refusal (a turn that
             is invalid, or a message that is not a Turn at all: the iterator raises
             UndecodableRequest there) is queued last and nothing after it is read."""
+            nonlocal outstanding
             try:
+                deadline = loop_deadline(self._deadline_left(context, "ScoreStream"))
                 async for turn in request_iterator:
                     try:
                         self._check_open()
                         auth.bind(auth.principal(metadata), turn)    # each turn: a revoked token stops here
-                        item = validate_turn(turn, self.o.config, _now_ms())
+                        item = validate_turn(turn, cfg, _now_ms())
                     except YujingError as err:
-                        await queue.put(err)
+                        queue.put_nowait(err)
                         return
-                    await queue.put(self._cached_or_submit(item, admit=False))
+                    refused = await room()
+                    if refused is not None:
+                        queue.put_nowait(refused)
+                        return
+                    adm.pending += 1
+                    outstanding += 1
+                    queue.put_nowait(self._submit(item, deadline))
             except YujingError as err:
-                await queue.put(err)
+                queue.put_nowait(err)
             except asyncio.CancelledError:   # the shutdown stops reading streams
-                await queue.put(STOPPED_READING)
+                queue.put_nowait(STOPPED_READING)
                 raise
             finally:
-                await queue.put(None)
+                queue.put_nowait(None)
 
         reader = asyncio.create_task(read())
         self.o.stream_readers.add(reader)
@@ -172,13 +223,23 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                     self._fail(context, ans)
                     return
                 yield ans
+                outstanding -= 1
+                adm.release(1)
+                sent.set()
         finally:
             reader.cancel()
+            while not queue.empty():       # nobody reads these answers: not scored, out of the budget
+                x = queue.get_nowait()
+                if isinstance(x, asyncio.Future):
+                    x.cancel()
+            adm.release(outstanding)
+            outstanding = 0
 
     async def ScoreBatch(self, request, context):
         cfg = self.o.config
         try:
             self._check_open()
+            left = self._deadline_left(context, "ScoreBatch")
             principal = self.o.auth.principal(context.invocation_metadata())
         except YujingError as err:
             return self._fail(context, err)
@@ -197,14 +258,21 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 continue
             todo.append(item)
             pos.append(k)
+        adm = self.o.admission
         try:
-            self._admit(len(todo))
-            release = self.o.quotas.admit(todo, repeats=self.o.engine.answers)
-        except (Overloaded, QuotaExceeded) as err:
+            adm.admit(len(todo), left)
+        except Overloaded as err:
             return self._fail(context, err)
         try:
-            answers = await asyncio.gather(*self.o.batcher.submit_many(todo), return_exceptions=True)
+            release = self.o.quotas.admit(todo, repeats=self.o.engine.answers)
+        except QuotaExceeded as err:
+            adm.release(len(todo))
+            return self._fail(context, err)
+        try:
+            answers = await asyncio.gather(*self.o.batcher.submit_many(todo, loop_deadline(left)),
+                                           return_exceptions=True)
         finally:
+            adm.release(len(todo))
             if release is not None:
                 release()
         for k, ans in zip(pos, answers):
@@ -252,6 +320,7 @@ class YujingServer:
                                   backend=config.backend)
         self.engine: Engine | None = None
         self.batcher: MicroBatcher | None = None
+        self.admission: Admission | None = None
         self._sweeper: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._scheduler: asyncio.Task | None = None
@@ -579,15 +648,22 @@ class YujingServer:
         self.metrics.watch(table=self.table, router=self.router)
         self.engine = Engine(self.policy, self.table, self.router, cfg.idempotency_window)
         self.engine.detector, self.engine.hub = self.detector, self.hub
+        self.engine.on_stage = self.metrics.observe_stage
         self._recover_state()
         self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
-                                    on_batch=self.metrics.observe_batch)
+                                    on_batch=self.metrics.observe_batch, on_drop=self.metrics.observe_drop,
+                                    on_stage=self.metrics.observe_stage)
         self.batcher.start()
+        self.admission = Admission(self.batcher, cfg.max_pending_turns, cfg.max_queue_ms / 1000.0,
+                                   on_refuse=self.metrics.observe_refusal)
         self.metrics.watch(table=self.table, router=self.router, batcher=self.batcher, hub=self.hub,
-                           webhook=self.webhook, trends=self.trends)
+                           webhook=self.webhook, trends=self.trends, admission=self.admission)
         interceptors = [MetricsInterceptor(self.metrics), AuthInterceptor(self.auth)]   # counted, then authenticated
+        known = _core_server_ids()
         self.server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", max(4 << 20, cfg.max_batch_turns * (cfg.max_text_bytes + 1024))),
+            # a bigger request is refused RESOURCE_EXHAUSTED by gRPC core before it is parsed
+            # (ScoreBatch's turn limit is checked only after: 24 concurrent 66 MB batches held 4 GB)
+            ("grpc.max_receive_message_length", cfg.max_request_bytes),
             ("grpc.so_reuseport", 0),
             # gRPC core's backlog of calls not yet picked up: its defaults (random early drop
             # from 1,000, all above 3,000) cancel bursts of concurrent calls with a bare
@@ -596,6 +672,8 @@ class YujingServer:
             ("grpc.server.max_pending_requests", cfg.max_pending_rpcs),
             ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_rpcs),
         ])
+        new = _core_server_ids() - known
+        self.metrics.watch_core_server(new.pop() if len(new) == 1 else None)
         pb_grpc.add_RiskScorerServicer_to_server(RiskScorer(self), self.server)
         pb_grpc.add_AlertsServicer_to_server(AlertsServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
