@@ -423,6 +423,9 @@ def _run(args) -> int:
     elif args.suite == "e2e":
         from yujing.loadtest.bench.e2e import bench_e2e
         result = bench_e2e(args)
+    elif args.suite == "closed":
+        from yujing.loadtest.bench.closed import bench_closed
+        result = bench_closed(args)
     elif args.suite == "alerts":       # its own table and JSON (loadtest/bench/alerts.py)
         from yujing.loadtest.bench.alerts import run as run_alerts
         return run_alerts(args)
@@ -444,7 +447,7 @@ def _run(args) -> int:
 
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
-    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "projection", "alerts",
+    p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "closed", "projection", "alerts",
                                           "durability"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
@@ -455,7 +458,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--turns", type=int, default=1_000_000, help="peer: turns in the replayed log")
     p.add_argument("--peer-sessions", type=int, default=20_000, help="peer: sessions in the log")
     p.add_argument("--ref-turns", type=int, default=3_000, help="peer: turns of the reference sample")
-    p.add_argument("--duration", type=float, default=10.0, help="e2e: seconds per load point")
+    p.add_argument("--duration", type=float, default=10.0, help="e2e, closed: seconds per load point")
     p.add_argument("--quick", action="store_true", help="e2e: short points (smoke run)")
     p.add_argument("--client-processes", type=int, default=1,
                    help="e2e: load-generator processes (more when the generator is the bottleneck)")

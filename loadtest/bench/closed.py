@@ -1,0 +1,168 @@
+"""``yujing bench closed``: closed-loop throughput and the service's own CPU per turn,
+the service against the bare echo server, in one run (issue 13's table).
+
+    yujing bench closed [--duration 10] [--out bench_results/closed.json]
+
+Closed loop: a fixed number of callers, each sending its next call as soon as the last
+answer came, every turn a fresh (session, turn id), so nothing is answered from the
+idempotency window. One client process on uvloop, on the same two cores as the server
+(and, for the service, its embedded Triton). Per mode and target:
+
+* ``batch``: 4 callers of ScoreBatch with 256 turns each;
+* ``unary``: 64 callers of Score;
+* ``stream``: 4 ScoreStream calls, each keeping 64 turns unanswered;
+* ``sequential``: one caller of Score, one call at a time: the latency floor (p50, p99).
+
+For the service, the CPU seconds of the ``yujing serve`` process alone (``/proc``; its
+Triton children are reported apart) divided by the turns answered: the service's CPU
+per turn. The echo server answers with a TurnRisk captured from the service in this run.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = ("batch", "unary", "stream", "sequential")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == pid:
+                out.append(int(p.name))
+    return out
+
+
+def _tree_cpu_s(pid: int) -> float:
+    total = 0.0
+    for c in _children(pid):
+        try:
+            total += _cpu_s(c) + _tree_cpu_s(c)
+        except OSError:
+            pass
+    return total
+
+
+async def _drive(target: str, mode: str, duration: float, tag: str) -> dict:
+    import grpc
+
+    from yujing.service.contract import pb, pb_grpc
+
+    texts = ["请问会员积分怎么查？", "What are your opening hours on Sunday?", "我要投诉，三天了还没发货！",
+             "This is unacceptable, I want a refund now!", "thanks, that fixed it", "我想修改收货地址。"]
+    counter = [0]
+
+    def fresh() -> pb.Turn:
+        counter[0] += 1
+        n = counter[0]
+        return pb.Turn(session_id=f"{tag}-{mode}-{n % 20000}", turn_id=f"{n}", speaker=pb.CUSTOMER,
+                       text=texts[n % len(texts)], agent_id=f"agent-{n % 50}")
+
+    answered, lat = 0, []
+    end = time.monotonic() + duration
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
+        stub = pb_grpc.RiskScorerStub(ch)
+
+        async def batch_caller():
+            nonlocal answered
+            while time.monotonic() < end:
+                r = await stub.ScoreBatch(pb.TurnBatch(turns=[fresh() for _ in range(256)]), timeout=30)
+                answered += sum(1 for x in r.results if x.HasField("risk"))
+
+        async def unary_caller():
+            nonlocal answered
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                await stub.Score(fresh(), timeout=30)
+                lat.append(time.perf_counter() - t0)
+                answered += 1
+
+        async def stream_caller():
+            nonlocal answered
+            call = stub.ScoreStream(timeout=duration + 30)
+            room = asyncio.Semaphore(64)
+
+            async def writer():
+                while time.monotonic() < end:
+                    await room.acquire()
+                    await call.write(fresh())
+                await call.done_writing()
+
+            w = asyncio.ensure_future(writer())
+            async for _ in call:
+                answered += 1
+                room.release()
+            await w
+
+        callers = {"batch": [batch_caller] * 4, "unary": [unary_caller] * 64, "stream": [stream_caller] * 4,
+                   "sequential": [unary_caller]}[mode]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(c() for c in callers))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    out = {"turns": answered, "seconds": round(wall, 3), "turns_per_s": round(answered / wall, 1)}
+    if mode == "sequential" and lat:
+        out["p50_ms"] = round(lat[len(lat) // 2] * 1e3, 3)
+        out["p99_ms"] = round(lat[int(len(lat) * 0.99)] * 1e3, 3)
+    return out
+
+
+def _measure(target: str, pid: int, duration: float, tag: str, modes=MODES) -> dict:
+    import uvloop
+
+    res = {}
+    for mode in modes:
+        uvloop.run(_drive(target, mode, 2.0, tag + "-warm"))         # warm: compile, connect, batch estimate
+        c0, t0 = _cpu_s(pid), _tree_cpu_s(pid)
+        r = uvloop.run(_drive(target, mode, duration, tag))
+        r["server_cpu_s"] = round(_cpu_s(pid) - c0, 3)
+        r["server_cpu_us_per_turn"] = round(r["server_cpu_s"] / max(r["turns"], 1) * 1e6, 2)
+        r["children_cpu_us_per_turn"] = round((_tree_cpu_s(pid) - t0) / max(r["turns"], 1) * 1e6, 2)
+        print(f"[closed] {tag} {mode}: {r['turns_per_s']:,.0f} turns/s, server CPU "
+              f"{r['server_cpu_us_per_turn']} us/turn (+ children {r['children_cpu_us_per_turn']})"
+              + (f", p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms" if "p50_ms" in r else ""),
+              file=sys.stderr, flush=True)
+        res[mode] = r
+    return res
+
+
+def bench_closed(args) -> dict:
+    from yujing.loadtest.bench.e2e import Child, _capture_answer
+
+    duration = float(getattr(args, "duration", 10.0) or 10.0)
+    py = sys.executable
+    out: dict = {"duration_s_per_point": duration, "cores_shared": os.cpu_count(),
+                 "note": "closed loop, fresh turn ids; server, Triton and the client share the cores"}
+    state = tempfile.mkdtemp(prefix="yujing-bench-state-")      # the default durability: the turn log on
+    svc = Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--data-dir", state],
+                r"yujing serving on [\d.]+:(\d+)")
+    canned = tempfile.NamedTemporaryFile(prefix="yujing-canned-", suffix=".bin", delete=False).name
+    try:
+        out["canned_turnrisk_bytes"] = _capture_answer(svc.port, canned)
+        out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc")
+    finally:
+        svc.stop()
+    echo = Child([py, "-m", "yujing.loadtest.bench.e2e", "echo", "--port", "0", "--canned", canned],
+                 r"echo serving on [\d.]+:(\d+)")
+    try:
+        out["echo"] = _measure(f"127.0.0.1:{echo.port}", echo.proc.pid, duration, "echo")
+    finally:
+        echo.stop()
+    out["ratios_service_over_echo"] = {m: round(out["service"][m]["turns_per_s"] / out["echo"][m]["turns_per_s"], 3)
+                                       for m in MODES if m != "sequential"}
+    return out
