@@ -40,8 +40,9 @@ DEADLINE_PASSED = DeadlinePassed("the call's deadline passed before this turn wa
 
 
 class MicroBatcher:
-    # the estimate's memory: each batch moves the averages this much towards itself
-    EWMA = 0.2
+    # the estimate's memory: each batch moves the averages this much towards itself (~20 batches)
+    EWMA = 0.05
+    LEARN_BATCHES = 16    # batches seen before the estimate is used
 
     def __init__(self, process, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None, on_drop=None,
                  on_stage=None):
@@ -60,6 +61,8 @@ class MicroBatcher:
         # the recent cost of scoring: seconds per batch and per turn (None until a batch ran)
         self.batch_s: float | None = None
         self.turn_s: float | None = None
+        self.learned = 0
+        self._moments: list | None = None     # weighted means of n, seconds, n^2, n * seconds
         self._busy_until = 0.0                # loop time the running batch is expected to end
 
     def start(self) -> None:
@@ -82,8 +85,8 @@ class MicroBatcher:
     def expected_wait_s(self, n: int = 1) -> float:
         """About how long ``n`` turns submitted now would wait for their answers: the rest of
         the running batch, the queue ahead of them and their own batches, at the recent cost
-        per batch and per turn. 0 before the first batch (nothing to go by)."""
-        if self.batch_s is None:
+        per batch and per turn. 0 until ``LEARN_BATCHES`` batches ran (too little to go by)."""
+        if self.learned < self.LEARN_BATCHES:
             return 0.0
         ahead = len(self._queue) + n
         batches = math.ceil(ahead / self.max_batch)
@@ -135,17 +138,28 @@ class MicroBatcher:
         return batch
 
     def _learn(self, n: int, seconds: float) -> None:
-        """Fold one batch's duration into the cost estimate: a fixed part per batch and a
-        part per turn, told apart by batch size (small batches teach the fixed part)."""
-        per_turn = seconds / n
-        if self.batch_s is None:
-            self.batch_s, self.turn_s = seconds / 2, per_turn / 2
-            return
-        a = self.EWMA
-        # the share of this batch's time the current per-turn estimate does not explain
-        fixed = max(0.0, seconds - n * self.turn_s)
-        self.batch_s += a * (fixed - self.batch_s)
-        self.turn_s += a * (max(0.0, seconds - self.batch_s) / n - self.turn_s)
+        """Fold one batch's duration into the cost estimate ``seconds = batch_s + n * turn_s``:
+        a least-squares line through the recent batches (exponentially weighted moments of
+        size and duration), so both parts are learned from batches of different sizes. One
+        slow batch (a pause of the process, a model reload) counts at most as a batch 4x the
+        prediction: it must not refuse traffic by itself."""
+        self.learned += 1
+        if self._moments is None:
+            self._moments = [float(n), seconds, float(n * n), n * seconds]
+        else:
+            predicted = self.batch_s + n * self.turn_s
+            if predicted > 0:
+                seconds = min(seconds, 4 * predicted)
+            a = self.EWMA
+            for i, x in enumerate((float(n), seconds, float(n * n), n * seconds)):
+                self._moments[i] += a * (x - self._moments[i])
+        mn, my, mnn, mny = self._moments
+        var = mnn - mn * mn
+        slope = (mny - mn * my) / var if var > 1e-9 * max(mnn, 1.0) else my / mn
+        fixed = my - slope * mn
+        if fixed < 0 or slope < 0:        # not a line through these points: all per turn
+            slope, fixed = my / mn, 0.0
+        self.batch_s, self.turn_s = fixed, slope
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

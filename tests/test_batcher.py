@@ -58,3 +58,20 @@ def test_close_finishes_everything_queued():
 
     results, in_flight = asyncio.run(main())
     assert results == list(range(10)) and in_flight == 0
+
+
+def test_the_wait_estimate_follows_the_cost_of_batches_and_shrugs_off_one_slow_batch():
+    async def main():
+        b = MicroBatcher(lambda items: asyncio.sleep(0, result=items), max_batch=256, max_delay_ms=0)
+        assert b.expected_wait_s(256) == 0.0               # nothing learned yet: no refusal by time
+        for _ in range(40):                                 # 10 ms a full batch, 0.5 ms a lone turn
+            b._learn(256, 0.010)
+            b._learn(1, 0.0005)
+        four_batches = b.expected_wait_s(1024)
+        b._learn(256, 5.0)                                  # one pause of the process
+        after_pause = b.expected_wait_s(1024)
+        return four_batches, after_pause
+
+    four_batches, after_pause = asyncio.run(main())
+    assert 0.03 < four_batches < 0.06, four_batches          # about 4 x 10 ms
+    assert after_pause < 2.5 * four_batches, after_pause

@@ -260,7 +260,7 @@ def test_a_call_that_would_wait_past_its_deadline_or_the_queue_limit_is_refused_
     gate = svc.call(_hold_the_models)
     try:
         def slow_batches(srv):        # the estimate as if each batch had cost 0.5 s
-            srv.batcher.batch_s, srv.batcher.turn_s = 0.5, 0.0
+            srv.batcher.batch_s, srv.batcher.turn_s, srv.batcher.learned = 0.5, 0.0, 1000
         svc.call(slow_batches)
 
         async def scenario():

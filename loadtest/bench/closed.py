@@ -73,22 +73,34 @@ async def _drive(target: str, mode: str, duration: float, tag: str) -> dict:
         return pb.Turn(session_id=f"{tag}-{mode}-{n % 20000}", turn_id=f"{n}", speaker=pb.CUSTOMER,
                        text=texts[n % len(texts)], agent_id=f"agent-{n % 50}")
 
-    answered, lat = 0, []
+    answered, refused, lat = 0, 0, []
     end = time.monotonic() + duration
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         stub = pb_grpc.RiskScorerStub(ch)
 
         async def batch_caller():
-            nonlocal answered
+            nonlocal answered, refused
             while time.monotonic() < end:
-                r = await stub.ScoreBatch(pb.TurnBatch(turns=[fresh() for _ in range(256)]), timeout=30)
+                try:
+                    r = await stub.ScoreBatch(pb.TurnBatch(turns=[fresh() for _ in range(256)]), timeout=30)
+                except grpc.aio.AioRpcError as err:      # overload refusals are counted, then retried
+                    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    refused += 256
+                    continue
                 answered += sum(1 for x in r.results if x.HasField("risk"))
 
         async def unary_caller():
-            nonlocal answered
+            nonlocal answered, refused
             while time.monotonic() < end:
                 t0 = time.perf_counter()
-                await stub.Score(fresh(), timeout=30)
+                try:
+                    await stub.Score(fresh(), timeout=30)
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    refused += 1
+                    continue
                 lat.append(time.perf_counter() - t0)
                 answered += 1
 
@@ -115,7 +127,7 @@ async def _drive(target: str, mode: str, duration: float, tag: str) -> dict:
         await asyncio.gather(*(c() for c in callers))
         wall = time.perf_counter() - t0
     lat.sort()
-    out = {"turns": answered, "seconds": round(wall, 3), "turns_per_s": round(answered / wall, 1)}
+    out = {"turns": answered, "refused": refused, "seconds": round(wall, 3), "turns_per_s": round(answered / wall, 1)}
     if mode == "sequential" and lat:
         out["p50_ms"] = round(lat[len(lat) // 2] * 1e3, 3)
         out["p99_ms"] = round(lat[int(len(lat) * 0.99)] * 1e3, 3)
