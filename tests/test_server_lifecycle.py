@@ -47,7 +47,12 @@ def test_graceful_shutdown_finishes_calls_in_flight(tmp_path_factory):
 
     async def scenario():
         task = asyncio.create_task(fire(port, 300))
-        await asyncio.sleep(0.05)                   # calls are in flight
+        # calls are in flight: the service holds some (a fixed sleep raced on a loaded machine)
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            b = svc.srv.batcher
+            if b is not None and (b.in_flight > 0 or svc.srv.engine.batches > 0):
+                break
         svc.loop.call_soon_threadsafe(svc._stop.set)
         return await task
 
