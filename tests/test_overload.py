@@ -358,7 +358,7 @@ def test_calls_that_expire_before_the_service_picks_them_up_are_counted(tmp_path
         unseen = value(r"yujing_calls_unseen_total")
         # every call gRPC core started is accounted for (a call the loaded client let expire
         # before sending never reaches the server: started can be below 301)
-        assert 1 < started <= 301 and unseen > 0 and by_status + unseen == started, \
+        assert 1 < started <= 301 and by_status + unseen == started, \
             (started, by_status, unseen, outcomes)
         assert unseen > 0
     finally:

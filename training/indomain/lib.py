@@ -60,6 +60,12 @@ def softmax(z):
     return e / e.sum(1, keepdims=True)
 
 
+def without_temperature(probs, temp):
+    """The probabilities a model calibrated with temperature ``temp`` gave before it (its
+    log-probabilities times ``temp``, renormalised): the "before" of a calibration."""
+    return softmax(np.log(np.clip(probs, 1e-30, 1)) * temp)
+
+
 def fit_temperature(z, y, grid=None):
     """Temperature minimising NLL of softmax(z / T) on (z, y) (grid then golden refine)."""
     grid = grid if grid is not None else np.exp(np.linspace(np.log(0.2), np.log(5), 81))

@@ -71,8 +71,7 @@ def sentiment_block(model, temp=None):
     out["ece15_indomain_test"] = {"n": int(len(y)), "ece": round(L.ece(p, y), 4), "nll": round(L.nll(p, y), 4)}
     if temp is not None:
         # the same model without its temperature (head weights x T): "before"
-        z = np.log(np.clip(p, 1e-30, 1)) * temp
-        pb = L.softmax(z)
+        pb = L.without_temperature(p, temp)
         out["ece15_indomain_test"].update({"ece_before_temperature": round(L.ece(pb, y), 4),
                                            "nll_before_temperature": round(L.nll(pb, y), 4), "temperature": temp})
     # review sets, repo splits

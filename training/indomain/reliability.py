@@ -7,9 +7,9 @@ The turns are the held-out sides of JDDC and SGD/MultiWOZ (``data.jddc_sentiment
 ``data.uss_sentiment()["test"]``: the same turns as ``ece15_indomain_test`` in
 ``measure.py``). For each of 15 equal-width confidence bins: how many turns, their mean
 confidence (the top class's probability) and how often the top class was right; the
-model as served and, for comparison, the same model with its temperature taken out (its
-log-probabilities times T, as ``measure.py`` does), so the plot shows what the
-temperature changed. The expected calibration error is the count-weighted gap.
+model as served and, for comparison, the same model with its temperature taken out
+(:func:`lib.without_temperature`, as ``measure.py`` reports it), so the plot shows what the
+temperature changed. The expected calibration error is :func:`lib.ece` over the same bins.
 """
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> dict:
         rows.append({"lo": round(float(lo), 4), "hi": round(float(hi), 4), "n": n,
                      "confidence": round(float(conf[m].mean()), 4) if n else None,
                      "accuracy": round(float(right[m].mean()), 4) if n else None})
-    ece = sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"]) / max(len(y), 1)
-    return {"n": int(len(y)), "ece": round(float(ece), 4), "bins": rows}
+    return {"n": int(len(y)), "ece": round(L.ece(probs, y, bins), 4), "bins": rows}
 
 
 def indomain_test_turns(labels) -> tuple[list[str], np.ndarray]:
@@ -86,7 +85,7 @@ def main(argv=None) -> dict:
     p = np.concatenate([model.predict_proba(texts[k:k + 2048]) for k in range(0, len(texts), 2048)])
     out = {"model": f"sentiment v{VERSIONS['sentiment']}", "temperature": temp, "served": reliability(p, y)}
     if temp:
-        out["without_temperature"] = reliability(L.softmax(np.log(np.clip(p, 1e-30, 1)) * temp), y)
+        out["without_temperature"] = reliability(L.without_temperature(p, temp), y)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
     if a.png and temp:
