@@ -61,6 +61,10 @@ from yujing.service.errors import UndecodableRequest, undecodable
 
 log = logging.getLogger(__name__)
 
+# A call cancelled this close to its deadline (seconds left by the server's clock) is counted
+# DEADLINE_EXCEEDED: the caller's deadline fired and its cancel crossed the wire.
+DEADLINE_SLACK_S = 0.1
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
@@ -491,7 +495,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     left = context.time_remaining()
                 except Exception:
                     left = None
-                return grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+                # the caller's clock for its deadline started before ours (we start ours when
+                # the headers arrive), so its deadline fires first and reaches us as a cancel a
+                # transit time early: a cancel that near our deadline is the caller's deadline
+                return (grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= DEADLINE_SLACK_S
+                        else grpc.StatusCode.CANCELLED)
             return grpc.StatusCode.UNKNOWN
 
         def finish(context, t0, exc):
