@@ -15,7 +15,28 @@ from yujing.service.config import Config
 from yujing.service.contract import pb_grpc
 
 
-class ServiceThread:
+class LoopbackClient:
+    """Channels and stubs to a service listening on ``self.port`` on loopback: shared by
+    :class:`ServiceThread` and the tests' ``ServeProcess``."""
+    port: int | None
+
+    def channel(self, **secure) -> grpc.Channel:
+        """A channel to the service; ``secure``: open_channel's token, tls_ca, tls_cert, tls_key,
+        server_name (service/security/client.py)."""
+        if not secure:
+            return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        from yujing.service.security.client import open_channel
+
+        return open_channel(f"127.0.0.1:{self.port}", **secure)
+
+    def stub(self, **secure) -> pb_grpc.RiskScorerStub:
+        return pb_grpc.RiskScorerStub(self.channel(**secure))
+
+    def alerts(self, **secure) -> pb_grpc.AlertsStub:
+        return pb_grpc.AlertsStub(self.channel(**secure))
+
+
+class ServiceThread(LoopbackClient):
     def __init__(self, config: Config):
         self.config = config
         self.loop = None
@@ -64,21 +85,6 @@ class ServiceThread:
         if self.loop is not None and self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
-
-    def channel(self, **secure) -> grpc.Channel:
-        """A channel to the service; ``secure``: open_channel's token, tls_ca, tls_cert, tls_key,
-        server_name (service/security/client.py)."""
-        if not secure:
-            return grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        from yujing.service.security.client import open_channel
-
-        return open_channel(f"127.0.0.1:{self.port}", **secure)
-
-    def stub(self, **secure) -> pb_grpc.RiskScorerStub:
-        return pb_grpc.RiskScorerStub(self.channel(**secure))
-
-    def alerts(self, **secure) -> pb_grpc.AlertsStub:
-        return pb_grpc.AlertsStub(self.channel(**secure))
 
     def __enter__(self) -> "ServiceThread":
         return self.start()

@@ -2,10 +2,8 @@
 or as the ``yujing serve`` command (:class:`ServeProcess`), reached over real gRPC."""
 from __future__ import annotations
 
-import grpc
-
-from yujing.service.background import ServiceThread  # noqa: F401 (the tests' in-process service)
-from yujing.service.contract import pb, pb_grpc
+from yujing.service.background import LoopbackClient, ServiceThread  # noqa: F401 (ServiceThread: the tests' in-process service)
+from yujing.service.contract import pb
 
 
 def state_copy(svc) -> tuple:
@@ -32,7 +30,7 @@ def turn(session="s1", turn_id="1", text="hello", speaker=pb.CUSTOMER, ts=0, **k
     return pb.Turn(session_id=session, turn_id=turn_id, text=text, speaker=speaker, timestamp_ms=ts, **kw)
 
 
-class ServeProcess:
+class ServeProcess(LoopbackClient):
     """``yujing serve`` as a child process on a free port (the port read from its
     ready line), for tests that need the real command with its embedded Triton."""
 
@@ -68,20 +66,6 @@ class ServeProcess:
         if self.port is None:
             self.stop()
             raise TimeoutError(f"yujing serve not ready in {timeout_s} s:\n{open(self.log.name).read()[-4000:]}")
-
-    def channel(self, **secure) -> grpc.Channel:
-        """``secure``: open_channel's token, tls_ca, tls_cert, tls_key, server_name."""
-        if not secure:
-            return grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        from yujing.service.security.client import open_channel
-
-        return open_channel(f"127.0.0.1:{self.port}", **secure)
-
-    def stub(self, **secure) -> pb_grpc.RiskScorerStub:
-        return pb_grpc.RiskScorerStub(self.channel(**secure))
-
-    def alerts(self, **secure) -> pb_grpc.AlertsStub:
-        return pb_grpc.AlertsStub(self.channel(**secure))
 
     def output(self) -> str:
         return open(self.log.name).read()
