@@ -45,6 +45,8 @@ WORD, LETTER, CJK, EN, EXCL, QUES, APOS = 1, 2, 4, 8, 16, 32, 64
 TOKEN_MARK = 2
 CJK_ASTRAL_LO, CJK_ASTRAL_HI = 0x20000, 0x3FFFF
 
+_inline = njit(cache=True, nogil=True, inline="always")
+
 _W_EXCL, _W_QUES, _W_RUN, _W_SHOUT, _W_REPEAT = 0.25, 0.10, 0.35, 1.50, 0.35
 _SHOUT_MIN_LETTERS = 3
 
@@ -304,7 +306,7 @@ def scratch(prog) -> tuple:
 # ---------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _in_set(c, s, prog):
     set_first, set_end, set_neg, range_lo, range_hi = prog[0], prog[1], prog[2], prog[3], prog[4]
     inside = False
@@ -315,7 +317,7 @@ def _in_set(c, s, prog):
     return inside != (set_neg[s] != 0)
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _run_length(codes, n, pos, e, prog):
     """How many times element ``e`` can repeat from ``pos`` (at most its maximum)."""
     s, hi = prog[5][e], prog[7][e]
@@ -325,7 +327,7 @@ def _run_length(codes, n, pos, e, prog):
     return k
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _match_sequence(codes, n, pos, first, end, prog, stack):
     """Whether elements ``first:end`` match in sequence from ``pos`` (with backtracking
     over their quantifiers, in re's order); returns True or False."""
@@ -361,7 +363,7 @@ def _match_sequence(codes, n, pos, first, end, prog, stack):
             return False
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _lookaround_holds(codes, n, pos, a, prog, stack):
     kind, first, end, width = prog[9][a], prog[10][a], prog[11][a], prog[12][a]
     if kind == LOOKAHEAD_NEG or kind == LOOKAHEAD_POS:
@@ -372,7 +374,7 @@ def _lookaround_holds(codes, n, pos, a, prog, stack):
     return found == (kind == LOOKAHEAD_POS or kind == LOOKBEHIND_POS)
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _literal_edge(node, c, prog):
     """The single-character edge of ``node`` matching ``c``, or -1 (binary search)."""
     lo, hi = prog[14][node], prog[15][node]
@@ -388,7 +390,7 @@ def _literal_edge(node, c, prog):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _enter(frames, d, node, pos, codes, n, prog):
     frames[d, 0] = node
     frames[d, 1] = pos
@@ -465,7 +467,7 @@ _BYTE_LANES = np.uint64(0x0101010101010101)
 _LANE_LIMIT = 255            # 3-grams summed in one 8-bit lane before it is flushed
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _class_of(c, table):
     if c <= 0xFFFF:
         return table[c]
@@ -474,7 +476,7 @@ def _class_of(c, table):
     return np.uint8(0)
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _mix64(z):
     """splitmix64 finaliser (wrapping uint64 arithmetic)."""
     z = z + _GOLDEN
@@ -651,7 +653,7 @@ def featurize_codes(raw, low, n, table, negation_prog, escalation_prog):
     return words, negations, mask, _raw_intensity(raw, n, repeats), simhash, languages
 
 
-@njit(cache=True, nogil=True)
+@_inline
 def _is_mark(c):
     return c == 0x21 or c == 0xFF01 or c == 0x3F or c == 0xFF1F
 
