@@ -16,8 +16,12 @@ supported atoms are what the cue lists use: a literal, a character class (``[...
 negative or positive lookahead and fixed-width lookbehind over a sequence of those.
 Anything else raises at compile time, so a new cue cannot silently diverge.
 
-Cue program arrays (all int64 unless noted; ``s`` set, ``e`` element, ``a`` atom, ``k``
-node, ``g`` edge)::
+A cue program is ``(code, first_ok)``: ``first_ok`` is a uint8 per code point, 1 where a
+match can start (the root's literals); ``code`` is one int64 array holding the sections
+below (``s`` set, ``e`` element, ``a`` atom, ``k`` node, ``g`` edge), section ``S_*`` at
+``code[code[S_*]:]``, so a kernel reads ``code[code[S_X] + i]``. One flat array rather
+than a tuple of arrays: numba copied the tuple (and reference-counted every member) at
+each inlined helper, which made a match attempt cost microseconds::
 
     set_first[s], set_end[s], set_neg[s]   ranges range_lo/range_hi[set_first:set_end]
     el_set[e], el_min[e], el_max[e], el_lazy[e]    one set repeated min..max times
@@ -27,7 +31,7 @@ node, ``g`` edge)::
     node_lit_first/end[k] -> lit_char, lit_edge   single-character edges, sorted by char
     node_cx_first/end[k]  -> cx_edge       other edges, in match order
     edge_atom[g], edge_child[g], edge_order[g]   edge_order: rank among its node's edges
-    first_ok (uint8, per code point)       1 where a match can start (root literals)
+    meta                                   (stack depth, element count) for scratch()
 """
 from __future__ import annotations
 
@@ -38,6 +42,11 @@ from numba import njit
 
 CONSUME, LOOKAHEAD_NEG, LOOKAHEAD_POS, LOOKBEHIND_NEG, LOOKBEHIND_POS = 0, 1, 2, 3, 4
 _UNBOUNDED = 1 << 30
+(S_SET_FIRST, S_SET_END, S_SET_NEG, S_RANGE_LO, S_RANGE_HI, S_EL_SET, S_EL_MIN, S_EL_MAX,
+ S_EL_LAZY, S_ATOM_KIND, S_ATOM_FIRST, S_ATOM_END, S_ATOM_WIDTH, S_NODE_END,
+ S_NODE_LIT_FIRST, S_NODE_LIT_END, S_LIT_CHAR, S_LIT_EDGE, S_NODE_CX_FIRST, S_NODE_CX_END,
+ S_CX, S_EDGE_ATOM, S_EDGE_CHILD, S_EDGE_ORDER, S_META) = range(25)
+_N_SECTIONS = 25
 _N_CODES = 0x110000
 
 # character class flags (yujing.service.featurize_reference._class_table)
@@ -189,14 +198,14 @@ def _parse_atom(atom: str) -> tuple[int, list]:
 
 
 def compile_cue_program(root) -> tuple:
-    """A trie of regex atoms -> a cue program (the tuple of arrays in the module doc).
+    """A trie of regex atoms -> a cue program ``(code, first_ok)`` (see the module doc).
 
     ``root`` is ``(edges, end_tag)``: ``edges`` a list of ``(atom, child)`` in match order
     (children of the same shape), ``end_tag`` the tag of the cue ending there or None.
 
-    >>> prog = compile_cue_program(([("a", ([("b", ([], 2))], 1))], None))
+    >>> code, first_ok = compile_cue_program(([("a", ([("b", ([], 2))], 1))], None))
     >>> codes = np.array([ord(c) for c in "xaby"], np.uint32)
-    >>> _match_at(codes, len(codes), 1, prog, *scratch(prog))
+    >>> _match_at(codes, len(codes), 1, code, *scratch(code))
     (3, 2)
     """
     sets: dict[tuple, int] = {}
@@ -278,7 +287,7 @@ def compile_cue_program(root) -> tuple:
         if c < 0:     # every match then consumes, and first_ok finds the candidates
             raise ValueError("every cue must start with one literal character")
         first_ok[c] = 1
-    i64 = lambda xs: np.asarray(xs, np.int64).reshape(-1)   # noqa: E731
+    i64 = lambda xs: np.asarray(list(xs), np.int64).reshape(-1)   # noqa: E731
     cols = lambda rows, n: [i64([r[j] for r in rows]) for j in range(n)]   # noqa: E731
     set_first, set_end, set_neg = cols(set_rows, 3)
     el_set, el_min, el_max, el_lazy = cols(elements, 4)
@@ -286,19 +295,22 @@ def compile_cue_program(root) -> tuple:
     node_end, node_lit_first, node_lit_end, node_cx_first, node_cx_end = cols(node_rows, 5)
     lit_char, lit_edge = cols(lit, 2)
     edge_atom, edge_child, edge_order = cols(edge_rows, 3)
-    return (set_first, set_end, set_neg, i64(range_lo), i64(range_hi),
-            el_set, el_min, el_max, el_lazy,
-            atom_kind, atom_first, atom_end, atom_width,
-            node_end, node_lit_first, node_lit_end, lit_char, lit_edge,
-            node_cx_first, node_cx_end, i64(cx),
-            edge_atom, edge_child, edge_order, first_ok,
-            np.array([depth[0] + 2, max(len(elements), 1)], np.int64))
+    parts = (set_first, set_end, set_neg, i64(range_lo), i64(range_hi),
+             el_set, el_min, el_max, el_lazy,
+             atom_kind, atom_first, atom_end, atom_width,
+             node_end, node_lit_first, node_lit_end, lit_char, lit_edge,
+             node_cx_first, node_cx_end, i64(cx),
+             edge_atom, edge_child, edge_order,
+             i64([depth[0] + 2, max(len(elements), 1)]))
+    assert len(parts) == _N_SECTIONS
+    starts = np.cumsum([_N_SECTIONS] + [len(x) for x in parts[:-1]])
+    return np.concatenate([starts.astype(np.int64), *parts]), first_ok
 
 
-def scratch(prog) -> tuple:
-    """Work arrays for :func:`_match_at` (the backtracking stacks), sized for ``prog``."""
-    depth, n_el = prog[-1]
-    return (np.empty((depth, 8), np.int64), np.empty((n_el + 1, 4), np.int64))
+def scratch(code) -> tuple:
+    """Work arrays for :func:`_match_at` (the backtracking stacks), sized for ``code``."""
+    meta = code[S_META]
+    return (np.empty((code[meta], 8), np.int64), np.empty((code[meta + 1] + 1, 4), np.int64))
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,33 +319,39 @@ def scratch(prog) -> tuple:
 
 
 @_inline
-def _in_set(c, s, prog):
-    set_first, set_end, set_neg, range_lo, range_hi = prog[0], prog[1], prog[2], prog[3], prog[4]
-    inside = False
-    for r in range(set_first[s], set_end[s]):
-        if range_lo[r] <= c <= range_hi[r]:
-            inside = True
-            break
-    return inside != (set_neg[s] != 0)
+def _at(code, section, i):
+    """Entry ``i`` of section ``section`` of a cue program."""
+    return code[code[section] + i]
 
 
 @_inline
-def _run_length(codes, n, pos, e, prog):
+def _in_set(c, s, code):
+    inside = False
+    lo_base, hi_base = code[S_RANGE_LO], code[S_RANGE_HI]
+    for r in range(_at(code, S_SET_FIRST, s), _at(code, S_SET_END, s)):
+        if code[lo_base + r] <= c <= code[hi_base + r]:
+            inside = True
+            break
+    return inside != (_at(code, S_SET_NEG, s) != 0)
+
+
+@_inline
+def _run_length(codes, n, pos, e, code):
     """How many times element ``e`` can repeat from ``pos`` (at most its maximum)."""
-    s, hi = prog[5][e], prog[7][e]
+    s, hi = _at(code, S_EL_SET, e), _at(code, S_EL_MAX, e)
     k = 0
-    while k < hi and pos + k < n and _in_set(np.int64(codes[pos + k]), s, prog):
+    while k < hi and pos + k < n and _in_set(np.int64(codes[pos + k]), s, code):
         k += 1
     return k
 
 
 @_inline
-def _match_sequence(codes, n, pos, first, end, prog, stack):
+def _match_sequence(codes, n, pos, first, end, code, stack):
     """Whether elements ``first:end`` match in sequence from ``pos`` (with backtracking
     over their quantifiers, in re's order); returns True or False."""
-    el_min, el_lazy = prog[6], prog[8]
-    if end - first == 1 and el_min[first] == 1 and prog[7][first] == 1:   # the common case
-        return pos < n and _in_set(np.int64(codes[pos]), prog[5][first], prog)
+    if (end - first == 1 and _at(code, S_EL_MIN, first) == 1
+            and _at(code, S_EL_MAX, first) == 1):   # the common case
+        return pos < n and _in_set(np.int64(codes[pos]), _at(code, S_EL_SET, first), code)
     # stack[d] = (position before element first+d, next k, last k, step)
     d = 0
     stack[0, 0] = pos
@@ -343,11 +361,11 @@ def _match_sequence(codes, n, pos, first, end, prog, stack):
             return True
         e = first + d
         if stack[d, 1] == -1:
-            kmax = _run_length(codes, n, stack[d, 0], e, prog)
-            lo = el_min[e]
+            kmax = _run_length(codes, n, stack[d, 0], e, code)
+            lo = _at(code, S_EL_MIN, e)
             if kmax < lo:
                 stack[d, 1], stack[d, 2], stack[d, 3] = 0, -1, 1      # nothing to try
-            elif el_lazy[e]:
+            elif _at(code, S_EL_LAZY, e):
                 stack[d, 1], stack[d, 2], stack[d, 3] = lo, kmax, 1
             else:
                 stack[d, 1], stack[d, 2], stack[d, 3] = kmax, lo, -1
@@ -364,93 +382,96 @@ def _match_sequence(codes, n, pos, first, end, prog, stack):
 
 
 @_inline
-def _lookaround_holds(codes, n, pos, a, prog, stack):
-    kind, first, end, width = prog[9][a], prog[10][a], prog[11][a], prog[12][a]
+def _lookaround_holds(codes, n, pos, a, code, stack):
+    kind, first = _at(code, S_ATOM_KIND, a), _at(code, S_ATOM_FIRST, a)
+    end, width = _at(code, S_ATOM_END, a), _at(code, S_ATOM_WIDTH, a)
     if kind == LOOKAHEAD_NEG or kind == LOOKAHEAD_POS:
-        found = _match_sequence(codes, n, pos, first, end, prog, stack)
+        found = _match_sequence(codes, n, pos, first, end, code, stack)
     else:
         found = pos - width >= 0 and _match_sequence(codes, pos, pos - width, first, end,
-                                                     prog, stack)
+                                                     code, stack)
     return found == (kind == LOOKAHEAD_POS or kind == LOOKBEHIND_POS)
 
 
 @_inline
-def _literal_edge(node, c, prog):
+def _literal_edge(node, c, code):
     """The single-character edge of ``node`` matching ``c``, or -1 (binary search)."""
-    lo, hi = prog[14][node], prog[15][node]
-    lit_char = prog[16]
+    lo, hi = _at(code, S_NODE_LIT_FIRST, node), _at(code, S_NODE_LIT_END, node)
+    end = hi
+    chars = code[S_LIT_CHAR]
     while lo < hi:
         mid = (lo + hi) // 2
-        if lit_char[mid] < c:
+        if code[chars + mid] < c:
             lo = mid + 1
         else:
             hi = mid
-    if lo < prog[15][node] and lit_char[lo] == c:
-        return prog[17][lo]
+    if lo < end and code[chars + lo] == c:
+        return _at(code, S_LIT_EDGE, lo)
     return -1
 
 
 @_inline
-def _enter(frames, d, node, pos, codes, n, prog):
+def _enter(frames, d, node, pos, codes, n, code):
     frames[d, 0] = node
     frames[d, 1] = pos
-    frames[d, 2] = _literal_edge(node, np.int64(codes[pos]), prog) if pos < n else -1
-    frames[d, 3] = prog[18][node]       # next edge of the node's other edges
+    frames[d, 2] = _literal_edge(node, np.int64(codes[pos]), code) if pos < n else -1
+    frames[d, 3] = _at(code, S_NODE_CX_FIRST, node)   # next edge of the node's other edges
     frames[d, 4] = -1                   # edge whose repetitions are being tried
 
 
 @njit(cache=True, nogil=True)
-def _match_at(codes, n, start, prog, frames, stack):
+def _match_at(codes, n, start, code, frames, stack):
     """The first cue matching at ``start`` in re's order: ``(end, tag)``, or ``(-1, 0)``.
 
     ``frames[d]`` = (node, pos, pending single-character edge, next other edge, edge,
     next k, last k, step of k) at depth ``d``: the edge's repetitions still to try.
     """
-    node_end, cx_end, cx_edge = prog[13], prog[19], prog[20]
-    edge_atom, edge_child, edge_order = prog[21], prog[22], prog[23]
-    atom_kind, atom_first = prog[9], prog[10]
-    el_min, el_lazy = prog[6], prog[8]
     d = 0
-    _enter(frames, 0, 0, start, codes, n, prog)
+    _enter(frames, 0, 0, start, codes, n, code)
     while True:
         g = frames[d, 4]
         if g >= 0:
             k, last, step = frames[d, 5], frames[d, 6], frames[d, 7]
             if (step > 0 and k <= last) or (step < 0 and k >= last):
                 frames[d, 5] = k + step
-                _enter(frames, d + 1, edge_child[g], frames[d, 1] + k, codes, n, prog)
+                _enter(frames, d + 1, _at(code, S_EDGE_CHILD, g), frames[d, 1] + k,
+                       codes, n, code)
                 d += 1
                 continue
             frames[d, 4] = -1
         node = frames[d, 0]
         # the next edge in match order: the pending single-character one or the next other
         lit, c = frames[d, 2], frames[d, 3]
-        if lit >= 0 and (c >= cx_end[node] or edge_order[lit] < edge_order[cx_edge[c]]):
+        cx_end = _at(code, S_NODE_CX_END, node)
+        if lit >= 0 and (c >= cx_end or _at(code, S_EDGE_ORDER, lit)
+                         < _at(code, S_EDGE_ORDER, _at(code, S_CX, c))):
             frames[d, 2] = -1
             g = lit
-        elif c < cx_end[node]:
+        elif c < cx_end:
             frames[d, 3] = c + 1
-            g = cx_edge[c]
+            g = _at(code, S_CX, c)
         else:
             g = -1
         if g >= 0:
-            a = edge_atom[g]
+            a = _at(code, S_EDGE_ATOM, g)
             pos = frames[d, 1]
-            if atom_kind[a] == CONSUME:
-                e = atom_first[a]
-                kmax = _run_length(codes, n, pos, e, prog)
-                if kmax >= el_min[e]:
+            if _at(code, S_ATOM_KIND, a) == CONSUME:
+                e = _at(code, S_ATOM_FIRST, a)
+                kmax = _run_length(codes, n, pos, e, code)
+                lo = _at(code, S_EL_MIN, e)
+                if kmax >= lo:
                     frames[d, 4] = g
-                    if el_lazy[e]:
-                        frames[d, 5], frames[d, 6], frames[d, 7] = el_min[e], kmax, 1
+                    if _at(code, S_EL_LAZY, e):
+                        frames[d, 5], frames[d, 6], frames[d, 7] = lo, kmax, 1
                     else:
-                        frames[d, 5], frames[d, 6], frames[d, 7] = kmax, el_min[e], -1
-            elif _lookaround_holds(codes, n, pos, a, prog, stack):
+                        frames[d, 5], frames[d, 6], frames[d, 7] = kmax, lo, -1
+            elif _lookaround_holds(codes, n, pos, a, code, stack):
                 frames[d, 4] = g
                 frames[d, 5], frames[d, 6], frames[d, 7] = 0, 0, 1
             continue
-        if node_end[node] >= 0:
-            return frames[d, 1], node_end[node]
+        tag = _at(code, S_NODE_END, node)
+        if tag >= 0:
+            return frames[d, 1], tag
         d -= 1
         if d < 0:
             return -1, 0
@@ -533,13 +554,13 @@ def _simhash_text(low, cls, repeat_tail, first, end, buf, acc, ones):
 
 
 @njit(cache=True, nogil=True)
-def _scan_cues(marked, starts, n, prog, counts, mask):
-    """re.finditer of the cue program over ``marked``: each match's text gets one count
-    and the match's tag OR-ed into its mask; the next match starts where one ended."""
-    depth, n_el = prog[-1][0], prog[-1][1]
-    frames = np.empty((depth, 8), np.int64)
-    stack = np.empty((n_el + 1, 4), np.int64)
-    first_ok = prog[24]
+def _scan_cues(marked, starts, n, code, first_ok, counts, mask):
+    """re.finditer of the cue program ``(code, first_ok)`` over ``marked``: each match's
+    text gets one count and the match's tag OR-ed into its mask; the next match starts
+    where one ended."""
+    meta = code[S_META]
+    frames = np.empty((code[meta], 8), np.int64)
+    stack = np.empty((code[meta + 1] + 1, 4), np.int64)
     size = len(marked)
     p = 0
     t = 0
@@ -547,7 +568,7 @@ def _scan_cues(marked, starts, n, prog, counts, mask):
         if first_ok[marked[p]] == 0:
             p += 1
             continue
-        end, tag = _match_at(marked, size, p, prog, frames, stack)
+        end, tag = _match_at(marked, size, p, code, frames, stack)
         if end < 0:
             p += 1
             continue
@@ -559,7 +580,8 @@ def _scan_cues(marked, starts, n, prog, counts, mask):
 
 
 @njit(cache=True, nogil=True)
-def featurize_codes(raw, low, n, table, negation_prog, escalation_prog):
+def featurize_codes(raw, low, n, table, negation_code, negation_first, escalation_code,
+                    escalation_first):
     """Features of the ``n`` texts in ``raw``/``low`` (uint32 code points joined by 0).
 
     Returns ``(words int32, negation_words int32, escalation_mask int32, raw_intensity
@@ -629,10 +651,10 @@ def featurize_codes(raw, low, n, table, negation_prog, escalation_prog):
         j += 1
     negations = np.zeros(n, np.int32)
     unused = np.zeros(n, np.int32)
-    _scan_cues(marked, starts, n, negation_prog, negations, unused)
+    _scan_cues(marked, starts, n, negation_code, negation_first, negations, unused)
     hits = np.zeros(n, np.int32)
     mask = np.zeros(n, np.int32)
-    _scan_cues(marked, starts, n, escalation_prog, hits, mask)
+    _scan_cues(marked, starts, n, escalation_code, escalation_first, hits, mask)
 
     simhash = np.zeros(n, np.uint64)
     buf = np.empty(size + 2, np.uint64)

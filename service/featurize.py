@@ -140,7 +140,7 @@ def _featurize(texts: list[str]) -> TextFeatures:
     raw = "\x00".join(texts)
     words, negations, mask, raw_intensity, simhash, languages = _text.featurize_codes(
         _code_points(raw), _code_points(_reference._lower(raw)), len(texts),
-        _reference._CLASS, _NEGATION_PROGRAM, _ESCALATION_PROGRAM)
+        _reference._CLASS, *_NEGATION_PROGRAM, *_ESCALATION_PROGRAM)
     return TextFeatures(words=words, negation_words=negations, intensity=-np.expm1(-raw_intensity),
                         escalation_mask=mask, simhash=simhash, languages=languages)
 

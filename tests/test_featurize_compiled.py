@@ -235,12 +235,13 @@ def _random_cues(rng: np.random.Generator, n: int) -> list[tuple[str, int]]:
 
 
 def _kernel_matches(prog, text: str) -> list[tuple[int, int, int]]:
+    code, first_ok = prog
     codes = np.array([ord(c) for c in text], np.uint32)
-    frames, stack = text_kernels.scratch(prog)
+    frames, stack = text_kernels.scratch(code)
     out, p = [], 0
     while p < len(codes):
-        if prog[24][codes[p]]:
-            end, tag = text_kernels._match_at(codes, len(codes), p, prog, frames, stack)
+        if first_ok[codes[p]]:
+            end, tag = text_kernels._match_at(codes, len(codes), p, code, frames, stack)
             if end >= 0:
                 out.append((p, int(end), int(tag)))
                 p = end
