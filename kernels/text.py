@@ -54,7 +54,7 @@ WORD, LETTER, CJK, EN, EXCL, QUES, APOS = 1, 2, 4, 8, 16, 32, 64
 TOKEN_MARK = 2
 CJK_ASTRAL_LO, CJK_ASTRAL_HI = 0x20000, 0x3FFFF
 
-_inline = njit(cache=True, nogil=True, inline="always")
+_inline = njit(cache=True, nogil=True)
 
 _W_EXCL, _W_QUES, _W_RUN, _W_SHOUT, _W_REPEAT = 0.25, 0.10, 0.35, 1.50, 0.35
 _SHOUT_MIN_LETTERS = 3
