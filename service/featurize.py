@@ -77,6 +77,7 @@ Example
 from __future__ import annotations
 
 import time
+import unicodedata
 from typing import Sequence
 
 import numpy as np
@@ -136,10 +137,70 @@ def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
+_NEEDS_FULL_NFKC = np.uint32(0xFFFFFFFF)
+
+
+def _nfkc_by_character() -> np.ndarray:
+    """For every code point ``c``: ``NFKC(c)`` when that is one character that cannot
+    take part in composition or reordering (combining class 0 and never the second of a
+    canonical pair, nor its decomposition's first character), else ``_NEEDS_FULL_NFKC``.
+
+    Replacing each character of a text by its NFKC leaves the text's NFKD unchanged, so
+    its NFKC too; when every replacement is such a character, the result is already in
+    NFKC (nothing composes, nothing reorders), so it *is* the text's NFKC. Chinese text
+    needs this: its full-width punctuation (，！？) sends ``unicodedata.normalize`` down its
+    slow path for the whole batch (about 1.2 us of the 2.8 us a turn cost). Surrogates and
+    anything else go to ``unicodedata.normalize``.
+    """
+    table = np.arange(0x110000, dtype=np.uint32)
+    table[0xD800:0xE000] = _NEEDS_FULL_NFKC
+    seconds = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))    # Hangul V, T
+    changed = []
+    for lo in range(0, 0x110000, 256):      # a block whose characters all decompose to
+        chars = [chr(c) for c in range(lo, lo + 256) if not 0xD800 <= c < 0xE000]
+        joined = "\x00".join(chars)           # themselves needs no look at each one
+        if unicodedata.normalize("NFKD", joined) != joined:
+            changed.extend(chars)
+    for ch in changed:
+        parts = unicodedata.decomposition(ch).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(int(parts[1], 16))
+    for c in range(0x110000):
+        if unicodedata.combining(chr(c)):
+            table[c] = _NEEDS_FULL_NFKC
+    for c in seconds:
+        table[c] = _NEEDS_FULL_NFKC
+    for ch in changed:
+        nfkc = unicodedata.normalize("NFKC", ch)
+        if (len(nfkc) != 1 or ord(nfkc) in seconds or unicodedata.combining(nfkc)
+                or unicodedata.combining(unicodedata.normalize("NFKD", nfkc)[0])
+                or ord(unicodedata.normalize("NFKD", nfkc)[0]) in seconds):
+            table[ord(ch)] = _NEEDS_FULL_NFKC
+        elif table[ord(ch)] != _NEEDS_FULL_NFKC:
+            table[ord(ch)] = ord(nfkc)
+    return table
+
+
+_NFKC_BY_CHARACTER = _nfkc_by_character()
+
+
+def _normalized_lower(raw: str, codes: np.ndarray) -> np.ndarray:
+    """Code points of ``featurize_reference._lower(raw)`` (NFKC, then ``str.lower``);
+    ``codes`` are those of ``raw``. Per character through ``_NFKC_BY_CHARACTER`` when it
+    allows, else ``unicodedata.normalize`` over the whole text; equal either way."""
+    if raw.isascii():
+        return _code_points(raw.lower())
+    mapped = _NFKC_BY_CHARACTER[codes]
+    if mapped.max() == _NEEDS_FULL_NFKC:
+        return _code_points(_reference._lower(raw))
+    return _code_points(mapped.tobytes().decode("utf-32-le").lower())
+
+
 def _featurize(texts: list[str]) -> TextFeatures:
     raw = "\x00".join(texts)
+    codes = _code_points(raw)
     words, negations, mask, raw_intensity, simhash, languages = _text.featurize_codes(
-        _code_points(raw), _code_points(_reference._lower(raw)), len(texts),
+        codes, _normalized_lower(raw, codes), len(texts),
         _reference._CLASS, *_NEGATION_PROGRAM, *_ESCALATION_PROGRAM)
     return TextFeatures(words=words, negation_words=negations, intensity=-np.expm1(-raw_intensity),
                         escalation_mask=mask, simhash=simhash, languages=languages)

@@ -262,3 +262,50 @@ def test_cue_programs_match_like_re(seed):
         text = "".join("abc  \t"[k] for k in rng.integers(0, 6, rng.integers(0, 30)))
         want = [(m.start(), m.end(), tags[m.lastindex]) for m in pattern.finditer(text)]
         assert _kernel_matches(prog, text) == want, (cues, text)
+
+
+def test_nfkc_by_character_equals_unicodedata_on_every_code_point():
+    """The per-character NFKC + lowercase of the compiled path, where its table allows it,
+    equals the reference's ``unicodedata.normalize`` + ``str.lower`` for every single
+    code point (the table is not just trusted for the characters it maps)."""
+    table = featurize._NFKC_BY_CHARACTER
+    fast = np.flatnonzero(table != featurize._NEEDS_FULL_NFKC)
+    assert len(fast) > 1_000_000 and table[0xFF01] == ord("!") and table[0x3000] == ord(" ")
+    text = "".join(map(chr, fast))
+    got = featurize._normalized_lower(text, featurize._code_points(text))
+    want = featurize._code_points("".join(reference._lower(chr(c)) for c in fast))
+    np.testing.assert_array_equal(got, want)
+
+
+TRICKY = ("，！？。　ｈＥｌｌｏ１２３４５ＳＵＥ㈱①Ⅻ𝐀𝐁𝐂ℌ" "İΣΑΣςßǅẞĲŉ" "한국어가각" "ㄱㄳㅏ"
+          "\u1100\u1161\u11a8" "e\u0301\u0308\u0327a\u030a\u212b\u00c5" "ﬁﬀ…‥" "😡👍🏻🇨🇳𠀀𪚥"
+          "\u0f73\u0f75\u0344\u0958\u09cb\u0b4b\u0bca\u0dda\u1b06\u1b35" "\u3099\u309a\u304b\u30ab"
+          "\uff76\uff9e\uff8a\uff9f" "\u0591\u05b0\u0316\u0334" "abc我不没!?'’ \x02")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_nfkc_equals_unicodedata_on_random_mixes(seed):
+    """Random texts of characters that compose, reorder, expand or map (full-width
+    forms, Hangul jamo, half-width kana with voicing marks, combining marks that compose
+    and marks that only reorder, ligatures, final sigma): equal to the reference's NFKC + lowercase, and many take the fast path."""
+    rng = np.random.default_rng(seed)
+    fast_taken = 0
+    for _ in range(3000):
+        text = "".join(TRICKY[k] for k in rng.integers(0, len(TRICKY), rng.integers(0, 12)))
+        codes = featurize._code_points(text)
+        fast_taken += int(featurize._NFKC_BY_CHARACTER[codes].max(initial=0)
+                          != featurize._NEEDS_FULL_NFKC)
+        np.testing.assert_array_equal(featurize._normalized_lower(text, codes),
+                                      featurize._code_points(reference._lower(text)), text)
+    assert fast_taken > 300
+
+
+@pytest.mark.parametrize("text", [
+    "a\u0591\u05b0", "a\u0316\u0334", "x\u0334\u0316",          # marks that only reorder
+    "e\u0301", "a\u030a", "\u212b", "\u1100\u1161", "가\u11a8", "\u3131\u314f",   # compose
+    "ｶﾞ", "\u304b\u3099", "ﬁle", "ΣΑΣ ΟΔΟΣ", "İ", "ｈｅｌｌｏ，世界！", "㈱①Ⅻ", "𝐀😡",
+])
+def test_fast_nfkc_equals_unicodedata_on_edge_cases(text):
+    codes = featurize._code_points(text)
+    np.testing.assert_array_equal(featurize._normalized_lower(text, codes),
+                                  featurize._code_points(reference._lower(text)))
