@@ -1,13 +1,19 @@
 """Per-turn text features: the cheap, model-free signals computed for every turn.
 
 ``featurize_batch(texts)`` returns a :class:`TextFeatures`, one entry per text, each
-field a numpy array. The batch is processed as a whole: the texts are joined with NUL,
-NFKC-normalised and lowercased by Python's own (C) string methods, and the code points
-go to one compiled kernel (``yujing.kernels.text.featurize_codes``) that classifies,
-counts, matches both cue lists (tries compiled once into arrays, walked in ``re``'s
-backtracking order) and hashes. ``yujing.service.featurize_reference`` is the plain
-numpy/regex definition it is tested against; the two are equal on every input.
-:func:`warm_up` compiles the kernel, or loads it from numba's cache.
+field a numpy array. The batch is processed as a whole: the texts are joined with NUL
+and encoded once as UTF-32; NFKC (per character through a table built from
+``unicodedata`` where that is exact, else ``unicodedata.normalize``) and lowercasing
+(``str.lower``) stay with Python's own code, so they equal the reference's; the code
+points go to one compiled
+kernel (``yujing.kernels.text.featurize_codes``) that classifies, counts, matches both
+cue lists (tries compiled once into one array each, walked in ``re``'s backtracking
+order) and hashes. ``yujing.service.featurize_reference`` is the plain numpy/regex
+definition it is tested against; the two are equal on every input. The service does
+not fall back to it; it imports the reference module for the definitions both share
+(cue lists, class table, ``TextFeatures``, ``mark_tokens`` for the lexicon model).
+:func:`warm_up` compiles the kernel, or loads it from numba's cache; the server calls
+it before it reports SERVING.
 
 Features, units and formulas
 ----------------------------
