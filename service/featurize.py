@@ -1,10 +1,19 @@
 """Per-turn text features: the cheap, model-free signals computed for every turn.
 
 ``featurize_batch(texts)`` returns a :class:`TextFeatures`, one entry per text, each
-field a numpy array. The batch is processed as a whole: the texts are joined, turned
-into one array of code points, classified with a lookup table and reduced per text
-with numpy; the cue lists run as two trie-shaped regexes over the joined batch. No
-Python code runs per character, and little per text.
+field a numpy array. The batch is processed as a whole: the texts are joined with NUL
+and encoded once as UTF-32; NFKC (per character through a table built from
+``unicodedata`` where that is exact, else ``unicodedata.normalize``) and lowercasing
+(``str.lower``) stay with Python's own code, so they equal the reference's; the code
+points go to one compiled
+kernel (``yujing.kernels.text.featurize_codes``) that classifies, counts, matches both
+cue lists (tries compiled once into one array each, walked in ``re``'s backtracking
+order) and hashes. ``yujing.service.featurize_reference`` is the plain numpy/regex
+definition it is tested against; the two are equal on every input. The service does
+not fall back to it; it imports the reference module for the definitions both share
+(cue lists, class table, ``TextFeatures``, ``mark_tokens`` for the lexicon model).
+:func:`warm_up` compiles the kernel, or loads it from numba's cache; the server calls
+it before it reports SERVING.
 
 Features, units and formulas
 ----------------------------
@@ -73,12 +82,31 @@ Example
 """
 from __future__ import annotations
 
-import re
+import time
 import unicodedata
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from yujing.kernels import text as _text
+from yujing.service import featurize_reference as _reference
+from yujing.service.featurize_reference import (  # noqa: F401  (the public API)
+    ESCALATION_CATEGORIES,
+    LANG_EN,
+    LANG_OTHER,
+    LANG_ZH,
+    LANGUAGE_BITS,
+    NEAR_DUPLICATE_BITS,
+    TOKEN_MARK,
+    TextFeatures,
+    compile_cues,
+    english_cues,
+    escalation_names,
+    hamming64,
+    language_mask,
+    mark_tokens,
+    normalize_for_simhash,
+)
 
 __all__ = [
     "ESCALATION_CATEGORIES",
@@ -88,6 +116,7 @@ __all__ = [
     "featurize_batch",
     "hamming64",
     "normalize_for_simhash",
+    "warm_up",
     # building blocks for cue-based models (yujing.service.models.lexicon)
     "TOKEN_MARK",
     "compile_cues",
@@ -95,548 +124,92 @@ __all__ = [
     "mark_tokens",
 ]
 
-ESCALATION_CATEGORIES: tuple[str, ...] = (
-    "manager", "human_agent", "formal_complaint", "regulator",
-    "legal", "media", "chargeback", "churn",
-)
-
-#: Recommended near-duplicate threshold on ``hamming64`` of two ``simhash`` values.
-NEAR_DUPLICATE_BITS = 8
-
-_SEP = "\x00"        # joins the texts of a batch; inputs containing it are sanitised
-TOKEN_MARK = "\x02"  # inserted before every English token for the cue regexes
-_CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
-_CJK_ASTRAL = (0x20000, 0x3FFFF)
 _MAX_CHARS_PER_PASS = 1 << 22     # longer batches are featurised in slices
 
-# ---------------------------------------------------------------------------------------
-# Cue lists. They are regex source, compiled into one trie-shaped regex per list (see
-# compile_cues), matched against the lowercased batch in which every English token is
-# preceded by TOKEN_MARK; English cues, built with english_cues, match whole tokens only.
-# ---------------------------------------------------------------------------------------
+
+def _program(tagged) -> tuple:
+    """The reference's cue trie for ``(cue, tag)`` pairs as a kernel cue program."""
+    def ordered(node: dict):
+        return ([(atom, ordered(node[atom])) for atom in _reference.trie_alternatives(node)],
+                node.get(None))
+    return _text.compile_cue_program(ordered(_reference.cue_trie(tagged)))
 
 
-def english_cues(*phrases: str) -> list[str]:
-    """English cue phrases (lowercase) -> regex source matching whole tokens.
-
-    A space matches any whitespace run, a hyphen a hyphen; regex syntax is allowed
-    inside a phrase (``"attorney(?! general)"``, ``"refund[a-z]*"``).
-    """
-    out = []
-    for p in phrases:
-        parts = _CHAR_CLASS_RE.split(p)       # odd parts are [...] classes, kept as is
-        for i in range(0, len(parts), 2):
-            parts[i] = parts[i].replace(" ", r"\s+" + TOKEN_MARK).replace("-", "-" + TOKEN_MARK)
-        out.append(f"{TOKEN_MARK}{''.join(parts)}(?![a-z0-9])")
-    return out
+_NEGATION_PROGRAM = _program(_reference._NEGATION_TAGGED)
+_ESCALATION_PROGRAM = _program(_reference._ESCALATION_TAGGED)
 
 
-_CHAR_CLASS_RE = re.compile(r"(\[[^\]]*\])")
-_LOOKAROUND_RE = re.compile(r"\(\?<?[=!]")
-
-
-def _atom_rank(atom: str) -> int:
-    if _LOOKAROUND_RE.match(atom):
-        return 2
-    return 1 if atom[0] in "([" else 0
-
-
-_ESCALATION_CUES: dict[str, list[str]] = {
-    "manager": [
-        *(f"{verb}{whose}{boss}" for verb in ("找", "叫", "让", "要", "请")
-          for whose in ("你们", "你们的", "") for boss in ("经理", "领导", "老板", "上级")),
-        "主管(?!部门)", "负责人", "值班经理", "部门经理", "客服经理", "升级处理",
-        *english_cues(
-            "manager", "supervisor", "your boss", "someone in charge", "higher up",
-            "escalate this", "escalate my", "escalate the"),
-    ],
-    "human_agent": [
-        "转人工", "人工客服", "人工服务", "人工坐席", "人工座席", "找人工", "要人工", "接人工",
-        "真人", "活人", "不要机器人", "别用机器人",
-        *english_cues(
-            "a human", "human agent", "human being", "real human", "actual human",
-            "speak to someone", "talk to someone", "speak with someone", "real person",
-            "live person", "actual person", "live agent", "real agent",
-            "customer service agent", "operator", "representative", "not a bot",
-            "not a robot", "stop the bot"),
-    ],
-    "formal_complaint": [
-        "投诉", "申诉", "举报", "黑猫投诉",
-        *english_cues(
-            "file a complaint", "filing a complaint", "formal complaint", "lodge a complaint",
-            "make a complaint", "raise a complaint", "register a complaint",
-            "official complaint", "submit a complaint", "complain to", "complaint against",
-            "report you", "reporting you"),
-    ],
-    "regulator": [
-        "消协", "消费者协会", "消保委", "工商(?!银行)", "市场监管", "市监局", "银保监", "银监会",
-        "保监会", "金融监管", "证监会", "人民银行", "工信部", "监管部门", "监管机构", "主管部门",
-        "有关部门", "相关部门", "消费者权益保护",
-        # 12345 (the city hotline) is also everyone's sample number ("order 12345"): only
-        # next to a word that calls or complains
-        f"(?:打|拨打|拨|致电|投诉到|打到|找){TOKEN_MARK}?12345(?![0-9])",
-        f"{TOKEN_MARK}12345(?:热线|投诉|市长|政务)",
-        *english_cues(
-            "12315", "12378", "12363", "12321", "call 12345", "calling 12345", "12345 hotline",
-            "regulator", "regulators", "regulatory", "fcc", "cfpb", "ftc", "fca", "bbb",
-            "better business bureau", "ombudsman", "attorney general", "trading standards",
-            "consumer protection", "consumer affairs", "consumer council"),
-    ],
-    "legal": [
-        "律师", "起诉", "法院", "打官司", "诉讼", "法律途径", "法律手段", "法律责任", "告你们",
-        "告到", "仲裁", "立案", "报警",
-        *english_cues(
-            "lawyer", "lawyers", "attorney(?! general)", "attorneys", "sue", "suing", "sued",
-            "lawsuit", "court", "legal action", "legal proceedings", "solicitor",
-            "small claims", "litigation", "class action", "police"),
-    ],
-    "media": [
-        "曝光", "媒体", "微博", "抖音", "记者", "小红书", "朋友圈", "快手", "电视台", "黑猫投诉",
-        "网上发", "发到网上", "上热搜", "差评", "公众号", "知乎",
-        *english_cues(
-            "go public", "going public", "social media", "the press", "newspaper", "the news",
-            "local news", "journalist", "reporter", "post a review", "write a review",
-            "bad review", "negative review", "1 star", "one star", "1-star", "one-star",
-            "twitter", "tweet", "facebook", "tiktok", "reddit", "youtube", "instagram",
-            "trustpilot", "yelp", "tell everyone", "go viral"),
-    ],
-    "chargeback": [
-        "拒付", "信用卡争议", "争议交易", "交易争议", "银行卡争议", "撤销交易", "止付", "盗刷",
-        "找银行", "联系银行", "打给银行",
-        # 退单 alone usually means cancelling an order; only next to a bank word it is one
-        *(f"{bank}[^。！？!?\n]{{0,8}}?(?:退单|拒付|争议|撤单|追回)"
-          for bank in ("银行", "信用卡", "发卡行", "卡组织")),
-        *english_cues(
-            "chargeback", "charge back", "charge-back", "dispute the charge",
-            "dispute this charge", "dispute the transaction", "dispute the payment",
-            "disputing the charge", "call my bank", "contact my bank", "calling my bank",
-            "call my credit card", "reverse the charge", "stop the payment", "stop payment"),
-    ],
-    "churn": [
-        "销户", "注销", "不再用", "再也不用", "再也不买", "再也不会", "换一家", "换家", "换别家",
-        "换成别", "卸载", "退会员", "取消会员", "不用你们", "不续费", "解约", "携号转网",
-        *english_cues(
-            "cancel my account", "close my account", "delete my account",
-            "cancel my subscription", "cancel my membership", "cancel my plan",
-            "cancel my service", "switch to another", "switching to another",
-            "switch to a competitor", "switching providers", "switch providers", "never again",
-            "never use you", "never buy", "never shop", "never order",
-            "take my business elsewhere", "go elsewhere", "going elsewhere", "find another",
-            "leave you", "leaving you", "unsubscribe", "goodbye forever", "done with you"),
-    ],
-}
-assert tuple(_ESCALATION_CUES) == ESCALATION_CATEGORIES
-
-_NEGATION_CUES: list[str] = [
-    "从来没有", "从来没", "从来不", "从没", "从未", "从不", "决不", "绝不", "并不", "并没有", "并没",
-    "毫无", "没有", "不是", "不要", "不能", "不会", "不行", "不用", "不想", "不肯", "不该", "无法",
-    "未能", "别再",
-    # single characters, minus common words in which they are no negation
-    "不(?![错过管少久断仅但然如论止禁])",
-    "没(?!收)",
-    "别(?<!特别)(?<!区别)(?<!分别)(?<!级别)(?<!类别)(?<!告别)(?<!识别)(?<!差别)(?<!个别)"
-    "(?<!性别)(?<!离别)(?<!派别)(?![人的处家])",
-    "未(?![来必免])",
-    "无(?![论线限数聊])(?!人机)",
-    "非(?![常法要得凡])(?<!除非)(?<!是非)",
-    "莫(?!名)",
-    "勿",
-    "否(?!则)(?<!是否)(?<!能否)(?<!可否)(?<!与否)",
-    "甭",
-    *english_cues("not", "no", "never", "nothing", "nobody", "none", "neither", "nor", "nowhere",
-         "cannot", "without", "dont", "doesnt", "didnt", "isnt", "wasnt", "arent", "werent",
-         "cant", "couldnt", "wont", "wouldnt", "shouldnt", "havent", "hasnt", "hadnt",
-         "aint", "mustnt", "neednt"),
-    TOKEN_MARK + r"[a-z]+n['’]t(?![a-z0-9])",     # don't, can't, won't, isn't, ...
-]
-
-
-def _regex_atoms(source: str) -> list[str]:
-    """Split regex source into trie keys: a group ``(...)``, a class ``[...]`` with its
-    quantifier, an escape with its quantifier, or one literal character."""
-    atoms, i = [], 0
-    while i < len(source):
-        c = source[i]
-        if c == "(":
-            depth, j = 0, i
-            while True:
-                if source[j] == "\\":
-                    j += 2
-                    continue
-                depth += {"(": 1, ")": -1}.get(source[j], 0)
-                if depth == 0:
-                    break
-                j += 1
-            j += 1
-        elif c == "[":
-            j = source.index("]", i + 2) + 1
-        elif c == "\\":
-            j = i + 2
-        else:
-            j = i + 1
-        if j < len(source) and source[j] == "{":
-            j = source.index("}", j) + 1
-        while j < len(source) and source[j] in "+*?":
-            j += 1
-        atoms.append(source[i:j])
-        i = j
-    return atoms
-
-
-_PLAIN_GROUP_RE = re.compile(r"\(\?:([^()]*)\)(\??)(?![{*+])")
-
-
-def _expand_groups(source: str) -> list[str]:
-    """Spell out plain alternation groups: ``"(?:a|b)c"`` -> ``["ac", "bc"]``.
-
-    A group followed by ``?`` adds the variant without it; groups with other quantifiers,
-    nested groups and lookarounds stay as they are. Literal cues make the trie exact:
-    a cue's prefix is then shared with every other cue that spells the same prefix.
-    """
-    m = _PLAIN_GROUP_RE.search(source)
-    if m is None:
-        return [source]
-    head, tail = source[:m.start()], source[m.end():]
-    options = m.group(1).split("|") + ([""] if m.group(2) else [])
-    return [head + option + rest for option in options for rest in _expand_groups(tail)]
-
-
-def compile_cues(cues: Iterable[tuple[str, int]]) -> tuple[re.Pattern, list[int]]:
-    """Compile ``(regex source, tag)`` cues into one regex shaped like a trie.
-
-    Cues sharing a prefix share its matching work, and every alternative starts with a
-    literal, so the engine skips quickly to candidate positions. Plain alternation groups
-    are spelled out (see ``_expand_groups``), and where one cue extends another (``没有``
-    and ``没``), the longer is tried first. Each cue ends in an empty
-    capturing group; ``tags[m.lastindex]`` is the OR of the tags of the cues ending
-    there. Cue sources must not contain capturing groups of their own.
-
-    >>> pattern, tags = compile_cues([("没", 1), ("没有", 2), ("不", 4)])
-    >>> [(m.group(), tags[m.lastindex]) for m in pattern.finditer("没有不")]
-    [('没有', 2), ('不', 4)]
-    """
-    root: dict = {}
-    for cue, tag in cues:
-        for source in _expand_groups(cue):
-            node = root
-            for atom in _regex_atoms(source):
-                node = node.setdefault(atom, {})
-            node[None] = node.get(None, 0) | tag
-    tags = [0]
-
-    def emit(node: dict) -> str:
-        # literals first, then classes and groups, lookarounds (cue ends) last: a
-        # longer or more specific cue is tried before the one it extends
-        atoms = sorted((a for a in node if a is not None), key=_atom_rank)
-        alts = [atom + emit(node[atom]) for atom in atoms]
-        if None in node:
-            tags.append(node[None])
-            alts.append("()")
-        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-
-    pattern = re.compile(emit(root))
-    if pattern.groups != len(tags) - 1:
-        raise ValueError("cue sources must not contain capturing groups")
-    return pattern, tags
-
-
-_ESCALATION_RE, _ESCALATION_TAGS = compile_cues(
-    (cue, 1 << bit) for bit, cat in enumerate(ESCALATION_CATEGORIES)
-    for cue in _ESCALATION_CUES[cat])
-_NEGATION_RE, _ = compile_cues((cue, 1) for cue in _NEGATION_CUES)
-
-# ---------------------------------------------------------------------------------------
-# Character classes: one uint8 of flags per BMP code point.
-# ---------------------------------------------------------------------------------------
-
-_WORD, _LETTER, _CJK, _EN, _EXCL, _QUES, _APOS = 1, 2, 4, 8, 16, 32, 64
-
-
-def _class_table() -> np.ndarray:
-    chars = [chr(cp) for cp in range(0x10000)]
-    alnum = np.fromiter((c.isalnum() for c in chars), bool, 0x10000)
-    alpha = np.fromiter((c.isalpha() for c in chars), bool, 0x10000)
-    mark = np.fromiter((unicodedata.category(c)[0] == "M" for c in chars), bool, 0x10000)
-    table = np.zeros(0x10000, np.uint8)
-    table[alnum | mark] |= _WORD
-    table[alpha] |= _LETTER
-    for lo, hi in _CJK_RANGES:
-        table[lo:hi + 1] |= _CJK | _WORD | _LETTER
-    latin = np.zeros(0x10000, bool)
-    latin[ord("a"):ord("z") + 1] = latin[ord("A"):ord("Z") + 1] = True
-    latin[ord("0"):ord("9") + 1] = True
-    latin[0xC0:0x250] = alpha[0xC0:0x250]
-    table[latin] |= _EN
-    table[[ord("!"), 0xFF01]] |= _EXCL
-    table[[ord("?"), 0xFF1F]] |= _QUES
-    table[[ord("'"), 0x2019]] |= _APOS
-    return table
-
-
-_CLASS = _class_table()
-
-
-def _classify(codes: np.ndarray) -> np.ndarray:
-    cls = _CLASS[np.minimum(codes, 0xFFFF)]
-    astral = codes > 0xFFFF
-    if astral.any():
-        lo, hi = _CJK_ASTRAL
-        cjk = (codes >= lo) & (codes <= hi)
-        cls[astral] = 0
-        cls[cjk] = _CJK | _WORD | _LETTER
-    return cls
-
-
-def _codes(text: str) -> np.ndarray:
+def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
-def _prev(a: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(a)
-    out[1:] = a[:-1]
-    return out
+_NEEDS_FULL_NFKC = np.uint32(0xFFFFFFFF)
 
 
-def _next(a: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(a)
-    out[:-1] = a[1:]
-    return out
+def _nfkc_by_character() -> np.ndarray:
+    """For every code point ``c``: ``NFKC(c)`` when that is one character that cannot
+    take part in composition or reordering (combining class 0 and never the second of a
+    canonical pair, nor its decomposition's first character), else ``_NEEDS_FULL_NFKC``.
 
-
-# Languages a text's letters belong to (TextFeatures.languages): what the models are
-# trusted for. Chinese = CJK ideographs; English = at least two Latin letters; other = any
-# other letter (kana, hangul, Cyrillic, Arabic, ...). Digits, punctuation and emoji are none.
-LANG_ZH, LANG_EN, LANG_OTHER = 1, 2, 4
-LANGUAGE_BITS = {"zh": LANG_ZH, "en": LANG_EN}
-
-
-def language_mask(languages) -> int:
-    """Bits of the language codes ``languages`` (unknown codes count as 'other')."""
-    return sum({LANGUAGE_BITS.get(code, LANG_OTHER) for code in languages})
-
-
-@dataclass(frozen=True)
-class TextFeatures:
-    """Per-turn features of a batch; entry ``i`` of every field belongs to ``texts[i]``."""
-
-    words: np.ndarray            # int32, tokens (English tokens + CJK characters)
-    negation_words: np.ndarray   # int32, negation cues
-    intensity: np.ndarray        # float64 in [0, 1)
-    escalation_mask: np.ndarray  # int32, bit i = ESCALATION_CATEGORIES[i]
-    simhash: np.ndarray          # uint64, SimHash over character 3-grams
-    languages: np.ndarray        # uint8, LANG_* bits of the letters present (0: no letters)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def negation_share(self) -> np.ndarray:
-        """``negation_words / max(words, 1)``, float64 (0 for a text without tokens)."""
-        return self.negation_words / np.maximum(self.words, 1).astype(np.float64)
-
-
-def escalation_names(mask: int) -> tuple[str, ...]:
-    """The names of the categories whose bits are set in ``mask``, in category order.
-
-    >>> escalation_names(0b10100)
-    ('formal_complaint', 'legal')
+    Replacing each character of a text by its NFKC leaves the text's NFKD unchanged, so
+    its NFKC too; when every replacement is such a character, the result is already in
+    NFKC (nothing composes, nothing reorders), so it *is* the text's NFKC. Chinese text
+    needs this: its full-width punctuation (，！？) sends ``unicodedata.normalize`` down its
+    slow path for the whole batch (about 1.2 us of the 2.8 us a turn cost). Surrogates and
+    anything else go to ``unicodedata.normalize``.
     """
-    mask = int(mask)
-    return tuple(c for i, c in enumerate(ESCALATION_CATEGORIES) if mask >> i & 1)
+    table = np.arange(0x110000, dtype=np.uint32)
+    table[0xD800:0xE000] = _NEEDS_FULL_NFKC
+    seconds = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))    # Hangul V, T
+    changed = []
+    for lo in range(0, 0x110000, 256):      # a block whose characters all decompose to
+        chars = [chr(c) for c in range(lo, lo + 256) if not 0xD800 <= c < 0xE000]
+        joined = "\x00".join(chars)           # themselves needs no look at each one
+        if unicodedata.normalize("NFKD", joined) != joined:
+            changed.extend(chars)
+    for ch in changed:
+        parts = unicodedata.decomposition(ch).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(int(parts[1], 16))
+    for c in range(0x110000):
+        if unicodedata.combining(chr(c)):
+            table[c] = _NEEDS_FULL_NFKC
+    for c in seconds:
+        table[c] = _NEEDS_FULL_NFKC
+    for ch in changed:
+        nfkc = unicodedata.normalize("NFKC", ch)
+        if (len(nfkc) != 1 or ord(nfkc) in seconds or unicodedata.combining(nfkc)
+                or unicodedata.combining(unicodedata.normalize("NFKD", nfkc)[0])
+                or ord(unicodedata.normalize("NFKD", nfkc)[0]) in seconds):
+            table[ord(ch)] = _NEEDS_FULL_NFKC
+        elif table[ord(ch)] != _NEEDS_FULL_NFKC:
+            table[ord(ch)] = ord(nfkc)
+    return table
 
 
-# ---------------------------------------------------------------------------------------
-# the batch pipeline
-# ---------------------------------------------------------------------------------------
+_NFKC_BY_CHARACTER = _nfkc_by_character()
 
 
-class _Batch:
-    """The lowercased batch as code points, its classes and the owner of every position."""
-
-    def __init__(self, low: str, n: int):
-        self.n = n
-        self.codes = _codes(low)
-        self.cls = _classify(self.codes)
-        is_sep = self.codes == 0
-        self.sep_at = np.flatnonzero(is_sep)
-        self.owner = np.cumsum(is_sep)            # text index; a separator gets the next one
-        en = (self.cls & _EN) != 0
-        apos = (self.cls & _APOS) != 0
-        token = en | (apos & _prev(en) & _next(en))
-        self.token_start = token & ~_prev(token)
-        letter = (self.cls & _LETTER) != 0
-        same = np.zeros(len(self.codes), bool)
-        same[1:] = self.codes[1:] == self.codes[:-1]
-        # third and later character of a run of one letter
-        self.repeat_tail = letter & same & _prev(same)
-
-    def count(self, where: np.ndarray) -> np.ndarray:
-        return np.bincount(self.owner[where], minlength=self.n)
-
-
-def _token_marked(batch: _Batch) -> tuple[str, np.ndarray]:
-    """The batch with TOKEN_MARK before every English token, and each text's start offset."""
-    at = np.flatnonzero(batch.token_start)
-    marked = np.insert(batch.codes, at, ord(TOKEN_MARK))
-    seps = batch.sep_at + np.searchsorted(at, batch.sep_at)
-    starts = np.concatenate(([0], seps + 1))
-    return marked.tobytes().decode("utf-32-le", "surrogatepass"), starts
-
-
-def mark_tokens(texts: Sequence[str]) -> tuple[str, np.ndarray]:
-    """The texts as cue patterns see them, and the start offset of each text in it.
-
-    The texts are joined with NUL, NFKC-normalised, lowercased, and every English token
-    gets ``TOKEN_MARK`` in front, so that :func:`english_cues` patterns match whole
-    tokens. For models built on :func:`compile_cues`.
-
-    >>> mark_tokens(["Don't SUE", "退款"])
-    ("\\x02don't \\x02sue\\x00退款", array([ 0, 12]))
-    """
-    texts = [t.replace(_SEP, " ") for t in texts]
-    return _token_marked(_Batch(_lower(_SEP.join(texts)), len(texts)))
-
-
-def _cue_hits(pattern: re.Pattern, text: str, starts: np.ndarray) -> tuple[np.ndarray, list]:
-    hits = [(m.start(), m.lastindex) for m in pattern.finditer(text)]
-    if not hits:
-        return np.zeros(0, np.int64), []
-    pos, groups = zip(*hits)
-    return np.searchsorted(starts, pos, side="right") - 1, groups
-
-
-_W_EXCL, _W_QUES, _W_RUN, _W_SHOUT, _W_REPEAT = 0.25, 0.10, 0.35, 1.50, 0.35
-_SHOUT_MIN_LETTERS = 3
-
-
-def _intensity(raw: str, batch: _Batch) -> np.ndarray:
-    codes = _codes(raw)
-    owner = np.cumsum(codes == 0)
-    n = batch.n
-    excl = (codes == 0x21) | (codes == 0xFF01)
-    ques = (codes == 0x3F) | (codes == 0xFF1F)
-    mark = excl | ques
-    mark_run = mark & _next(mark) & ~_prev(mark)
-    upper = (codes >= 0x41) & (codes <= 0x5A)
-    letter = upper | ((codes >= 0x61) & (codes <= 0x7A))
-    inner = letter & _prev(letter)
-    letters = np.bincount(owner[inner], minlength=n)
-    shout = np.bincount(owner[inner & upper], minlength=n) / np.maximum(letters, 1)
-    shout[letters < _SHOUT_MIN_LETTERS] = 0.0
-    repeats = batch.count(batch.repeat_tail & ~_prev(batch.repeat_tail))
-    raw_score = (_W_EXCL * np.bincount(owner[excl], minlength=n)
-                 + _W_QUES * np.bincount(owner[ques], minlength=n)
-                 + _W_RUN * np.bincount(owner[mark_run], minlength=n)
-                 + _W_SHOUT * shout + _W_REPEAT * repeats)
-    return -np.expm1(-raw_score)
-
-
-def _normalized(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
-    """Code points of the normalised texts (see module doc), concatenated, and owners."""
-    word = (batch.cls & _WORD) != 0
-    not_word = ~word
-    not_word[batch.sep_at] = False
-    words_so_far = np.cumsum(word)
-    base = np.concatenate(([0], words_so_far[batch.sep_at]))
-    after_word = words_so_far > base[batch.owner]
-    space = not_word & _next(word) & after_word        # last of an inner non-word run
-    keep = (word & ~batch.repeat_tail) | space
-    return np.where(space, 0x20, batch.codes)[keep], batch.owner[keep]
-
-
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_LANES = np.uint64(0x0001000100010001)
-_MAX_SEGMENT = 0xFFFF        # 3-grams summed in one 16-bit lane
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    z = z + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
-
-
-def _simhash(codes: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n, np.uint64)
-    lens = np.bincount(owner, minlength=n)
-    sel = np.flatnonzero(lens)
-    if len(sel) == 0:
-        return out
-    # Each text is followed by two zeros: a text of 1 or 2 characters is one zero-padded
-    # 3-gram, and no 3-gram spans two texts.
-    padded = np.zeros(len(codes) + 2 * n, np.uint64)
-    padded[np.arange(len(codes)) + 2 * owner] = codes
-    text_start = np.cumsum(lens + 2) - (lens + 2)
-    grams = np.maximum(lens[sel] - 2, 1)
-    first = np.cumsum(grams) - grams
-    pos = np.repeat(text_start[sel] - first, grams) + np.arange(int(first[-1] + grams[-1]))
-    h = _mix64((padded[pos] << np.uint64(42)) | (padded[pos + 1] << np.uint64(21))
-               | padded[pos + 2])
-    # Bit counts per text, 4 bits at a time: plane k holds bits k, 16+k, 32+k, 48+k in
-    # four 16-bit lanes, so one 1-D sum counts four bits. Texts of more than _MAX_SEGMENT
-    # 3-grams are summed in segments.
-    n_seg = (grams + _MAX_SEGMENT - 1) // _MAX_SEGMENT
-    seg_first = np.cumsum(n_seg) - n_seg
-    seg_start = (np.repeat(first, n_seg)
-                 + _MAX_SEGMENT * (np.arange(int(n_seg.sum())) - np.repeat(seg_first, n_seg)))
-    ones = np.empty((len(seg_start), 4, 16), np.int64)
-    for k in range(16):
-        lanes = np.add.reduceat((h >> np.uint64(k)) & _LANES, seg_start)
-        ones[:, :, k] = lanes.astype("<u8").view("<u2").reshape(-1, 4)
-    ones = ones.reshape(-1, 64)
-    if len(seg_start) != len(sel):
-        ones = np.add.reduceat(ones, seg_first, axis=0)
-    majority = (2 * ones > grams[:, None]).astype(np.uint8)
-    out[sel] = np.packbits(majority, axis=1, bitorder="little").view("<u8")[:, 0]
-    return out
-
-
-def _lower(text: str) -> str:
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return text.lower()
-
-
-def normalize_for_simhash(text: str) -> str:
-    """The normalised text whose character 3-grams make the ``simhash``.
-
-    >>> normalize_for_simhash("  My order NEVER arrived!!! Sooooo bad... ")
-    'my order never arrived soo bad'
-    """
-    text = text.replace(_SEP, " ")
-    codes, _ = _normalized(_Batch(_lower(text), 1))
-    return codes.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+def _normalized_lower(raw: str, codes: np.ndarray) -> np.ndarray:
+    """Code points of ``featurize_reference._lower(raw)`` (NFKC, then ``str.lower``);
+    ``codes`` are those of ``raw``. Per character through ``_NFKC_BY_CHARACTER`` when it
+    allows, else ``unicodedata.normalize`` over the whole text; equal either way."""
+    if raw.isascii():
+        return _code_points(raw.lower())
+    mapped = _NFKC_BY_CHARACTER[codes]
+    if mapped.max() == _NEEDS_FULL_NFKC:
+        return _code_points(_reference._lower(raw))
+    return _code_points(mapped.tobytes().decode("utf-32-le").lower())
 
 
 def _featurize(texts: list[str]) -> TextFeatures:
-    n = len(texts)
-    raw = _SEP.join(texts)
-    batch = _Batch(_lower(raw), n)
-    words = batch.count(batch.token_start) + batch.count((batch.cls & _CJK) != 0)
-
-    marked, starts = _token_marked(batch)
-    owner, _ = _cue_hits(_NEGATION_RE, marked, starts)
-    negations = np.bincount(owner, minlength=n)
-    owner, groups = _cue_hits(_ESCALATION_RE, marked, starts)
-    mask = np.zeros(n, np.int32)
-    if len(owner):
-        np.bitwise_or.at(mask, owner, np.take(_ESCALATION_TAGS, groups).astype(np.int32))
-
-    letter = (batch.cls & _LETTER) != 0
-    cjk = (batch.cls & _CJK) != 0
-    latin = letter & ((batch.cls & _EN) != 0)
-    languages = (np.where(batch.count(cjk) > 0, LANG_ZH, 0) | np.where(batch.count(latin) >= 2, LANG_EN, 0)
-                 | np.where(batch.count(letter & ~cjk & ~latin) > 0, LANG_OTHER, 0)).astype(np.uint8)
-    return TextFeatures(
-        words=words.astype(np.int32),
-        negation_words=negations.astype(np.int32),
-        intensity=_intensity(raw, batch),
-        escalation_mask=mask,
-        simhash=_simhash(*_normalized(batch), n),
-        languages=languages,
-    )
+    raw = "\x00".join(texts)
+    codes = _code_points(raw)
+    words, negations, mask, raw_intensity, simhash, languages = _text.featurize_codes(
+        codes, _normalized_lower(raw, codes), len(texts),
+        _reference._CLASS, *_NEGATION_PROGRAM, *_ESCALATION_PROGRAM)
+    return TextFeatures(words=words, negation_words=negations, intensity=-np.expm1(-raw_intensity),
+                        escalation_mask=mask, simhash=simhash, languages=languages)
 
 
 def featurize_batch(texts: Sequence[str]) -> TextFeatures:
@@ -646,37 +219,12 @@ def featurize_batch(texts: Sequence[str]) -> TextFeatures:
     >>> hamming64(f.simhash[0], f.simhash[1]), f.intensity.round(2).tolist()
     (0, [0.57, 0.0])
     """
-    texts = [t if _SEP not in t else t.replace(_SEP, " ") for t in texts]
-    if not texts:
-        empty_i = np.zeros(0, np.int32)
-        return TextFeatures(empty_i, empty_i.copy(), np.zeros(0), empty_i.copy(),
-                            np.zeros(0, np.uint64), np.zeros(0, np.uint8))
-    total = sum(map(len, texts))
-    if total <= _MAX_CHARS_PER_PASS:
-        return _featurize(texts)
-    parts, lo, size = [], 0, 0
-    for i, t in enumerate(texts):               # slices of about _MAX_CHARS_PER_PASS
-        size += len(t) + 1
-        if size > _MAX_CHARS_PER_PASS or i == len(texts) - 1:
-            parts.append(_featurize(texts[lo:i + 1]))
-            lo, size = i + 1, 0
-    return TextFeatures(*(np.concatenate([getattr(p, f) for p in parts])
-                          for f in ("words", "negation_words", "intensity",
-                                    "escalation_mask", "simhash", "languages")))
+    return _reference.featurize_in_passes(texts, _featurize, _MAX_CHARS_PER_PASS)
 
 
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def hamming64(a, b):
-    """Number of differing bits of 64-bit hashes: an ``int`` for two scalars, else an
-    int64 array (numpy broadcasting).
-
-    >>> hamming64(0b1011, 0b0001)
-    2
-    """
-    if np.ndim(a) == 0 and np.ndim(b) == 0:
-        return (int(a) ^ int(b)).bit_count()
-    x = np.bitwise_xor(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
-    x = np.ascontiguousarray(x, dtype="<u8")
-    return _POPCOUNT8[x.view(np.uint8).reshape(x.shape + (8,))].sum(axis=-1, dtype=np.int64)
+def warm_up() -> float:
+    """Compile the text kernel (or load it from numba's on-disk cache) by featurising a
+    small batch; returns the seconds it took. The server calls it before it serves."""
+    start = time.perf_counter()
+    featurize_batch(["我不满意，我要投诉！别再敷衍", "Don't SUE me!!! call my bank", "", "ok"])
+    return time.perf_counter() - start

@@ -65,3 +65,18 @@ def test_graceful_shutdown_finishes_calls_in_flight(tmp_path_factory):
         assert err.code() in (grpc.StatusCode.UNAVAILABLE,), err
     with pytest.raises(grpc.RpcError):
         pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{port}")).Score(turn(), timeout=2)
+
+
+def test_the_text_kernel_is_warmed_up_before_serving(tmp_path_factory, monkeypatch):
+    """The server compiles (or loads) the text feature kernel before it reports SERVING,
+    so the first turn does not pay numba's compile."""
+    import yujing.service.featurize as featurize
+
+    calls = []
+    real = featurize.warm_up
+    monkeypatch.setattr(featurize, "warm_up", lambda: calls.append(1) or real())
+    svc = start(tmp_path_factory)
+    try:
+        assert calls == [1]
+    finally:
+        svc.stop()
