@@ -108,3 +108,25 @@ def test_policy_fit_gives_a_valid_policy_that_beats_the_start_on_its_data(tmp_pa
     pol = load_policy(path)
     assert pol.version == "test+fit"
     assert F.read_policy(path)["weights"]["negation_share"] == pytest.approx(w[INDICATORS.index("negation_share")])
+
+
+def test_policy_fit_figures_by_set_are_each_sets_own():
+    # two sets: in "a" the dissatisfied dialogue scores highest, in "b" the satisfied one does
+    n = len(INDICATORS)
+    j = INDICATORS.index("negation_share")
+
+    def rows(v):
+        r = np.zeros((2, n))
+        r[:, j] = v
+        return r
+    X = np.concatenate([rows(1.0), rows(0.1), rows(0.1), rows(1.0)])
+    data = F.FitData(X, np.array([0, 2, 4, 6]), np.array([True, False, True, False]),
+                     np.array([False, True, False, True]), np.zeros(4, bool), np.array(["a", "a", "b", "b"]))
+    w = np.zeros(n)
+    w[j] = 60.0
+    by = F.figures_by_set(data, w, 50, 25)
+    assert by["a"].auc == 1.0 and by["a"].detection == 1.0 and by["a"].false_alarms == 0.0
+    assert by["b"].auc == 0.0 and by["b"].detection == 0.0 and by["b"].false_alarms == 1.0
+    assert by["all"].auc == 0.5
+    sub = F.subset(data, data.source == "b")
+    assert sub.X.shape == (4, n) and sub.starts.tolist() == [0, 2]

@@ -302,7 +302,7 @@ def add_subcommand(sub) -> None:
     p.add_argument("--policy", type=Path, default=None, help="with --in-process: the risk policy TOML (default: packaged)")
     p.add_argument("--model-repo", type=Path, default=None, help="with --in-process: the model repository")
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="dialogue sets (default: all)")
-    p.add_argument("--split", default="test", choices=("train", "test", "all"), help="which side of the split (default: test)")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test", "all"), help="which side of the split (default: test)")
     p.add_argument("--data-dir", default=None, help="the shared data sets (default: ../shared/data or $YUJING_DATA_DIR)")
     p.add_argument("--limit", type=int, default=0, help="at most this many dialogues (default: all)")
     p.add_argument("--keep-turns", action="store_true", help="keep every answer's indicators in the JSON (for policy fit)")

@@ -10,22 +10,26 @@ The splits are by dialogue, deterministic, and the same in every tool:
 
 * **JDDC-USS** (``zh/jddc_uss_satisfaction/jddc_uss_user_turns.csv``, the 330 ``valid``
   dialogues here; the 330 test dialogues are held back by the project): ``test`` when
-  ``sha1(dialogue_id) % 5 == 0`` (about 66 dialogues), else ``train``. Each rated customer
+  ``sha1(dialogue_id) % 5 == 0`` (about 66 dialogues), ``dev`` when it is 1 (the models'
+  calibration side, never trained on), else ``train``. Each rated customer
   turn follows the agent turn it answers (``prev_system``). Turn gold: ``sat`` 0 / 1 / 2
   read as negative / neutral / positive (the customer's satisfaction with the exchange,
   the closest the set has to a turn sentiment). Outcome: the ``OVERALL`` row's rating,
   0 dissatisfied, 1 neutral, 2 satisfied.
 * **STC-3** (``zh/stc3_customer_helpdesk``, 3,325 dialogues; ids ``% 10 == 0`` are held
-  back by the project and absent): ``test`` when ``int(dialogue_id) % 10 == 5``, else
-  ``train``. No turn gold. Outcome from the mean of 19 annotators' satisfaction S:
+  back by the project and absent): ``test`` when ``int(dialogue_id) % 10 == 5``, ``dev``
+  when it is 6, else ``train``. No turn gold. Outcome from the mean of 19 annotators' satisfaction S:
   dissatisfied when ``S < -0.5``, satisfied when ``S > 0.5``, else neutral.
 * **SGD / MultiWOZ from USS** (``en/uss_sgd_mwoz``; their test dialogues are held back):
-  ``test`` when ``sha1(dialogue_id) % 5 == 0``, else ``train``. Turn gold on the rated user
+  ``test`` when ``sha1(dialogue_id) % 5 == 0``, ``dev`` when it is 1, else ``train``. Turn gold on the rated user
   turns, ``sat`` read as for JDDC; a system turn follows each user turn. No dialogue
   outcome.
 * **calm** (``training/indomain/plain_questions.txt``, committed, hand-written: 20 zh and 20
   en plain customer questions, never trained or tuned on): each question a one-turn
-  conversation, gold neutral, outcome satisfied; all of it is ``test``. A calm question must
+  conversation, gold neutral, outcome satisfied; all of it is ``test``.
+
+``dev`` is where choices are made (the policy fit's false-alarm target, saturations): fit on
+``train``, choose on ``dev``, report ``test``. A calm question must
   stay at level NONE.
 
 Time: the sets carry no timestamps, so a conversation is replayed at a steady, calm pace
@@ -67,10 +71,11 @@ class Dialogue:
 
 
 def hash_split(dialogue_id: str) -> str:
-    """``test`` for one dialogue in five, by the same stable hash the v2 models' training
-    split uses (:func:`yujing.training.indomain.data.bucket`: its bucket 0 is test there
-    too, so no dialogue tested here was trained on)."""
-    return "test" if D.bucket(dialogue_id) == 0 else "train"
+    """``test`` for one dialogue in five and ``dev`` for another, by the same stable hash the
+    v2 models' training split uses (:func:`yujing.training.indomain.data.bucket`: its bucket
+    0 is test there too, so no dialogue tested here was trained on; bucket 1 is the models'
+    held-out calibration side)."""
+    return D.hash_split(dialogue_id)
 
 
 def _by_dialogue(rows: list[dict]) -> dict[str, list[dict]]:
@@ -104,7 +109,8 @@ def load_stc3(root: Path) -> list[Dialogue]:
     out = []
     for split, dialogues in D.stc3(root).items():
         for did, dlg in dialogues.items():
-            d = Dialogue(id=did, source="stc3", language="zh", outcome=stc3_outcome(dlg["S_mean"]), split=split)
+            split_d = "dev" if split == "train" and int(did) % 10 == 6 else split
+            d = Dialogue(id=did, source="stc3", language="zh", outcome=stc3_outcome(dlg["S_mean"]), split=split_d)
             d.turns = [DialogueTurn("customer" if sender == "customer" else "agent", text.strip())
                        for sender, text in dlg["turns"]]
             out.append(d)
@@ -135,7 +141,7 @@ def load_calm() -> list[Dialogue]:
 
 def load(sets: Iterable[str] = SETS, split: str | None = None, root: str | Path | None = None) -> list[Dialogue]:
     """The dialogues of ``sets`` (``jddc``, ``stc3``, ``sgd``, ``mwoz``), of one split
-    (``train`` / ``test``) or both (``None``)."""
+    (``train`` / ``dev`` / ``test``) or all (``None``)."""
     r = data_dir(root)
     out: list[Dialogue] = []
     for s in sets:

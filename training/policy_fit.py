@@ -61,6 +61,7 @@ class FitData:
     dissatisfied: np.ndarray   # bool per dialogue
     satisfied: np.ndarray      # bool per dialogue
     floor_yellow: np.ndarray   # bool per dialogue: an escalation cue set a YELLOW floor
+    source: np.ndarray | None = None   # the set of each dialogue (jddc, stc3, ...), for per-set figures
 
 
 def read_policy(path: Path) -> dict:
@@ -78,7 +79,7 @@ def risk_matrix(turn_indicators: list[dict], saturation: dict) -> np.ndarray:
 def fit_data(played: dict, saturation: dict) -> FitData:
     """From ``yujing eval conversations --keep-turns`` JSON: the customer turns' risks of
     every dialogue with an outcome."""
-    rows, starts, dis, sat, floor = [], [], [], [], []
+    rows, starts, dis, sat, floor, source = [], [], [], [], [], []
     for d in played["dialogues"]:
         if not d.get("outcome"):
             continue
@@ -90,10 +91,31 @@ def fit_data(played: dict, saturation: dict) -> FitData:
         dis.append(d["outcome"] == "dissatisfied")
         sat.append(d["outcome"] == "satisfied")
         floor.append(max(t.get("escalation", 0.0) for t in turns) >= YELLOW_FLOOR_CUE)
+        source.append(d.get("source", ""))
     if not starts:
         raise ValueError("no dialogue with an outcome and kept indicators: run "
                          "`yujing eval conversations --keep-turns` on a set with outcomes (jddc, stc3)")
-    return FitData(risk_matrix(rows, saturation), np.array(starts), np.array(dis), np.array(sat), np.array(floor))
+    return FitData(risk_matrix(rows, saturation), np.array(starts), np.array(dis), np.array(sat), np.array(floor),
+                   np.array(source))
+
+
+def subset(data: FitData, keep: np.ndarray) -> FitData:
+    """The dialogues where ``keep`` (bool per dialogue) holds."""
+    ends = np.append(data.starts[1:], len(data.X))
+    idx = np.flatnonzero(keep)
+    rows = np.concatenate([np.arange(data.starts[i], ends[i]) for i in idx]) if len(idx) else np.zeros(0, int)
+    lens = (ends - data.starts)[idx]
+    return FitData(data.X[rows], np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int), data.dissatisfied[idx],
+                   data.satisfied[idx], data.floor_yellow[idx], None if data.source is None else data.source[idx])
+
+
+def figures_by_set(data: FitData, w: np.ndarray, yellow: float, blue: float) -> dict[str, "Figures"]:
+    """The figures of each set (``source``) on its own, and of all together (``all``)."""
+    out = {"all": figures(data, w, yellow, blue, None)}
+    if data.source is not None:
+        for src in sorted(set(data.source.tolist())):
+            out[src] = figures(subset(data, data.source == src), w, yellow, blue, None)
+    return out
 
 
 def dialogue_max(X: np.ndarray, starts: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -115,7 +137,8 @@ class Figures:
 def figures(data: FitData, w: np.ndarray, yellow: float, blue: float, calm: np.ndarray | None) -> Figures:
     m = dialogue_max(data.X, data.starts, w)
     alarmed = (m >= yellow) | data.floor_yellow
-    a = auc(m[data.dissatisfied], m[~data.dissatisfied]) or 0.5
+    a = auc(m[data.dissatisfied], m[~data.dissatisfied])
+    a = 0.5 if a is None else a     # (not `or 0.5`: an AUC of 0.0 is a figure, not a missing one)
     fa = float(alarmed[data.satisfied].mean()) if data.satisfied.any() else 0.0
     det = float(alarmed[data.dissatisfied].mean()) if data.dissatisfied.any() else 0.0
     calm_bad = float((np.minimum(100.0, calm @ w) >= blue).mean()) if calm is not None and len(calm) else 0.0
@@ -179,6 +202,11 @@ def calm_matrix(played_calm: dict | None, saturation: dict) -> np.ndarray | None
     return risk_matrix(turns, saturation) if turns else None
 
 
+def _by_set(data: FitData, w0: np.ndarray, w: np.ndarray, yellow: float, blue: float) -> dict:
+    b, a = figures_by_set(data, w0, yellow, blue), figures_by_set(data, w, yellow, blue)
+    return {k: (b[k].as_dict(), a[k].as_dict()) for k in b}
+
+
 def run(args: argparse.Namespace) -> int:
     from yujing.service.paths import DEFAULT_POLICY
     from yujing.service.policy import load_policy
@@ -206,8 +234,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'on the fit data':<22}{'before':>8}{'after':>8}")
     for k in vars(before):
         print(f"{k:<22}{getattr(before, k):>8.3f}{getattr(after, k):>8.3f}")
+    per_set = {"fit": _by_set(data, w0, w, yellow, blue)}
+    if args.dev:
+        # the held-out dialogues (`--split dev`): where a setting such as the false-alarm target is chosen
+        per_set["dev"] = _by_set(fit_data(json.loads(Path(args.dev).read_text()), base["saturation"]), w0, w, yellow, blue)
+    for side, rows in per_set.items():
+        print(f"per set, {side} dialogues (before -> after): AUC, satisfied >= YELLOW, dissatisfied >= YELLOW")
+        for src, (b, a) in rows.items():
+            print(f"  {src:<8} AUC {b['auc']:.3f} -> {a['auc']:.3f}   false alarms {b['false_alarms']:.3f} -> "
+                  f"{a['false_alarms']:.3f}   detection {b['detection']:.3f} -> {a['detection']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"before": before.as_dict(), "after": after.as_dict(),
+                                               "per_set_before_after": per_set,
                                                "weights_before": dict(zip(INDICATORS, w0.tolist())),
                                                "weights_after": dict(zip(INDICATORS, w.tolist()))}, indent=1))
     return 0
@@ -223,6 +261,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--version", default=None, help="the candidate's version string (default: <base>+fit)")
     p.add_argument("--false-alarm-target", type=float, default=0.13,
                    help="satisfied dialogues allowed to reach YELLOW on the fit data (default: %(default)s)")
+    p.add_argument("--dev", default=None,
+                   help="the same output for held-out dialogues (`--split dev`): their figures before/after, per set")
     p.add_argument("--json", default=None, help="also write the figures before/after as JSON")
     p.set_defaults(func=run)
 

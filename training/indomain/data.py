@@ -14,8 +14,10 @@ class-bias offsets and the temperature; the final models are refitted on train +
   dialogue_id; rated user turns (sat not empty, user != "OVERALL") are the sentiment rows,
   every user turn of a train/dev dialogue may serve as neutral-emotion / `none`-intent material.
 * STC-3 (zh/stc3_customer_helpdesk): int(dialogue_id) % 10 == 5 -> test, else train (ids
-  % 10 == 0 are held back by the project and absent). Dialogue-level S (satisfaction) means
-  only: for dialogue-level evaluation, not used for turn training.
+  % 10 == 0 are held back by the project and absent); inside train, == 6 is dev (held out of
+  every fit: the dialogue-level choices are made on it). Dialogue-level S (satisfaction) means
+  only; the sentiment model (v3) trains on the train side's customer turns with the
+  dialogue's S as a weak turn label (see (a)).
 * SMP2020-EWECT: train = virus_train + usual_eval_labeled, dev = virus_eval_labeled,
   test = usual_test_labeled (+ virus_test_labeled). The official usual train set is missing.
 * CPED: train (and dev) = cped_valid_split (dev = sha1(Dialogue_ID) % 5 == 1 inside it),
@@ -42,6 +44,9 @@ Label mappings
 * SMP2020-EWECT: happy -> positive; angry, sad, fear -> negative; neutral -> neutral;
   surprise -> dropped (read: mixed, mostly neither polarity).
 * CPED: its own Sentiment column (negative / neutral / positive).
+* STC-3 customer turns: the dialogue's mean satisfaction S (19 annotators): S < -0.5 ->
+  negative, S > 0.5 -> positive, else neutral (a weak label: the satisfaction with the
+  exchange, like JDDC's; sentiment v3 only).
 * Airline tweets: airline_sentiment as is. TweetEval: anger, sadness -> negative; joy,
   optimism -> positive (no neutral class).
 * zh reviews: 0 -> negative, 1 -> positive (binary).
@@ -257,6 +262,27 @@ def stc3(root=None) -> dict[str, dict]:
     for k, d in dlg.items():
         d["turns"] = [(s, t) for _, s, t in sorted(d["turns"])]
         out["test" if int(k) % 10 == 5 else "train"][k] = d
+    return out
+
+
+def stc3_split(dialogue_id: str) -> str:
+    """test: int(id) % 10 == 5; dev: == 6 (the dialogue-level choices are made there); else train."""
+    b = int(dialogue_id) % 10
+    return "test" if b == 5 else ("dev" if b == 6 else "train")
+
+
+def stc3_sentiment(root=None) -> dict[str, list[Item]]:
+    """STC-3 customer turns with their dialogue's satisfaction as a weak turn label, read the
+    way JDDC's turn satisfaction is: S < -0.5 -> negative, S > 0.5 -> positive, else neutral
+    (19 annotators' satisfaction with the whole exchange; the closest this set has to a turn
+    label). By :func:`stc3_split`."""
+    out = {"train": [], "dev": [], "test": []}
+    for split in ("train", "test"):
+        for did, d in stc3(root)[split].items():
+            lab = "negative" if d["S_mean"] < -0.5 else "positive" if d["S_mean"] > 0.5 else "neutral"
+            for sender, text in d["turns"]:
+                if sender == "customer" and text.strip():
+                    out[stc3_split(did)].append(Item(text.strip(), lab, did))
     return out
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 from yujing.training.indomain import data as D
 
 # in-domain dev sets: held out of every fit, used for class-bias offsets and the temperature
-CALIB = {"sentiment": ["jddc", "uss"], "emotion": ["smp2020", "cped"], "intent": ["jddc"]}
+# (stc3's dev side stays out too: the dialogue-level dev split of `yujing eval conversations`)
+# sentiment v3: STC-3 customer turns with their dialogue's satisfaction (data.stc3_sentiment)
+STC3 = True
+CALIB = {"sentiment": ["jddc", "uss", "stc3"], "emotion": ["smp2020", "cped"], "intent": ["jddc"]}
 
 
 def sentiment_parts(root=None, final=False):
@@ -16,6 +19,8 @@ def sentiment_parts(root=None, final=False):
     parts.append(("jddc", "zh", tr(D.jddc_sentiment(root), "jddc")))
     parts.append(("uss", "en", tr(D.uss_sentiment(root), "uss")))
     parts.append(("crosswoz", "zh", tr(D.crosswoz(root, "sentiment"), "crosswoz")))
+    if STC3:
+        parts.append(("stc3", "zh", tr(D.stc3_sentiment(root), "stc3")))
     parts.append(("smp2020", "zh", tr(D.smp2020(root, D.SMP_TO_SENT), "smp2020")))
     parts.append(("cped", "zh", tr(D.cped(root, "sentiment"), "cped")))
     parts.append(("airline", "en", tr(D.airline(root), "airline")))

@@ -11,7 +11,7 @@ random sampling (subsampling is every-k-th row).
 
 Splits and label mappings: dialogue_data.py. Held out of every fit: the test sides, and the
 calibration sides used to pick the per-language class-bias offsets and the temperature
-(sentiment: JDDC dev, SGD/MWOZ dev, airline dev; emotion: SMP2020 virus_eval, CPED dev).
+(sentiment: JDDC dev, SGD/MWOZ dev; emotion: SMP2020 virus_eval, CPED dev).
 """
 from __future__ import annotations
 
@@ -33,8 +33,14 @@ from yujing.service.models.textclf import Head, hash_features  # noqa: E402
 
 SENT = D.SENTIMENT
 # ---- recipes (chosen on the dev sides, see NOTES.md)
-SENT_WEIGHTS = {"jddc": 6, "uss": 6, "crosswoz": 1, "smp2020": 1, "cped": 0.5, "airline": 1.5, "tweeteval": 0.5,
-                "zh_online_shopping": 0.3, "zh_waimai": 0.5, "zh_chnsenticorp_htl": 0.5, "bitext": 0.5,
+# v3: stc3 = STC-3 customer turns with their dialogue's satisfaction as a weak label (data.stc3_sentiment;
+# weight 2 over 5 on the dev sides: English dev F1 0.494 vs 0.485, STC-3 dev AUC 0.813 vs 0.826).
+# airline 10 (v2: 1.5): airline accuracy with its dev rows held out (--hold-out-airline-dev) was
+# 0.789 at 10 (v2's recipe: 0.775); 4 -> 10 also moved every dev figure up (JDDC dev F1 0.551 -> 0.563,
+# SGD/MWOZ dev F1 0.494 -> 0.498, STC-3 dev AUC of max risk 0.813 -> 0.820).
+AIRLINE_WEIGHT = 10.0
+SENT_WEIGHTS = {"jddc": 6, "uss": 6, "stc3": 2, "crosswoz": 1, "smp2020": 1, "cped": 0.5, "airline": AIRLINE_WEIGHT,
+                "tweeteval": 0.5, "zh_online_shopping": 0.3, "zh_waimai": 0.5, "zh_chnsenticorp_htl": 0.5, "bitext": 0.5,
                 "banking77": 0.9}
 SENT_CLASS_BOOST = {"jddc": {"negative": 1.0, "neutral": 1.5, "positive": 2.5},
                     "uss": {"negative": 1.0, "neutral": 1.5, "positive": 1.0}}
@@ -53,6 +59,7 @@ INT_WEIGHTS = {"bitext": 1, "jddc": 3, "jddc:mapped": 9, "crosswoz": 0.3, "uss_n
 INT_HEAD = [{"kind": "linear", "C": 20.0}]
 
 LANG_K = 30000.0   # saturation gain of the language-bias head (see lang_bias_head)
+HOLD_OUT_AIRLINE_DEV = False   # --hold-out-airline-dev
 
 
 def command() -> str:
@@ -122,10 +129,13 @@ def choose_offsets(zs, ys, grid_neu, grid_pos, constraint):
 
 def train_sentiment(out: Path):
     t0 = time.time()
+    # final=True: the airline dev rows are trained on too (sentiment v2 held them out to
+    # constrain the English offsets, and lost 4.6 points on airline test)
     parts = P.sentiment_parts(final=True)
-    # airline dev is held out too: it constrains the English offsets
     a = D.airline()
-    parts = [(n, lg, a["train"] if n == "airline" else it) for n, lg, it in parts]
+    if HOLD_OUT_AIRLINE_DEV:
+        # the tuning run that chose AIRLINE_WEIGHT: airline dev held out, its accuracy is the estimate
+        parts = [(n, lg, a["train"] if n == "airline" else it) for n, lg, it in parts]
     parts = [(n, lg, it[::SENT_EVERY.get(n, 1)]) for n, lg, it in parts]
     parts = split_by_class(parts, SENT_CLASS_BOOST)
     L.log("sentiment parts: " + ", ".join(f"{n}={len(it)}" for n, _, it in parts))
@@ -140,10 +150,10 @@ def train_sentiment(out: Path):
     off_zh, r_zh, ok_zh = choose_offsets(zj, yj, grid, np.round(np.arange(0, ZH_POS_MAX + 0.01, 0.1), 2),
                                          lambda off, r: r["neutral_called_negative"] <= MAX_NEUTRAL_TO_NEG)
 
-    def en_ok(off, r):
-        return (r["neutral_called_negative"] <= MAX_NEUTRAL_TO_NEG
-                and float(((za + off).argmax(1) == ya).mean()) >= acc0 - 0.01)
-    off_en, r_en, ok_en = choose_offsets(zu, yu, grid, np.round(np.arange(-0.5, 1.51, 0.1), 2), en_ok)
+    # English: chosen on SGD/MWOZ dev alone (airline dev is trained on; its accuracy is logged only;
+    # v2 also required airline dev accuracy >= before - 0.01, which did not protect airline test)
+    off_en, r_en, ok_en = choose_offsets(zu, yu, grid, np.round(np.arange(-0.5, 1.51, 0.1), 2),
+                                         lambda off, r: r["neutral_called_negative"] <= MAX_NEUTRAL_TO_NEG)
     acc_a = float(((za + off_en).argmax(1) == ya).mean())
     L.log(f"offsets zh {off_zh.tolist()} (JDDC dev F1 {r_zh['macro_f1']}, n->neg {r_zh['neutral_called_negative']}, "
           f"constraint met {ok_zh}); en {off_en.tolist()} (SGD/MWOZ dev F1 {r_en['macro_f1']}, n->neg "
@@ -157,9 +167,11 @@ def train_sentiment(out: Path):
         h.weight = 1.0 / temp
     cal = {"offsets_zh": off_zh.tolist(), "offsets_en": off_en.tolist(), "temperature": round(temp, 4),
            "calibration_set": "JDDC dev (sha1(dialogue_id)%5==1) + SGD/MWOZ dev (same rule); airline dev "
-                              "(tweet_id%5==1) constrains the English offsets",
+                              "(tweet_id%5==1) " + ("held out (tuning run)" if HOLD_OUT_AIRLINE_DEV else
+                                                    "trained on (its accuracy logged, not a constraint)"),
            "dev_ece_before": round(L.ece(L.softmax(zc), yc), 4), "dev_ece_after": round(L.ece(L.softmax(zc / temp), yc), 4),
-           "dev_jddc": r_zh, "dev_uss": r_en, "airline_dev_acc_before_after_offsets": [round(acc0, 4), round(acc_a, 4)]}
+           "dev_jddc": r_zh, "dev_uss": r_en, "airline_dev_acc_before_after_offsets": [round(acc0, 4), round(acc_a, 4)],
+           "airline_dev_held_out": HOLD_OUT_AIRLINE_DEV}
     L.log(f"temperature {temp:.3f}; dev ECE {cal['dev_ece_before']} -> {cal['dev_ece_after']}")
     info["calibration"] = cal
     info["subset_weights"] = sub_weights(SENT_WEIGHTS, SENT_CLASS_BOOST)
@@ -203,7 +215,8 @@ def train_intent(out: Path):
 
 SPLIT_RULE = ("see yujing.training.indomain.data: JDDC and SGD/MWOZ by sha1(dialogue_id)%5 (0 test, 1 dev), "
               "SMP2020 train=virus_train+usual_eval, dev=virus_eval, test=usual_test/virus_test; CPED valid/test; "
-              "CrossWOZ val/test; TweetEval official; airline tweet_id%5 (0 test, 1 dev); zh reviews and Bitext row%5 "
+              "CrossWOZ val/test; TweetEval official; airline tweet_id%5 (0 test, 1 dev); STC-3 int(id)%10 "
+              "(5 test, 6 dev, sentiment only); zh reviews and Bitext row%5 "
               "(0 test, 1 dev); BANKING77 official")
 
 FILES = {"sentiment": ["zh/jddc_uss_satisfaction/jddc_uss_user_turns.csv", "en/uss_sgd_mwoz/sgd_valid_dialogues.csv",
@@ -225,7 +238,7 @@ FILES = {"sentiment": ["zh/jddc_uss_satisfaction/jddc_uss_user_turns.csv", "en/u
 
 # the repository version each model is written as (version 1 of sentiment and intent are the
 # review-trained models these replace; they stay in the repository for comparison and rollback)
-VERSIONS = {"sentiment": "2", "emotion": "1", "intent": "2"}
+VERSIONS = {"sentiment": "3", "emotion": "1", "intent": "2"}
 
 
 def write(clf, ds, info, out: Path, name: str) -> Path:
@@ -252,7 +265,11 @@ def main():
     ap.add_argument("--out", default=str(HERE / "model_repo"))
     ap.add_argument("--only", default="sentiment,emotion,intent")
     ap.add_argument("--no-measure", action="store_true")
+    ap.add_argument("--hold-out-airline-dev", action="store_true",
+                    help="tuning run: keep the airline dev rows out of the sentiment fit (their accuracy is logged)")
     a = ap.parse_args()
+    global HOLD_OUT_AIRLINE_DEV
+    HOLD_OUT_AIRLINE_DEV = a.hold_out_airline_dev
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.only.split(","):
