@@ -176,6 +176,8 @@ def test_intensity_saturates_below_one():
     ("I will sue you", {"legal"}),
     ("see you in court", {"legal"}),
     ("我要发微博曝光你们", {"media"}),
+    ("再不解决我就发抖音", {"media"}),
+    ("我明天就上微博说说你们", {"media"}),
     ("I'll post a review on social media", {"media"}),
     ("我要找信用卡中心拒付", {"chargeback"}),
     ("I'm calling my bank to dispute the charge", {"chargeback"}),
@@ -195,6 +197,9 @@ def test_escalation_categories(text, expected):
     "我在工商银行开的卡",                       # 工商 inside the bank's name
     "Could you tell me the status of order 12345?",   # 12345 as a sample order number
     "我的订单号是12345",
+    "@TCL客服微博 @华为终端官方微博 电视没有画面",   # a Weibo post @-mentioning official accounts
+    "我在抖音上买的，什么时候发货？",             # where it was bought
+    "拍了三张照片打算发朋友圈，相册里少了一张",   # posting photos is not a threat
     "Good news, it arrived",
     "",
 ])
