@@ -139,17 +139,32 @@ def _machine() -> str:
 
 def discover_models(model_repository: str | Path) -> list[str]:
     """Models in a repository that can be loaded: a ``config.pbtxt`` and at least one
-    numeric version folder with a ``model.py`` and an ``artifact/model.json``."""
+    numeric version folder with a ``model.py`` and an ``artifact/model.json``; and a
+    combined model (``heads``: a ``members`` parameter, no artifact of its own) when one of
+    its members can be."""
     repo = Path(model_repository)
-    found = []
+    found, combined = [], {}
     for cfg in sorted(repo.glob("*/config.pbtxt")):
         model_dir = cfg.parent
         for version in model_dir.iterdir():
-            if (version.name.isdigit() and (version / "model.py").is_file()
-                    and (version / "artifact" / "model.json").is_file()):
+            if not (version.name.isdigit() and (version / "model.py").is_file()):
+                continue
+            if (version / "artifact" / "model.json").is_file():
                 found.append(model_dir.name)
                 break
-    return found
+            members = _members_parameter(cfg)
+            if members:
+                combined[model_dir.name] = members
+                break
+    return found + [name for name, members in combined.items() if any(m in found for m in members)]
+
+
+def _members_parameter(config_pbtxt: Path) -> list[str]:
+    """The ``members`` parameter of a combined model's config.pbtxt ([] when none)."""
+    import re
+    match = re.search(r'key:\s*"members"\s*value:\s*{\s*string_value:\s*"([^"]*)"',
+                      config_pbtxt.read_text(encoding="utf-8"))
+    return [m.strip() for m in match.group(1).split(",") if m.strip()] if match else []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
