@@ -101,10 +101,11 @@ def write_keyword_artifact(path: Path, name: str, labels: Sequence[str],
     return path
 
 
-def make_model_repo(root: Path, models: dict[str, dict] | None = None) -> Path:
+def make_model_repo(root: Path, models: dict[str, dict] | None = None, combined: bool = True) -> Path:
     """A model repository under ``root`` with the committed config.pbtxt and model.py of each
     model and a ``test-keyword`` artifact as version 1. ``models`` maps a model name to
-    ``write_keyword_artifact`` keyword arguments; default: sentiment and intent."""
+    ``write_keyword_artifact`` keyword arguments; default: sentiment and intent. ``combined``:
+    the committed ``heads`` too (it serves those of its members that are here)."""
     if models is None:
         models = {
             "sentiment": dict(labels=SENTIMENT_LABELS, keywords=SENTIMENT_KEYWORDS),
@@ -119,6 +120,10 @@ def make_model_repo(root: Path, models: dict[str, dict] | None = None) -> Path:
         shutil.copy2(committed / "1" / "model.py", model_dir / "1" / "model.py")
         write_keyword_artifact(model_dir / "1" / "artifact", name=name, **spec)
         (model_dir / "labels.txt").write_text("\n".join(spec["labels"]) + "\n", encoding="utf-8")
+    if combined:
+        (repo / "heads" / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(COMMITTED_REPO / "heads" / "config.pbtxt", repo / "heads" / "config.pbtxt")
+        shutil.copy2(COMMITTED_REPO / "heads" / "1" / "model.py", repo / "heads" / "1" / "model.py")
     return repo
 
 
@@ -150,7 +155,7 @@ def start_triton(repo: Path, models: Sequence[str] | None = None, **kwargs):
 
 @pytest.fixture
 def model_repo(tmp_path) -> Path:
-    """A fresh repository: sentiment and intent, version 1, test-keyword artifacts."""
+    """A fresh repository: sentiment and intent, version 1, test-keyword artifacts, and heads."""
     return make_model_repo(tmp_path)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,23 @@ from yujing.service.triton.backend import (
     LOADER_MODULES_ENV, WARM_UP_TEXTS, TritonPythonModel as _PerModelBackend, _extend_path_from_env, _pb_utils,
 )
 
-__all__ = ["TritonPythonModel", "MODELS_OUTPUT", "MEMBERS_PARAMETER", "VERSION_SEP", "member_versions"]
+__all__ = ["TritonPythonModel", "MODELS_OUTPUT", "MEMBERS_PARAMETER", "VERSION_SEP", "member_versions",
+           "members_of"]
 
 MODELS_OUTPUT = "MODELS"
 MEMBERS_PARAMETER = "members"
 VERSION_SEP = ":"
+
+
+def members_of(model_dir: str | Path) -> list[str]:
+    """The ``members`` parameter in ``model_dir/config.pbtxt``: the models a combined model
+    answers ([] for a model that is not one, or has no config)."""
+    try:
+        text = (Path(model_dir) / "config.pbtxt").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    match = re.search(r'key:\s*"%s"\s*value:\s*{\s*string_value:\s*"([^"]*)"' % MEMBERS_PARAMETER, text)
+    return [m.strip() for m in match.group(1).split(",") if m.strip()] if match else []
 
 
 def member_versions(model_repository: str | Path, member: str) -> list[str]:

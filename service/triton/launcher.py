@@ -142,6 +142,8 @@ def discover_models(model_repository: str | Path) -> list[str]:
     numeric version folder with a ``model.py`` and an ``artifact/model.json``; and a
     combined model (``heads``: a ``members`` parameter, no artifact of its own) when one of
     its members can be."""
+    from yujing.service.triton.heads import members_of
+
     repo = Path(model_repository)
     found, combined = [], {}
     for cfg in sorted(repo.glob("*/config.pbtxt")):
@@ -152,19 +154,11 @@ def discover_models(model_repository: str | Path) -> list[str]:
             if (version / "artifact" / "model.json").is_file():
                 found.append(model_dir.name)
                 break
-            members = _members_parameter(cfg)
+            members = members_of(model_dir)
             if members:
                 combined[model_dir.name] = members
                 break
     return found + [name for name, members in combined.items() if any(m in found for m in members)]
-
-
-def _members_parameter(config_pbtxt: Path) -> list[str]:
-    """The ``members`` parameter of a combined model's config.pbtxt ([] when none)."""
-    import re
-    match = re.search(r'key:\s*"members"\s*value:\s*{\s*string_value:\s*"([^"]*)"',
-                      config_pbtxt.read_text(encoding="utf-8"))
-    return [m.strip() for m in match.group(1).split(",") if m.strip()] if match else []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
