@@ -351,12 +351,18 @@ class TritonModelClient:
         return read_labels(self.model_repository, model_name, version)
 
     # -- repository API (explicit model-control mode) ---------------------------------
-    async def load_model(self, model_name: str, timeout_s: float = 120.0) -> None:
+    async def load_model(self, model_name: str, timeout_s: float = 120.0, config: dict | None = None) -> None:
         """(Re)load a model: Triton rescans its folder and serves the versions its
-        version_policy selects. Raises :class:`TritonClientError` if the load fails."""
+        version_policy selects. Raises :class:`TritonClientError` if the load fails.
+
+        ``config`` (the JSON model config) replaces the one on disk for this load. Triton
+        skips the reload of a model whose folder and config it thinks unchanged; a config
+        that differs (a new parameter value) makes it load the model again."""
         self._model_max_batch.pop(model_name, None)      # a reload may bring a new config
+        extra = {"config": json.dumps(config)} if config is not None else {}
         await self._call(f"load {model_name}",
-                         self._grpc().load_model(model_name, headers=self.headers, client_timeout=timeout_s))
+                         self._grpc().load_model(model_name, headers=self.headers, client_timeout=timeout_s,
+                                                 **extra))
 
     async def unload_model(self, model_name: str, timeout_s: float = 60.0) -> None:
         await self._call(f"unload {model_name}",

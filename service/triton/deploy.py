@@ -80,6 +80,8 @@ MODEL_PY = '''\
 from yujing.service.triton.backend import TritonPythonModel  # noqa: F401
 '''
 
+RELOAD_PARAMETER = "reload"  # set on a combined model's config to force its reload
+
 # The Triton beside the service (Dockerfile.gpu sets $YUJING_TRITON_URL).
 DEFAULT_TRITON_URL = os.environ.get("YUJING_TRITON_URL", "127.0.0.1:8001")
 TRITON_KEY_FILE_ENV = "YUJING_TRITON_KEY_FILE"
@@ -264,7 +266,7 @@ async def _reload_and_smoke_combined(client: TritonModelClient, heads: str, name
                                      load_timeout_s: float) -> None:
     """Step 4b for one combined model that Triton serves."""
     try:
-        await client.load_model(heads, timeout_s=load_timeout_s)
+        await reload_combined(client, heads, f"deploy {name} v{version}", timeout_s=load_timeout_s)
     except TritonClientError as exc:
         raise DeployError(f"Triton refused to reload {heads} with {name} v{version}: {exc}") from exc
     try:
@@ -280,12 +282,28 @@ async def _reload_and_smoke_combined(client: TritonModelClient, heads: str, name
         raise DeployError(f"{name} v{version}: {heads} on Triton and in-process answers differ (max {worst:.4f})")
 
 
+async def reload_combined(client: TritonModelClient, heads: str, reason: str, timeout_s: float = 120.0) -> None:
+    """Make Triton load the combined model ``heads`` again, so it reads its members' versions
+    anew. Its folder does not change when a member gets a version, and Triton skips the
+    reload of a model it thinks unchanged (seen with the wheel's Triton: a second plain
+    reload within a run was skipped); so it is loaded with its own config plus a
+    ``reload`` parameter that is new each time."""
+    config = await client.model_config(heads, timeout_s=10.0)
+    params = dict(config.get("parameters") or {})
+    params[RELOAD_PARAMETER] = {"string_value": f"{reason} ({uuid.uuid4().hex[:12]})"}
+    await client.load_model(heads, timeout_s=timeout_s, config={**config, "parameters": params})
+
+
 async def _restore(url: str, names: Sequence[str], key: TritonKey | None) -> str:
+    """Reload ``names[0]`` (the member) and the combined models after it."""
     failed = []
     async with TritonModelClient(url, headers=_headers(key)) as client:
-        for name in names:
+        for i, name in enumerate(names):
             try:
-                await client.load_model(name, timeout_s=120.0)
+                if i:
+                    await reload_combined(client, name, "restore after a refused deploy")
+                else:
+                    await client.load_model(name, timeout_s=120.0)
             except Exception as exc:  # the old version may still be loaded; say what we know
                 failed.append(f"reloading {name} on Triton failed too ({exc})")
     return "; ".join(failed) if failed else "Triton reloaded the previous versions"

@@ -272,9 +272,17 @@ class ModelRouter:
         if not texts:
             return self._empty(versions, TRITON, degraded=False)
         if self._combined_usable:
-            heads = await asyncio.wait_for(
-                self.client.infer_heads(self.combined_model, texts, versions, timeout_s=deadline),
-                timeout=deadline)
+            try:
+                heads = await asyncio.wait_for(
+                    self.client.infer_heads(self.combined_model, texts, versions, timeout_s=deadline),
+                    timeout=deadline)
+            except TritonClientError as exc:
+                if exc.status != "NOT_FOUND":
+                    raise
+                # heads lacks a pinned version (serving_version changed without a deploy,
+                # which reloads heads): the models themselves still serve it.
+                self._use_combined(False, f"it has not loaded the pinned versions ({exc})")
+                return await self._classify_triton(texts, versions, deadline_s)
             answers = [heads[m] for m in self.models]
         else:
             answers = await asyncio.wait_for(
@@ -454,11 +462,17 @@ class ModelRouter:
             missing = [m for m in self.models if m not in outputs]
             if missing:
                 why = f"it has no {', '.join(missing)}"
+            else:
+                await self.client.infer_heads(self.combined_model, ["ping"], dict(self._versions),
+                                              timeout_s=self.probe_timeout_s)
         except TritonClientError as exc:
             if not await self.client.is_server_ready(timeout_s=self.probe_timeout_s):
                 raise
-            why = f"Triton does not serve it ({exc})"
-        self._combined_usable = why is None
+            why = f"Triton does not serve it at the pinned versions ({exc})"
+        self._use_combined(why is None, why)
+
+    def _use_combined(self, usable: bool, why: str | None) -> None:
+        self._combined_usable = usable
         if why is not None and why != self._combined_warned:
             log.warning("combined model %s not used, %s: one Triton call per model", self.combined_model, why)
         elif why is None and self._combined_warned is not None:
@@ -487,6 +501,11 @@ class ModelRouter:
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.version_poll_s
                     self.refresh_versions()
+                    if self.combined_model and not self._combined_usable and not self._breaker_open:
+                        try:  # back to one call per batch once heads serves the pinned versions
+                            await self._check_combined()
+                        except Exception:
+                            pass  # Triton itself failing: the next batch trips the breaker
                 if self.client is not None and self._breaker_open and await self._probe():
                     self._set_breaker(False, "probe succeeded")
             except asyncio.CancelledError:

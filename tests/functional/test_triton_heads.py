@@ -13,7 +13,7 @@ from conftest_triton import (
     COMMITTED_REPO, INTENT_KEYWORDS, INTENT_LABELS, SENTIMENT_KEYWORDS, SENTIMENT_LABELS, make_model_repo,
     requires_triton, start_triton, write_keyword_artifact,
 )
-from yujing.service.triton.client import TritonClientError, TritonModelClient
+from yujing.service.triton.client import TritonClientError, TritonModelClient, set_serving_version
 from yujing.service.triton.deploy import deploy_model_async
 from yujing.service.triton.launcher import TritonServer
 from yujing.service.triton.router import IN_PROCESS, TRITON, ModelRouter
@@ -133,6 +133,8 @@ def test_without_heads_or_with_a_model_heads_lacks_the_router_calls_each_model(t
 def test_a_deployed_version_is_served_through_heads(triton_server, model_repo, tmp_path):
     new = write_keyword_artifact(tmp_path / "new", "sentiment", FIVE_LABELS,
                                  {"very_negative": ["投诉"], "very_positive": ["谢谢"]})
+
+    set_serving_version(model_repo, "sentiment", 1)  # else "the newest" would serve v2 at once
 
     async def go():
         async with ModelRouter(model_repo, triton_server.grpc_url, version_poll_s=0.1) as router:
