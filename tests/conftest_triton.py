@@ -14,7 +14,8 @@ model.json of a ``test-keyword`` artifact::
      "sleep_on": "SLOW",       # optional: predict_proba sleeps sleep_s on a text containing it
      "sleep_in_triton_only": false,  # optional: ... only inside Triton's Python stub
      "fail_load": false,       # optional: the loader refuses the artifact
-     "fail_in_triton": false}  # optional: ... only inside Triton's Python stub
+     "fail_in_triton": false,  # optional: ... only inside Triton's Python stub
+     "fail_in_heads": false}   # optional: ... only inside the stub of the combined model heads
 """
 from __future__ import annotations
 
@@ -80,12 +81,20 @@ def _in_triton() -> bool:
     return "triton_python_backend_utils" in sys.modules  # only Triton's Python stub has it
 
 
+def _in_heads() -> bool:
+    """Inside the stub of the combined model heads (its model.py imports this module; a
+    member's own stub imports only yujing.service.triton.backend)."""
+    return _in_triton() and "yujing.service.triton.heads" in sys.modules
+
+
 @register_loader("test-keyword")
 def _load_keyword(path: Path, meta: dict) -> KeywordModel:
     if meta.get("fail_load"):
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_load")
     if meta.get("fail_in_triton") and _in_triton():
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_in_triton")
+    if meta.get("fail_in_heads") and _in_heads():
+        raise ArtifactError(f"{path}: test-keyword artifact marked fail_in_heads")
     return KeywordModel(name=meta["name"], version=str(meta.get("version", "0")),
                         labels=tuple(meta["labels"]), keywords=dict(meta.get("keywords", {})),
                         bias=float(meta.get("bias", 1.0)), fail_on=meta.get("fail_on"),

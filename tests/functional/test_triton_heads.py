@@ -13,8 +13,8 @@ from conftest_triton import (
     COMMITTED_REPO, INTENT_KEYWORDS, INTENT_LABELS, SENTIMENT_KEYWORDS, SENTIMENT_LABELS, make_model_repo,
     requires_triton, start_triton, write_keyword_artifact,
 )
-from yujing.service.triton.client import TritonClientError, TritonModelClient, set_serving_version
-from yujing.service.triton.deploy import deploy_model_async
+from yujing.service.triton.client import TritonClientError, TritonModelClient, serving_version, set_serving_version
+from yujing.service.triton.deploy import DeployError, deploy_model_async
 from yujing.service.triton.launcher import TritonServer
 from yujing.service.triton.router import IN_PROCESS, TRITON, ModelRouter
 
@@ -41,7 +41,7 @@ def _same(a, b, served_by=TRITON) -> None:
             continue
         assert (x.model_name, x.model_version, x.labels, x.served_by, x.languages) == \
             (y.model_name, y.model_version, y.labels, y.served_by, y.languages)
-        np.testing.assert_allclose(x.probs, y.probs, atol=1e-6)
+        np.testing.assert_array_equal(x.probs, y.probs)
 
 
 def test_heads_answers_what_one_call_per_model_answers_for_the_trained_models():
@@ -65,7 +65,7 @@ def test_heads_answers_what_one_call_per_model_answers_for_the_trained_models():
     local, heads = results["in-process"], results["heads"][1]
     for x, y in ((local.sentiment, heads.sentiment), (local.intent, heads.intent), (local.emotion, heads.emotion)):
         assert (x.model_name, x.model_version, x.labels) == (y.model_name, y.model_version, y.labels)
-        np.testing.assert_allclose(x.probs, y.probs, atol=1e-6)
+        np.testing.assert_array_equal(x.probs, y.probs)
 
 
 def test_heads_refuses_a_version_it_did_not_load_and_answers_the_other_requests(triton_server):
@@ -104,7 +104,7 @@ def test_batches_go_through_heads_and_fall_back_when_triton_dies(triton_server, 
     for result in (down, after):
         for x, y in ((result.sentiment, before.sentiment), (result.intent, before.intent)):
             assert (x.model_name, x.model_version, x.labels) == (y.model_name, y.model_version, y.labels)
-            np.testing.assert_allclose(x.probs, y.probs, atol=1e-6)
+            np.testing.assert_array_equal(x.probs, y.probs)
 
 
 def test_without_heads_or_with_a_model_heads_lacks_the_router_calls_each_model(tmp_path):
@@ -127,7 +127,7 @@ def test_without_heads_or_with_a_model_heads_lacks_the_router_calls_each_model(t
     assert no_heads[0] == "per-model" and lacking[0] == "per-model" and with_heads[0] == "combined:heads"
     _same(no_heads[1], with_heads[1])
     assert lacking[1].sentiment.model_name == "sentiment_alt" and lacking[1].served_by == TRITON
-    np.testing.assert_allclose(lacking[1].sentiment.probs, with_heads[1].sentiment.probs, atol=1e-6)
+    np.testing.assert_array_equal(lacking[1].sentiment.probs, with_heads[1].sentiment.probs)
 
 
 def test_a_deployed_version_is_served_through_heads(triton_server, model_repo, tmp_path):
@@ -160,3 +160,33 @@ def test_a_deployed_version_is_served_through_heads(triton_server, model_repo, t
     assert after.served_by == TRITON and after.sentiment.model_version == "3"
     assert after.sentiment.labels == FIVE_LABELS
     assert FIVE_LABELS[int(np.argmax(after.sentiment.probs[0]))] == "very_positive"
+
+
+def test_a_version_that_heads_refuses_is_rolled_back_in_heads_too(triton_server, model_repo, tmp_path):
+    """A new version that its own model loads and answers, but that heads cannot load:
+    refused, removed, heads reloaded without it; the service goes on through heads at v1."""
+    new = write_keyword_artifact(tmp_path / "new", "sentiment", FIVE_LABELS,
+                                 {"very_negative": ["投诉"], "very_positive": ["谢谢"]}, fail_in_heads=True)
+
+    async def go():
+        async with ModelRouter(model_repo, triton_server.grpc_url, version_poll_s=0.1) as router:
+            before = await router.classify(TEXTS)
+            with pytest.raises(DeployError) as info:
+                await deploy_model_async(new, "sentiment", model_repository=model_repo,
+                                         triton_url=triton_server.grpc_url, triton_key=triton_server.key)
+            async with TritonModelClient(triton_server.grpc_url, headers=triton_server.control_headers) as client:
+                ready = await client.ready_versions("sentiment")
+                heads_ready = await client.is_model_ready("heads")
+                with pytest.raises(TritonClientError, match="has not loaded sentiment v2") as refused:
+                    await client.infer_heads("heads", ["谢谢"], {"sentiment": "2"})
+            await asyncio.sleep(0.3)  # a few version polls: nothing to switch to
+            after = await router.classify(TEXTS)
+            return str(info.value), ready, heads_ready, refused.value.status, before, after, router
+
+    error, ready, heads_ready, status, before, after, router = asyncio.run(go())
+    assert "Triton refused to reload heads with sentiment v2" in error and "fail_in_heads" in error
+    assert "version 2 removed" in error and "Triton reloaded the previous versions" in error
+    assert ready == ["1"] and heads_ready and status == "NOT_FOUND"
+    assert serving_version(model_repo, "sentiment") == "1" and not (model_repo / "sentiment" / "2").exists()
+    assert router.triton_calls == "combined:heads" and router.stats.triton_failures == 0
+    _same(before, after)

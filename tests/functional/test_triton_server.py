@@ -240,4 +240,4 @@ def test_committed_repository_serves_the_trainers_artifacts():
     assert sorted(heads) == ["emotion", "intent", "sentiment"]
     for model, (probs, version) in heads.items():  # heads answers each member's serving version
         assert version == answers[model][0][1], model
-        np.testing.assert_allclose(probs, answers[model][0][0], atol=1e-6)
+        np.testing.assert_array_equal(probs, answers[model][0][0])
