@@ -245,6 +245,14 @@ class ModelRouter:
         return f"combined:{self.combined_model}" if self._combined_usable else "per-model"
 
     @property
+    def model_calls_per_batch(self) -> int:
+        """Model calls the next batch costs where it goes: 1 through the combined model (one
+        Triton request, or one in-process pass), else one per model."""
+        if self.served_by == TRITON:
+            return 1 if self._combined_usable else len(self.models)
+        return 1 if self.combined_model else len(self.models)
+
+    @property
     def versions(self) -> dict[str, str]:
         """The pinned version of each model."""
         return dict(self._versions)

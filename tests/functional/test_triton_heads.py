@@ -52,14 +52,15 @@ def test_heads_answers_what_one_call_per_model_answers_for_the_trained_models():
             for combined in ("heads", None):
                 async with ModelRouter(COMMITTED_REPO, server.grpc_url, emotion_model="emotion", deadline_s=30,
                                        combined_model=combined) as router:
-                    results[combined] = (router.triton_calls, await router.classify(TEXTS),
+                    results[combined] = ((router.triton_calls, router.model_calls_per_batch),
+                                         await router.classify(TEXTS),
                                          await router.classify(TEXTS * 40), await router.classify([]))
             async with ModelRouter(COMMITTED_REPO, emotion_model="emotion") as local:
                 results["in-process"] = await local.classify(TEXTS)
             return results
 
         results = asyncio.run(go())
-    assert results["heads"][0] == "combined:heads" and results[None][0] == "per-model"
+    assert results["heads"][0] == ("combined:heads", 1) and results[None][0] == ("per-model", 3)
     for one, per_model in zip(results["heads"][1:], results[None][1:]):
         _same(one, per_model)
     local, heads = results["in-process"], results["heads"][1]
@@ -93,7 +94,7 @@ def test_batches_go_through_heads_and_fall_back_when_triton_dies(triton_server, 
             before = await router.classify(TEXTS)
             triton_server.kill()
             down = await router.classify(TEXTS)
-            assert router.served_by == IN_PROCESS
+            assert router.served_by == IN_PROCESS and router.model_calls_per_batch == 1  # one in-process pass
             await asyncio.get_running_loop().run_in_executor(None, triton_server.start)
             assert await router.wait_for(TRITON, 20), router.stats
             return before, down, await router.classify(TEXTS), router.triton_calls
