@@ -76,3 +76,17 @@ def test_in_process_router_answers_the_same_with_and_without_the_combined_pass()
         assert (a.model_name, a.model_version, a.labels, a.served_by, a.languages) == \
             (b.model_name, b.model_version, b.labels, b.served_by, b.languages)
         np.testing.assert_array_equal(a.probs, b.probs)
+
+
+def test_bench_heads_measures_both_ways_side_by_side_in_process():
+    """`yujing bench heads` (smoke, in-process): the two routers call as labelled, every
+    batch size has both rows and their ratios."""
+    from yujing.loadtest.bench.heads import bench_heads
+
+    out = bench_heads(batches=(1, 16), seconds=0.05, triton=False)
+    assert {m: r["model_calls_per_batch"] for m, r in out["in_process_routers"].items()} == \
+        {"heads": 1, "per_model": 3}
+    assert [row["heads"]["batch"] for row in out["in_process"]] == [1, 16]
+    for row in out["in_process"]:
+        assert row["heads"]["calls"] >= 1 and row["per_model"]["calls"] >= 1
+        assert row["per_model_over_heads"]["p50"] > 0
