@@ -28,6 +28,8 @@ Metric names (all prefixed ``yujing_``):
     model_call_errors_total{kind}              counter   failed model calls / Triton trips
     triton_model_reloads_total{model}          counter   models the embedded Triton had unloaded, reloaded
     fallback_active                            gauge     1 when answers come from the in-process fallback
+    model_calls_per_batch                      gauge     model calls a micro-batch costs: 1 through heads, else
+                                                         one per model (--combined-model '', or heads unusable)
     live_sessions                              gauge     sessions in the table
     session_evictions_total                    counter   idle sessions evicted to make room
     session_expirations_total                  counter   sessions expired by the TTL
@@ -113,6 +115,15 @@ class _TableCollector:
                 log.debug("router read failed", exc_info=True)
         fb.add_metric([], self.m._fallback)
         yield fb
+        if router is not None and hasattr(router, "model_calls_per_batch"):
+            calls = GaugeMetricFamily("yujing_model_calls_per_batch",
+                                      "Model calls one micro-batch costs: 1 through the combined model heads "
+                                      "(one Triton request or one in-process pass), else one per model")
+            try:
+                calls.add_metric([], int(router.model_calls_per_batch))
+                yield calls
+            except Exception:
+                log.debug("router read failed", exc_info=True)
         core = self.m.core_calls()
         if core is not None:
             calls = CounterMetricFamily("yujing_grpc_core_calls", "Calls gRPC core started on the service's "

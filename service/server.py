@@ -578,7 +578,7 @@ class YujingServer:
         cfg = self.config
         url = headers = None
         if cfg.models == "embedded":
-            from yujing.service.triton.launcher import TritonServer
+            from yujing.service.triton.launcher import TritonServer, discover_models
 
             port = cfg.triton_port
             if port and not _port_free(port):
@@ -586,7 +586,8 @@ class YujingServer:
                 port = 0
             key_file = cfg.triton_key_file or (Path(cfg.data_dir) / KEY_FILE_NAME if cfg.data_dir else None)
             self.triton = TritonServer(cfg.model_repo, models=[m for m in (cfg.sentiment_model, cfg.intent_model,
-                                                                   cfg.emotion_model) if m],
+                                                                   cfg.emotion_model) if m]
+                                       + [m for m in (cfg.combined_model,) if m in discover_models(cfg.model_repo)],
                                        grpc_port=port, allow_http=False, allow_metrics=True, key_file=key_file)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
             url = self.triton.grpc_url
@@ -598,7 +599,8 @@ class YujingServer:
             headers = read_key_file(cfg.triton_key_file).grpc_headers() if cfg.triton_key_file else None
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
                                   intent_model=cfg.intent_model, emotion_model=cfg.emotion_model or None,
-                                  deadline_s=cfg.triton_timeout_ms / 1000, triton_headers=headers)
+                                  deadline_s=cfg.triton_timeout_ms / 1000, triton_headers=headers,
+                                  combined_model=cfg.combined_model or None)
         await self.router.start()
 
     async def _supervise_triton(self) -> None:

@@ -14,7 +14,8 @@ model.json of a ``test-keyword`` artifact::
      "sleep_on": "SLOW",       # optional: predict_proba sleeps sleep_s on a text containing it
      "sleep_in_triton_only": false,  # optional: ... only inside Triton's Python stub
      "fail_load": false,       # optional: the loader refuses the artifact
-     "fail_in_triton": false}  # optional: ... only inside Triton's Python stub
+     "fail_in_triton": false,  # optional: ... only inside Triton's Python stub
+     "fail_in_heads": false}   # optional: ... only inside the stub of the combined model heads
 """
 from __future__ import annotations
 
@@ -80,12 +81,20 @@ def _in_triton() -> bool:
     return "triton_python_backend_utils" in sys.modules  # only Triton's Python stub has it
 
 
+def _in_heads() -> bool:
+    """Inside the stub of the combined model heads (its model.py imports this module; a
+    member's own stub imports only yujing.service.triton.backend)."""
+    return _in_triton() and "yujing.service.triton.heads" in sys.modules
+
+
 @register_loader("test-keyword")
 def _load_keyword(path: Path, meta: dict) -> KeywordModel:
     if meta.get("fail_load"):
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_load")
     if meta.get("fail_in_triton") and _in_triton():
         raise ArtifactError(f"{path}: test-keyword artifact marked fail_in_triton")
+    if meta.get("fail_in_heads") and _in_heads():
+        raise ArtifactError(f"{path}: test-keyword artifact marked fail_in_heads")
     return KeywordModel(name=meta["name"], version=str(meta.get("version", "0")),
                         labels=tuple(meta["labels"]), keywords=dict(meta.get("keywords", {})),
                         bias=float(meta.get("bias", 1.0)), fail_on=meta.get("fail_on"),
@@ -101,10 +110,11 @@ def write_keyword_artifact(path: Path, name: str, labels: Sequence[str],
     return path
 
 
-def make_model_repo(root: Path, models: dict[str, dict] | None = None) -> Path:
+def make_model_repo(root: Path, models: dict[str, dict] | None = None, combined: bool = True) -> Path:
     """A model repository under ``root`` with the committed config.pbtxt and model.py of each
     model and a ``test-keyword`` artifact as version 1. ``models`` maps a model name to
-    ``write_keyword_artifact`` keyword arguments; default: sentiment and intent."""
+    ``write_keyword_artifact`` keyword arguments; default: sentiment and intent. ``combined``:
+    the committed ``heads`` too (it serves those of its members that are here)."""
     if models is None:
         models = {
             "sentiment": dict(labels=SENTIMENT_LABELS, keywords=SENTIMENT_KEYWORDS),
@@ -119,6 +129,10 @@ def make_model_repo(root: Path, models: dict[str, dict] | None = None) -> Path:
         shutil.copy2(committed / "1" / "model.py", model_dir / "1" / "model.py")
         write_keyword_artifact(model_dir / "1" / "artifact", name=name, **spec)
         (model_dir / "labels.txt").write_text("\n".join(spec["labels"]) + "\n", encoding="utf-8")
+    if combined:
+        (repo / "heads" / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(COMMITTED_REPO / "heads" / "config.pbtxt", repo / "heads" / "config.pbtxt")
+        shutil.copy2(COMMITTED_REPO / "heads" / "1" / "model.py", repo / "heads" / "1" / "model.py")
     return repo
 
 
@@ -150,7 +164,7 @@ def start_triton(repo: Path, models: Sequence[str] | None = None, **kwargs):
 
 @pytest.fixture
 def model_repo(tmp_path) -> Path:
-    """A fresh repository: sentiment and intent, version 1, test-keyword artifacts."""
+    """A fresh repository: sentiment and intent, version 1, test-keyword artifacts, and heads."""
     return make_model_repo(tmp_path)
 
 

@@ -130,6 +130,18 @@ def test_the_wheel_carries_contract_policy_lexicons_and_default_models(wheel_ven
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[:3] == ["True", "True", "True"]
     assert "'intent'," in r.stdout and "'sentiment']" in r.stdout and r.stdout.strip().endswith("False")
+    assert "'heads'," in r.stdout  # the service's default model call: sentiment, emotion, intent in one
+
+
+def test_the_wheel_carries_heads_ready_to_load(wheel_venv, tmp_path):
+    """The embedded Triton of an installed service loads heads (it is the service's default
+    model call): its config, its model.py, and discover_models finds it beside its members."""
+    r = _run(wheel_venv, "from yujing.service import paths as p; from yujing.service.triton.launcher import "
+                         "discover_models; h = p.DEFAULT_MODEL_REPO / 'heads'; "
+                         "print((h / 'config.pbtxt').is_file(), (h / '1' / 'model.py').is_file(), "
+                         "'heads' in discover_models(p.DEFAULT_MODEL_REPO))", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "True"]
 
 
 def test_the_installed_command_serves_a_score_from_another_directory(wheel_venv, tmp_path):

@@ -4,6 +4,7 @@
     yujing bench peer    [--turns 1000000] [--peer-sessions 20000] [--out FILE] (loadtest/bench/peer.py)
     yujing bench models  [--batch 1 8 64 256 1024] [--out FILE]                 (loadtest/bench/models.py)
     yujing bench e2e     [--duration 10] [--client-processes 1] [--out FILE]    (loadtest/bench/e2e.py)
+    yujing bench heads   [--batch 1 8 64 256 1024] [--out FILE]                 (loadtest/bench/heads.py)
     yujing bench projection [--batch ...]     (arithmetic for one H100; a projection, not a measurement)
     yujing bench featurize [--batch 1 256 4096] [--out FILE]                    (loadtest/bench/featurize.py)
     yujing bench alerts  [--json FILE] [--alert-turns 40000] ...                (loadtest/bench/alerts.py)
@@ -421,6 +422,9 @@ def _run(args) -> int:
     elif args.suite == "models":
         from yujing.loadtest.bench.models import bench_models
         result = bench_models(batches=tuple(args.batch or (1, 8, 64, 256, 1024)), seconds=args.seconds)
+    elif args.suite == "heads":
+        from yujing.loadtest.bench.heads import bench_heads
+        result = bench_heads(batches=tuple(args.batch or (1, 8, 64, 256, 1024)), seconds=args.seconds)
     elif args.suite == "e2e":
         from yujing.loadtest.bench.e2e import bench_e2e
         result = bench_e2e(args)
@@ -452,12 +456,12 @@ def _run(args) -> int:
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
     p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "closed", "projection", "alerts",
-                                          "durability", "featurize"))
+                                          "durability", "featurize", "heads"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
     p.add_argument("--batch", type=int, nargs="+", default=None,
                    help="kernels: batch sizes (default 256..65536); peer: the kernel's batch (4096); "
-                        "models: batch sizes (default 1 8 64 256 1024); featurize: (default 1 256 4096)")
+                        "models, heads: batch sizes (default 1 8 64 256 1024); featurize: (default 1 256 4096)")
     p.add_argument("--seconds", type=float, default=1.5, help="seconds per measured point")
     p.add_argument("--turns", type=int, default=1_000_000, help="peer: turns in the replayed log")
     p.add_argument("--peer-sessions", type=int, default=20_000, help="peer: sessions in the log")

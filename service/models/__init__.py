@@ -45,7 +45,12 @@ class SoftmaxModel:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), np.float32)
-        z = np.asarray(self.logits(texts), np.float32) / np.float32(self.temperature)
+        return self.softmax(self.logits(texts))
+
+    def softmax(self, logits: np.ndarray) -> np.ndarray:
+        """``softmax(logits / temperature)`` row by row, float32 (the last step of
+        :meth:`predict_proba`; :mod:`yujing.service.models.multihead` calls it too)."""
+        z = np.asarray(logits, np.float32) / np.float32(self.temperature)
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)

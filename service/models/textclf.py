@@ -406,7 +406,13 @@ class HashedNgramClassifier(SoftmaxModel):
 
     # features in the stored (compact) column space
     def features(self, texts: Sequence[str]):
-        ptr, idx, cnt = hash_features(texts, self.cfg)
+        return self.features_from_counts(hash_features(texts, self.cfg))
+
+    def features_from_counts(self, counts):
+        """TF-IDF rows in the stored column space from :func:`hash_features` ``(ptr, idx,
+        cnt)``: the part that depends on the model, not only on its :class:`FeatureConfig`
+        (models with equal configs can share one ``hash_features`` pass)."""
+        ptr, idx, cnt = counts
         return _tfidf_remap(ptr, idx, cnt, self.remap, self.idf, self.cfg.sublinear_tf)
 
     @property
@@ -422,7 +428,12 @@ class HashedNgramClassifier(SoftmaxModel):
         return blocks[0] if len(blocks) == 1 else np.hstack(blocks)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        ptr, cols, vals = self.features(texts)
+        return self.logits_from_counts(texts, hash_features(texts, self.cfg))
+
+    def logits_from_counts(self, texts: Sequence[str], counts) -> np.ndarray:
+        """:meth:`logits` given the texts' :func:`hash_features` ``counts`` (computed once
+        for several models with the same :class:`FeatureConfig`)."""
+        ptr, cols, vals = self.features_from_counts(counts)
         dense = self.dense(texts)
         z = np.zeros((len(texts), len(self.labels)), np.float32)
         for h in self.heads:

@@ -214,6 +214,66 @@ class TritonModelClient:
         probs = parts[0][0] if len(parts) == 1 else np.concatenate([p for p, _ in parts])
         return probs, versions.pop()
 
+    async def infer_heads(self, model_name: str, texts: Sequence[str], heads: Mapping[str, str | int],
+                          timeout_s: float | None = None) -> dict[str, tuple[np.ndarray, str]]:
+        """Several models' probabilities of ``texts`` in one request to a combined model
+        (``heads``, :mod:`yujing.service.triton.heads`): ``heads`` maps each member model
+        to the version wanted ("" for the one it serves); returns ``{member: (float32
+        [len(texts), n_labels], version)}``, the versions as the model reported them.
+
+        >>> answers = await client.infer_heads("heads", ["thanks!"], {"sentiment": "2", "intent": "2"})  # doctest: +SKIP
+        >>> answers["intent"][1]  # doctest: +SKIP
+        '2'
+        """
+        timeout = self.default_timeout_s if timeout_s is None else timeout_s
+        heads = {m: str(v) for m, v in heads.items()}
+        n = len(texts)
+        if n == 0:
+            return {m: (np.zeros((0, 0), dtype=np.float32), v) for m, v in heads.items()}
+        step = await self._max_batch(model_name, timeout)
+        chunks = [texts[i:i + step] for i in range(0, n, step)]
+        parts = await asyncio.gather(*(self._infer_heads_chunk(model_name, c, heads, timeout) for c in chunks))
+        out = {}
+        for member in heads:
+            versions = {p[member][1] for p in parts}
+            if len(versions) != 1:
+                raise TritonClientError(f"{model_name}: {member} in one batch answered by versions {sorted(versions)}")
+            probs = [p[member][0] for p in parts]
+            out[member] = (probs[0] if len(probs) == 1 else np.concatenate(probs), versions.pop())
+        return out
+
+    async def _infer_heads_chunk(self, model_name: str, texts: Sequence[str], heads: Mapping[str, str],
+                                 timeout: float) -> dict[str, tuple[np.ndarray, str]]:
+        import tritonclient.grpc.aio as grpcclient
+        from yujing.service.triton.heads import MODELS_OUTPUT, VERSION_SEP
+        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+        tensor = grpcclient.InferInput(TRITON_INPUT, list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        outputs = [grpcclient.InferRequestedOutput(m) for m in heads]
+        outputs.append(grpcclient.InferRequestedOutput(MODELS_OUTPUT))
+        result = await self._call(
+            f"infer {model_name}",
+            self._grpc().infer(model_name, [tensor], outputs=outputs, headers=self.headers,
+                               parameters={m: v for m, v in heads.items() if v}, client_timeout=timeout))
+        served = result.as_numpy(MODELS_OUTPUT)
+        if served is None or served.ndim != 2 or served.shape[0] != len(texts):
+            raise TritonClientError(f"{model_name}: output {MODELS_OUTPUT} has shape "
+                                    f"{None if served is None else served.shape}, expected ({len(texts)}, heads)")
+        versions = {}
+        for item in served[0]:
+            member, _, version = (item.decode() if isinstance(item, bytes) else str(item)).partition(VERSION_SEP)
+            versions[member] = version
+        answers = {}
+        for member in heads:
+            probs = result.as_numpy(member)
+            if member not in versions or probs is None:
+                raise TritonClientError(f"{model_name}: no answer for {member} (it answered {sorted(versions)})")
+            if probs.ndim != 2 or probs.shape[0] != len(texts) or probs.shape[1] < 1:
+                raise TritonClientError(f"{model_name}: output {member} has shape {probs.shape}, "
+                                        f"expected ({len(texts)}, n_labels)")
+            answers[member] = (np.asarray(probs, dtype=np.float32), versions[member])
+        return answers
+
     async def _max_batch(self, model_name: str, timeout: float) -> int:
         """The model's ``max_batch_size`` from Triton (cached); the client's default when
         Triton cannot say (the request then fails or succeeds on its own)."""
@@ -291,12 +351,18 @@ class TritonModelClient:
         return read_labels(self.model_repository, model_name, version)
 
     # -- repository API (explicit model-control mode) ---------------------------------
-    async def load_model(self, model_name: str, timeout_s: float = 120.0) -> None:
+    async def load_model(self, model_name: str, timeout_s: float = 120.0, config: dict | None = None) -> None:
         """(Re)load a model: Triton rescans its folder and serves the versions its
-        version_policy selects. Raises :class:`TritonClientError` if the load fails."""
+        version_policy selects. Raises :class:`TritonClientError` if the load fails.
+
+        ``config`` (the JSON model config) replaces the one on disk for this load. Triton
+        skips the reload of a model whose folder and config it thinks unchanged; a config
+        that differs (a new parameter value) makes it load the model again."""
         self._model_max_batch.pop(model_name, None)      # a reload may bring a new config
+        extra = {"config": json.dumps(config)} if config is not None else {}
         await self._call(f"load {model_name}",
-                         self._grpc().load_model(model_name, headers=self.headers, client_timeout=timeout_s))
+                         self._grpc().load_model(model_name, headers=self.headers, client_timeout=timeout_s,
+                                                 **extra))
 
     async def unload_model(self, model_name: str, timeout_s: float = 60.0) -> None:
         await self._call(f"unload {model_name}",

@@ -13,12 +13,18 @@ Steps, each of which must pass before the next:
    and the new version must become READY.
 4. The smoke set runs on Triton against exactly the new version and must match the
    in-process answers.
+4b. Every combined model of the repository that has ``NAME`` among its members
+   (``heads``, :mod:`yujing.service.triton.heads`) and that Triton serves is reloaded:
+   it loads the serving version and the new one. The smoke set runs through it, asking
+   for the new version, and must match the in-process answers too: the service's batches
+   go through ``heads``.
 5. Only then ``model_repo/NAME/serving_version`` is rewritten (atomically). The running
    service's :class:`~yujing.service.triton.router.ModelRouter` re-reads it every second and
    switches; no admin call, no restart.
 
 If any step fails, the new version folder is removed, Triton is asked to reload ``NAME``
-(back to the versions it served before), ``serving_version`` is untouched, so the old
+and its combined models (back to the versions they served before), ``serving_version`` is
+untouched, so the old
 version keeps serving, and :class:`DeployError` says what failed.
 
     >>> deploy_model("runs/sentiment-2025-06-01", "sentiment",                    # doctest: +SKIP
@@ -73,6 +79,8 @@ MODEL_PY = '''\
 # Triton Python-backend entry point: the generic model is yujing.service.triton.backend.
 from yujing.service.triton.backend import TritonPythonModel  # noqa: F401
 '''
+
+RELOAD_PARAMETER = "reload"  # set on a combined model's config to force its reload
 
 # The Triton beside the service (Dockerfile.gpu sets $YUJING_TRITON_URL).
 DEFAULT_TRITON_URL = os.environ.get("YUJING_TRITON_URL", "127.0.0.1:8001")
@@ -182,13 +190,15 @@ async def deploy_model_async(
 
         checked_on_triton = False
         if triton_url:
+            combined: list[str] = []  # the combined models Triton serves with NAME in them
             try:
+                combined += await _served_combined(triton_url, combined_models_of(repo, name), triton_key)
                 await _load_and_smoke(triton_url, name, version, labels, local_probs,
-                                      list(smoke_texts), load_timeout_s, triton_key)
+                                      list(smoke_texts), load_timeout_s, triton_key, combined)
                 checked_on_triton = True
             except BaseException as exc:
                 shutil.rmtree(target, ignore_errors=True)
-                restore = await _restore(triton_url, name, triton_key)
+                restore = await _restore(triton_url, [name, *combined], triton_key)
                 if isinstance(exc, DeployError):
                     raise DeployError(f"{exc}; version {version} removed, {restore}") from exc
                 raise
@@ -197,13 +207,30 @@ async def deploy_model_async(
     return DeployResult(name, version, previous, labels, checked_on_triton, target)
 
 
+def combined_models_of(model_repository: str | Path, name: str) -> list[str]:
+    """The combined models of the repository (``heads``) with ``name`` among their members."""
+    from yujing.service.triton.heads import members_of
+
+    return [cfg.parent.name for cfg in sorted(Path(model_repository).glob("*/config.pbtxt"))
+            if name in members_of(cfg.parent)]
+
+
+async def _served_combined(url: str, names: Sequence[str], key: TritonKey | None) -> list[str]:
+    """Those of the combined models ``names`` that Triton serves now (a service with
+    ``--combined-model ''`` does not load ``heads``: it calls each model itself)."""
+    if not names:
+        return []
+    async with TritonModelClient(url, headers=_headers(key)) as client:
+        return [n for n in names if await client.is_model_ready(n, timeout_s=5.0)]
+
+
 def _headers(key: TritonKey | None) -> dict[str, str] | None:
     return key.grpc_headers() if key is not None else None
 
 
 async def _load_and_smoke(url: str, name: str, version: str, labels: tuple[str, ...],
                           local_probs: np.ndarray, texts: list[str], load_timeout_s: float,
-                          key: TritonKey | None) -> None:
+                          key: TritonKey | None, combined: Sequence[str] = ()) -> None:
     async with TritonModelClient(url, headers=_headers(key)) as client:
         if not await client.is_server_ready(timeout_s=5.0):
             raise DeployError(f"Triton at {url} is not reachable or not ready "
@@ -229,15 +256,57 @@ async def _load_and_smoke(url: str, name: str, version: str, labels: tuple[str, 
         if not np.allclose(probs, local_probs, atol=1e-3):
             worst = float(np.abs(probs - local_probs).max())
             raise DeployError(f"{name} v{version}: Triton and in-process answers differ (max {worst:.4f})")
+        for heads in combined:
+            await _reload_and_smoke_combined(client, heads, name, version, labels, local_probs, texts,
+                                             load_timeout_s)
 
 
-async def _restore(url: str, name: str, key: TritonKey | None) -> str:
+async def _reload_and_smoke_combined(client: TritonModelClient, heads: str, name: str, version: str,
+                                     labels: tuple[str, ...], local_probs: np.ndarray, texts: list[str],
+                                     load_timeout_s: float) -> None:
+    """Step 4b for one combined model that Triton serves."""
     try:
-        async with TritonModelClient(url, headers=_headers(key)) as client:
-            await client.load_model(name, timeout_s=120.0)
-        return "Triton reloaded the previous versions"
-    except Exception as exc:  # the old version may still be loaded; say what we know
-        return f"reloading {name} on Triton failed too ({exc})"
+        await reload_combined(client, heads, f"deploy {name} v{version}", timeout_s=load_timeout_s)
+    except TritonClientError as exc:
+        raise DeployError(f"Triton refused to reload {heads} with {name} v{version}: {exc}") from exc
+    try:
+        answers = await client.infer_heads(heads, texts, {name: version}, timeout_s=30.0)
+    except TritonClientError as exc:
+        raise DeployError(f"{name} v{version} fails the smoke set through {heads} on Triton: {exc}") from exc
+    probs, served = answers[name]
+    if served != version:
+        raise DeployError(f"asked {heads} for {name} v{version}, got v{served}")
+    probs = check_probabilities(probs, len(texts), labels, f"{name} v{version} (Triton, through {heads})")
+    if not np.allclose(probs, local_probs, atol=1e-3):
+        worst = float(np.abs(probs - local_probs).max())
+        raise DeployError(f"{name} v{version}: {heads} on Triton and in-process answers differ (max {worst:.4f})")
+
+
+async def reload_combined(client: TritonModelClient, heads: str, reason: str, timeout_s: float = 120.0) -> None:
+    """Make Triton load the combined model ``heads`` again, so it reads its members' versions
+    anew. Its folder does not change when a member gets a version, and Triton skips the
+    reload of a model it thinks unchanged (seen with the wheel's Triton: a second plain
+    reload within a run was skipped); so it is loaded with its own config plus a
+    ``reload`` parameter that is new each time."""
+    config = await client.model_config(heads, timeout_s=10.0)
+    params = dict(config.get("parameters") or {})
+    params[RELOAD_PARAMETER] = {"string_value": f"{reason} ({uuid.uuid4().hex[:12]})"}
+    await client.load_model(heads, timeout_s=timeout_s, config={**config, "parameters": params})
+
+
+async def _restore(url: str, names: Sequence[str], key: TritonKey | None) -> str:
+    """Reload ``names[0]`` (the member) and the combined models after it."""
+    failed = []
+    async with TritonModelClient(url, headers=_headers(key)) as client:
+        for i, name in enumerate(names):
+            try:
+                if i:
+                    await reload_combined(client, name, "restore after a refused deploy")
+                else:
+                    await client.load_model(name, timeout_s=120.0)
+            except Exception as exc:  # the old version may still be loaded; say what we know
+                failed.append(f"reloading {name} on Triton failed too ({exc})")
+    return "; ".join(failed) if failed else "Triton reloaded the previous versions"
 
 
 def deploy_model(artifact_path: str | Path, name: str, **kwargs) -> DeployResult:

@@ -139,17 +139,26 @@ def _machine() -> str:
 
 def discover_models(model_repository: str | Path) -> list[str]:
     """Models in a repository that can be loaded: a ``config.pbtxt`` and at least one
-    numeric version folder with a ``model.py`` and an ``artifact/model.json``."""
+    numeric version folder with a ``model.py`` and an ``artifact/model.json``; and a
+    combined model (``heads``: a ``members`` parameter, no artifact of its own) when one of
+    its members can be."""
+    from yujing.service.triton.heads import members_of
+
     repo = Path(model_repository)
-    found = []
+    found, combined = [], {}
     for cfg in sorted(repo.glob("*/config.pbtxt")):
         model_dir = cfg.parent
         for version in model_dir.iterdir():
-            if (version.name.isdigit() and (version / "model.py").is_file()
-                    and (version / "artifact" / "model.json").is_file()):
+            if not (version.name.isdigit() and (version / "model.py").is_file()):
+                continue
+            if (version / "artifact" / "model.json").is_file():
                 found.append(model_dir.name)
                 break
-    return found
+            members = members_of(model_dir)
+            if members:
+                combined[model_dir.name] = members
+                break
+    return found + [name for name, members in combined.items() if any(m in found for m in members)]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

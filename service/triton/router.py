@@ -10,7 +10,17 @@ The micro-batcher calls :meth:`ModelRouter.classify` once per batch::
     result.served_by, result.degraded   # "triton", False
     await router.close()
 
-Sentiment and intent go to Triton concurrently under one deadline (``deadline_s``). When
+By default a batch is one request to Triton's combined model ``heads``
+(:mod:`yujing.service.triton.heads`), which featurises the texts once and answers every
+model's probabilities at the versions the router pinned; ``combined_model=None`` (the
+service's ``--combined-model ''``) sends one request per model instead, concurrently. When
+``heads`` is not loaded, or does not have one of the router's models (a
+``--sentiment-model sentiment_e5``, say), the router says so once and calls per model. The
+in-process fallback likewise scores the batch in one pass
+(:func:`yujing.service.models.multihead.predict_heads`), or model by model without a
+combined model; the answers are the same either way (``tests/test_multihead.py``).
+
+All calls of a batch go to Triton under one deadline (``deadline_s``). When
 Triton is unreachable, too slow, answers with an error, or breaks the contract, the batch
 is scored by the same artifacts loaded in-process
 (``model_repo/<model>/<version>/artifact`` through :func:`yujing.service.models.artifact.load_model`)
@@ -42,14 +52,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from yujing.service.triton.client import TritonModelClient, read_labels, read_languages, serving_version
+from yujing.service.triton.client import (
+    TritonClientError, TritonModelClient, read_labels, read_languages, serving_version,
+)
 
-__all__ = ["ModelRouter", "ClassifyResult", "ModelScores", "RouterError", "TRITON", "IN_PROCESS"]
+__all__ = ["ModelRouter", "ClassifyResult", "ModelScores", "RouterError", "TRITON", "IN_PROCESS",
+           "DEFAULT_COMBINED_MODEL"]
 
 log = logging.getLogger(__name__)
 
 TRITON = "triton"
 IN_PROCESS = "in-process"
+DEFAULT_COMBINED_MODEL = "heads"
 
 
 class RouterError(RuntimeError):
@@ -117,6 +131,8 @@ class ModelRouter:
             "triton" and "in-process" (for logs and metrics).
         client: a ready :class:`TritonModelClient` to use instead of creating one.
         triton_headers: sent with every Triton call (an external Triton's key).
+        combined_model: Triton's model that answers all the models in one call
+            (``heads``); None: one call per model, and in-process one model at a time.
     """
 
     def __init__(
@@ -136,11 +152,15 @@ class ModelRouter:
         on_state_change: Callable[[str, str, str], None] | None = None,
         client: TritonModelClient | None = None,
         triton_headers: dict[str, str] | None = None,
+        combined_model: str | None = DEFAULT_COMBINED_MODEL,
     ) -> None:
         self.model_repository = Path(model_repository)
         self.sentiment_model = sentiment_model
         self.intent_model = intent_model
         self.emotion_model = emotion_model or None
+        self.combined_model = combined_model or None
+        self._combined_usable = False  # whether Triton's combined model serves all our models
+        self._combined_warned: str | None = None
         self.deadline_s = deadline_s
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
@@ -220,6 +240,19 @@ class ModelRouter:
         return TRITON if self.client is not None and not self._breaker_open else IN_PROCESS
 
     @property
+    def triton_calls(self) -> str:
+        """How a batch is sent to Triton: "combined:<model>" (one call) or "per-model"."""
+        return f"combined:{self.combined_model}" if self._combined_usable else "per-model"
+
+    @property
+    def model_calls_per_batch(self) -> int:
+        """Model calls the next batch costs where it goes: 1 through the combined model (one
+        Triton request, or one in-process pass), else one per model."""
+        if self.served_by == TRITON:
+            return 1 if self._combined_usable else len(self.models)
+        return 1 if self.combined_model else len(self.models)
+
+    @property
     def versions(self) -> dict[str, str]:
         """The pinned version of each model."""
         return dict(self._versions)
@@ -246,10 +279,24 @@ class ModelRouter:
         deadline = self.deadline_s if deadline_s is None else deadline_s
         if not texts:
             return self._empty(versions, TRITON, degraded=False)
-        answers = await asyncio.wait_for(
-            asyncio.gather(*(self.client.infer(m, texts, timeout_s=deadline, model_version=versions[m])
-                             for m in self.models)),
-            timeout=deadline)
+        if self._combined_usable:
+            try:
+                heads = await asyncio.wait_for(
+                    self.client.infer_heads(self.combined_model, texts, versions, timeout_s=deadline),
+                    timeout=deadline)
+            except TritonClientError as exc:
+                if exc.status != "NOT_FOUND":
+                    raise
+                # heads lacks a pinned version (serving_version changed without a deploy,
+                # which reloads heads): the models themselves still serve it.
+                self._use_combined(False, f"it has not loaded the pinned versions ({exc})")
+                return await self._classify_triton(texts, versions, deadline_s)
+            answers = [heads[m] for m in self.models]
+        else:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(self.client.infer(m, texts, timeout_s=deadline, model_version=versions[m])
+                                 for m in self.models)),
+                timeout=deadline)
         scores = []
         for model, (probs, version) in zip(self.models, answers):
             if version != versions[model]:
@@ -267,8 +314,15 @@ class ModelRouter:
             return self._empty(versions, IN_PROCESS, degraded)
         models = await asyncio.gather(*(self._local_model(m, versions[m]) for m in self.models))
         loop = asyncio.get_running_loop()
-        probs = await asyncio.gather(*(loop.run_in_executor(self._executor, model.predict_proba, texts)
-                                       for model in models))
+        if self.combined_model:
+            from yujing.service.models.multihead import predict_heads
+
+            by_name = await loop.run_in_executor(self._executor, predict_heads, dict(zip(self.models, models)),
+                                                 texts)
+            probs = [by_name[m] for m in self.models]
+        else:
+            probs = await asyncio.gather(*(loop.run_in_executor(self._executor, model.predict_proba, texts)
+                                           for model in models))
         scores = []
         for name, model, p in zip(self.models, models, probs):
             p = np.asarray(p, dtype=np.float32)
@@ -403,9 +457,41 @@ class ModelRouter:
                 pass
         return True
 
+    async def _check_combined(self) -> None:
+        """Whether Triton's combined model is there and answers all our models (asked at
+        every probe, so a ``heads`` loaded or reloaded later is picked up). Raises when
+        Triton itself does not answer."""
+        if not self.combined_model:
+            return
+        why = None
+        try:
+            cfg = await self.client.model_config(self.combined_model, timeout_s=self.probe_timeout_s)
+            outputs = {o.get("name") for o in cfg.get("output", [])}
+            missing = [m for m in self.models if m not in outputs]
+            if missing:
+                why = f"it has no {', '.join(missing)}"
+            else:
+                await self.client.infer_heads(self.combined_model, ["ping"], dict(self._versions),
+                                              timeout_s=self.probe_timeout_s)
+        except TritonClientError as exc:
+            if not await self.client.is_server_ready(timeout_s=self.probe_timeout_s):
+                raise
+            why = f"Triton does not serve it at the pinned versions ({exc})"
+        self._use_combined(why is None, why)
+
+    def _use_combined(self, usable: bool, why: str | None) -> None:
+        self._combined_usable = usable
+        if why is not None and why != self._combined_warned:
+            log.warning("combined model %s not used, %s: one Triton call per model", self.combined_model, why)
+        elif why is None and self._combined_warned is not None:
+            log.info("combined model %s serves %s: one Triton call per batch", self.combined_model,
+                     ", ".join(self.models))
+        self._combined_warned = why
+
     async def _probe(self) -> bool:
         """One small batch on Triton at the pinned versions, within ``probe_timeout_s``."""
         try:
+            await self._check_combined()
             versions = {m: self._versions[m] for m in self.models}
             await self._classify_triton(["ping"], versions, deadline_s=self.probe_timeout_s)
             return True
@@ -423,6 +509,11 @@ class ModelRouter:
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.version_poll_s
                     self.refresh_versions()
+                    if self.combined_model and not self._combined_usable and not self._breaker_open:
+                        try:  # back to one call per batch once heads serves the pinned versions
+                            await self._check_combined()
+                        except Exception:
+                            pass  # Triton itself failing: the next batch trips the breaker
                 if self.client is not None and self._breaker_open and await self._probe():
                     self._set_breaker(False, "probe succeeded")
             except asyncio.CancelledError:

@@ -34,6 +34,8 @@ def test_both_languages_scored_by_triton_with_versions(svc):
         assert r.models.emotion_model == "emotion" and r.models.emotion_version == "1"
         assert r.emotion.label in r.emotion.labels and len(r.emotion.probabilities) == len(r.emotion.labels)
         assert r.sentiment.label == "negative", (text, r.sentiment)
+    # the three models answered by one request per batch to the embedded Triton's heads
+    assert svc.call(lambda s: (s.router.triton_calls, s.router.model_calls_per_batch)) == ("combined:heads", 1)
 
 
 def test_killing_triton_degrades_then_recovers_without_losing_a_turn(svc):
@@ -70,6 +72,10 @@ def test_killing_triton_degrades_then_recovers_without_losing_a_turn(svc):
             time.sleep(0.1)
         assert any(a.models.served_by == "triton" and not a.degraded for a in answers[n_at_degraded:])
         assert svc.call(lambda s: s.triton.pid) != pid
+        deadline = time.monotonic() + 30  # the restarted Triton's heads is used again
+        while svc.call(lambda s: s.router.triton_calls) != "combined:heads" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert svc.call(lambda s: s.router.triton_calls) == "combined:heads"
     finally:
         stop.set()
         t.join(30)

@@ -18,6 +18,7 @@ from conftest_triton import (
 from yujing.service.models.artifact import load_model
 from yujing.service.triton.client import TritonClientError, TritonModelClient, read_labels
 from yujing.service.triton.deploy import MODEL_PY
+from yujing.service.triton.heads import members_of
 from yujing.service.triton.launcher import TritonServer, TritonServerError, discover_models
 
 pytestmark = [pytest.mark.triton, requires_triton]
@@ -210,21 +211,33 @@ def _alive(pid: int) -> bool:
 def test_discover_models_skips_models_without_artifacts(model_repo):
     shutil.copytree(COMMITTED_REPO / "intent_banking77", model_repo / "intent_banking77",
                     ignore=shutil.ignore_patterns("artifact"))
-    assert discover_models(model_repo) == ["intent", "sentiment"]
+    assert discover_models(model_repo) == ["intent", "sentiment", "heads"]
+    shutil.rmtree(model_repo / "intent")
+    shutil.rmtree(model_repo / "sentiment")
+    assert discover_models(model_repo) == []  # heads alone, without its members, cannot load
 
 
 @pytest.mark.skipif(not any(COMMITTED_REPO.glob("*/*/artifact/model.json")),
                     reason="the trainer's artifacts are not in model_repo/ yet")
 def test_committed_repository_serves_the_trainers_artifacts():
     models = discover_models(COMMITTED_REPO)
+    assert "heads" in models
+    singles = [m for m in models if not members_of(COMMITTED_REPO / m)]
     with TritonServer(COMMITTED_REPO, models, allow_http=False, allow_metrics=False,
                       startup_timeout_s=120) as server:
         async def go():
             async with TritonModelClient(server.grpc_url, COMMITTED_REPO) as client:
-                return {m: (await client.infer(m, TEXTS, timeout_s=60), client) for m in models}
+                single = {m: (await client.infer(m, TEXTS, timeout_s=60), client) for m in singles}
+                heads = await client.infer_heads("heads", TEXTS, {m: "" for m in members_of(COMMITTED_REPO / "heads")},
+                                                 timeout_s=60)
+                return single, heads
 
-        answers = asyncio.run(go())
+        answers, heads = asyncio.run(go())
     for model, ((probs, version), client) in answers.items():
         labels = client.labels(model, version)
         assert probs.shape == (len(TEXTS), len(labels)), model
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    assert sorted(heads) == ["emotion", "intent", "sentiment"]
+    for model, (probs, version) in heads.items():  # heads answers each member's serving version
+        assert version == answers[model][0][1], model
+        np.testing.assert_array_equal(probs, answers[model][0][0])

@@ -1,0 +1,92 @@
+"""predict_heads (one featurisation pass for several models) against each model's own
+predict_proba, and the in-process router with and without the combined pass."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from yujing.service.models import textclf
+from yujing.service.models.artifact import load_model
+from yujing.service.models.lexicon import LexiconSentiment
+from yujing.service.models.multihead import predict_heads, shares_features
+from yujing.service.triton.client import serving_version
+from yujing.service.triton.router import IN_PROCESS, ModelRouter
+from tests.service_models import in_process_repo
+
+TEXTS = ["你们的服务太差了，我要投诉！", "谢谢，问题解决了，很满意", "Thanks, that was great.",
+         "I am angry, cancel my account 😡😡", "查一下账单", "", "ok", "where's my refund??? order #12345",
+         "退订 " * 400, "Mixed 中文 and English, café naïve"]
+DEFAULTS = ("sentiment", "emotion", "intent")
+
+
+@pytest.fixture(scope="module")
+def defaults():
+    repo = in_process_repo()
+    return {m: load_model(repo / m / serving_version(repo, m) / "artifact", serving_version(repo, m))
+            for m in DEFAULTS}
+
+
+def test_the_default_models_share_one_featurisation(defaults):
+    assert list(shares_features(defaults).values()) == [list(DEFAULTS)]
+
+
+def test_every_head_equals_its_own_models_answer(defaults, monkeypatch):
+    calls = []
+    real = textclf.hash_features
+    monkeypatch.setattr(textclf, "hash_features", lambda texts, cfg: calls.append(len(texts)) or real(texts, cfg))
+    heads = predict_heads(defaults, TEXTS)
+    assert calls == [len(TEXTS)]  # one pass over the texts for all three
+    monkeypatch.setattr(textclf, "hash_features", real)
+    assert list(heads) == list(DEFAULTS)
+    for name, model in defaults.items():
+        alone = model.predict_proba(TEXTS)
+        assert heads[name].dtype == np.float32 and heads[name].shape == (len(TEXTS), len(model.labels))
+        np.testing.assert_array_equal(heads[name], alone, err_msg=name)
+
+
+def test_models_that_cannot_share_are_scored_on_their_own(defaults):
+    other_cfg = load_model(in_process_repo() / "intent" / "1" / "artifact")
+    other_cfg.cfg = replace(other_cfg.cfg, char_max=4)   # a different featurisation
+    models = {"lexicon": LexiconSentiment(), "intent_v1": other_cfg, **defaults}
+    groups = shares_features(models)
+    assert sorted(map(sorted, groups.values())) == [["emotion", "intent", "sentiment"], ["intent_v1"]]
+    heads = predict_heads(models, TEXTS)
+    assert list(heads) == list(models)
+    for name, model in models.items():
+        np.testing.assert_array_equal(heads[name], model.predict_proba(TEXTS), err_msg=name)
+
+
+def test_no_texts_give_empty_rows(defaults):
+    heads = predict_heads(defaults, [])
+    assert {m: p.shape for m, p in heads.items()} == {m: (0, len(defaults[m].labels)) for m in DEFAULTS}
+
+
+def test_in_process_router_answers_the_same_with_and_without_the_combined_pass():
+    async def classify(combined):
+        async with ModelRouter(in_process_repo(), emotion_model="emotion", combined_model=combined) as router:
+            return await router.classify(TEXTS)
+
+    one_pass, per_model = asyncio.run(classify("heads")), asyncio.run(classify(None))
+    assert (one_pass.served_by, one_pass.degraded) == (per_model.served_by, per_model.degraded) == (IN_PROCESS, False)
+    for a, b in ((one_pass.sentiment, per_model.sentiment), (one_pass.intent, per_model.intent),
+                 (one_pass.emotion, per_model.emotion)):
+        assert (a.model_name, a.model_version, a.labels, a.served_by, a.languages) == \
+            (b.model_name, b.model_version, b.labels, b.served_by, b.languages)
+        np.testing.assert_array_equal(a.probs, b.probs)
+
+
+def test_bench_heads_measures_both_ways_side_by_side_in_process():
+    """`yujing bench heads` (smoke, in-process): the two routers call as labelled, every
+    batch size has both rows and their ratios."""
+    from yujing.loadtest.bench.heads import bench_heads
+
+    out = bench_heads(batches=(1, 16), seconds=0.05, triton=False)
+    assert {m: r["model_calls_per_batch"] for m, r in out["in_process_routers"].items()} == \
+        {"heads": 1, "per_model": 3}
+    assert [row["heads"]["batch"] for row in out["in_process"]] == [1, 16]
+    for row in out["in_process"]:
+        assert row["heads"]["calls"] >= 1 and row["per_model"]["calls"] >= 1
+        assert row["per_model_over_heads"]["p50"] > 0
