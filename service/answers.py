@@ -1,15 +1,28 @@
-"""The answers: ``TurnRisk`` messages from the kernel's outputs (``of``/``oi``, rows named in
-:mod:`yujing.kernels.layout`) and the models' outputs, and ``SessionState`` messages from
-a session snapshot. The kernel's level and priority numbers become proto enums here
-only (:func:`level_enum`, :func:`priority_enum`).
+"""The answers: each turn's ``TurnRisk`` as wire bytes (:mod:`yujing.service.wire`) from the
+kernel's outputs (``of``/``oi``, rows named in :mod:`yujing.kernels.layout`) and the models'
+outputs, and ``SessionState`` messages from a session snapshot. The kernel's level and
+priority numbers become proto enums here only (:func:`level_enum`, :func:`priority_enum`).
+
+What is the same for a whole batch (the models' versions, the label sets, the indicator
+map's keys, each intent label's fields) is encoded once per batch; per turn only the ids,
+the numbers, the reasons and the models' outputs for that turn are written. The same
+answers built with the generated classes are in :mod:`yujing.service.answers_reference`.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from yujing.kernels import layout as L
+from yujing.service import wire as W
 from yujing.service.contract import pb
 from yujing.service.reasons import reason_texts
 
 _ACTIONS = ((L.ACTION_HANDOFF, pb.HANDOFF_TO_HUMAN), (L.ACTION_SUPERVISOR, pb.SUPERVISOR_ALERT))
+# action + actions by the kernel's ACTION_* bits
+_ACTION_FIELDS = tuple(W.actions_bytes([a for bit, a in _ACTIONS if bits & bit]) if bits
+                       else W.varint_field(W.KEY_ACTION, pb.NO_ACTION) for bits in range(4))
+_INDICATOR_BLOCK = W.IndicatorBlock(L.INDICATORS)
+_REASON_NAMES = tuple(W.string_field(W.REASON_INDICATOR, name) for name in L.INDICATORS)
 
 
 def level_enum(level: int) -> int:
@@ -45,70 +58,124 @@ def _add_reason(msg, j: int, pts: float, total: float, value: float, sla_s: floa
                     value=value, text_en=en, text_zh=zh)
 
 
-def _add_reasons(risk, row, irow, sla_s: float | None = None) -> None:
+def reasons(row, irow, sla_s: float | None = None) -> list:
+    """The ``pb.Reason`` list of one answer, from its column of ``of``/``oi`` (the alerts'
+    reasons: only for the few turns that raise one)."""
+    holder = pb.TurnRisk()
     total = row[L.OF_TOTAL_POINTS]
+    for r in range(L.TOP_REASONS):
+        j = int(irow[L.OI_REASON_IDX + r])
+        if j < 0:
+            break
+        _add_reason(holder, j, float(row[L.OF_REASON_POINTS + r]), float(total), float(row[j]), sla_s)
+    return list(holder.reasons)
+
+
+def _reason_fields(row, irow, sla_s) -> bytes:
+    total = row[L.OF_TOTAL_POINTS]
+    out = b""
     for r in range(L.TOP_REASONS):
         j = irow[L.OI_REASON_IDX + r]
         if j < 0:
             break
-        _add_reason(risk, j, row[L.OF_REASON_POINTS + r], total, row[j], sla_s)
+        pts, value = row[L.OF_REASON_POINTS + r], row[j]
+        en, zh = reason_texts(L.INDICATORS[j], value, sla_s)
+        out += W.reason_bytes(_REASON_NAMES[j], pts, pts / total if total > 0 else 0.0, value, en, zh)
+    return out
 
 
-def _add_actions(risk, bits: int) -> None:
-    acts = [a for bit, a in _ACTIONS if bits & bit]
-    risk.actions.extend(acts)
-    risk.action = acts[0] if acts else pb.NO_ACTION
+def _rows_bytes(probs, positions, key: bytes) -> tuple[bytes, bytes, int]:
+    """A packed float field per position: its prefix (key + length), all rows' bytes end to
+    end, and one row's width."""
+    rows = np.ascontiguousarray(probs[positions], "<f4")
+    width = 4 * rows.shape[1]
+    return (key + W.varint(width) if width else b""), rows.tobytes(), width
 
 
-def _add_model_outputs(risk, outputs, k: int, customer: bool = True) -> None:
-    """The sentiment, intent and (for a customer's turn) emotion the models gave position
-    ``k`` (when they did)."""
-    if outputs.has_sentiment[k]:
-        risk.sentiment.label = outputs.sentiment_label[k]
-        risk.sentiment.labels.extend(outputs.sentiment_labels)
-        risk.sentiment.probabilities.extend(outputs.sentiment_probs[k].tolist())
-        risk.sentiment.score = outputs.sentiment[k]
-    j = int(outputs.intent_id[k])
-    if j >= 0:
-        table = outputs.intent_table
-        risk.intent.label = table.labels[j]
-        risk.intent.confidence = float(outputs.intent_probs[k, j])
-        risk.intent.category = table.category[j]
-        risk.intent.risk_weight = float(table.weight[j])
-    e = -1 if outputs.emotion_id is None else int(outputs.emotion_id[k])
-    if e >= 0 and customer:
-        risk.emotion.label = outputs.emotion_labels[e]
-        risk.emotion.confidence = float(outputs.emotion_probs[k, e])
-        risk.emotion.labels.extend(outputs.emotion_labels)
-        risk.emotion.probabilities.extend(outputs.emotion_probs[k].tolist())
+class _BatchParts:
+    """What the answers of one batch share, encoded once, and its per-position lookups."""
 
+    def __init__(self, outputs, positions, versions, degraded: bool):
+        self.models_degraded = (W.message_field(W.KEY_MODELS, versions.SerializeToString(deterministic=True))
+                                + (W.DEGRADED_TRUE if degraded else b""))
+        self.has_sentiment = outputs.has_sentiment[positions].tolist()
+        if outputs.sentiment_probs is not None and any(self.has_sentiment):
+            self.sent_score = outputs.sentiment[positions].tolist()
+            self.sent_labels = W.repeated_strings(W.SENTIMENT_LABELS, outputs.sentiment_labels)
+            self.sent_prefix, self.sent_rows, self.sent_width = _rows_bytes(
+                outputs.sentiment_probs, positions, W.SENTIMENT_PROBS)
+        ids = outputs.intent_id[positions]
+        self.intent_id = ids.tolist()
+        self.intent = {}
+        if (ids >= 0).any():
+            table = outputs.intent_table
+            self.intent_conf = outputs.intent_probs[positions, np.maximum(ids, 0)].tolist()
+            for j in set(self.intent_id) - {-1}:
+                self.intent[j] = W.intent_parts(table.labels[j], table.category[j], float(table.weight[j]))
+        self.emotion_id = ([-1] * len(self.intent_id) if outputs.emotion_id is None
+                           else outputs.emotion_id[positions].tolist())
+        if any(e >= 0 for e in self.emotion_id):
+            e_ids = outputs.emotion_id[positions]
+            self.emo_conf = outputs.emotion_probs[positions, np.maximum(e_ids, 0)].tolist()
+            self.emo_label = [W.string_field(W.EMOTION_LABEL, s) for s in outputs.emotion_labels]
+            self.emo_labels = W.repeated_strings(W.EMOTION_LABELS, outputs.emotion_labels)
+            self.emo_prefix, self.emo_rows, self.emo_width = _rows_bytes(
+                outputs.emotion_probs, positions, W.EMOTION_PROBS)
 
-def turn_risk(turn, row, irow, versions, degraded: bool, sla_s: float | None = None) -> "pb.TurnRisk":
-    """One turn's answer from its column of ``of`` (``row``) and ``oi`` (``irow``)."""
-    risk = pb.TurnRisk(
-        tenant_id=turn.tenant_id, session_id=turn.session_id, turn_id=turn.turn_id,
-        indicators=dict(zip(L.INDICATORS, row[:L.N_INDICATORS])),
-        risk_score=row[L.OF_SCORE],
-        level=level_enum(irow[L.OI_LEVEL]), priority=priority_enum(irow[L.OI_PRIORITY]),
-        models=versions, degraded=degraded,
-        session_time_ms=irow[L.OI_SESSION_TIME], customer_turns=irow[L.OI_CUSTOMER])
-    _add_reasons(risk, row, irow, sla_s)
-    _add_actions(risk, irow[L.OI_ACTIONS])
-    return risk
+    def sentiment(self, c: int, label: str) -> bytes:
+        if not self.has_sentiment[c]:
+            return b""
+        w = self.sent_width
+        return W.sentiment_bytes(label, self.sent_prefix + self.sent_rows[c * w:(c + 1) * w], self.sent_labels,
+                                 self.sent_score[c])
+
+    def intent_of(self, c: int) -> bytes:
+        j = self.intent_id[c]
+        if j < 0:
+            return b""
+        label, rest = self.intent[j]
+        return W.intent_bytes(label, self.intent_conf[c], rest)
+
+    def emotion(self, c: int, customer: bool) -> bytes:
+        e = self.emotion_id[c]
+        if e < 0 or not customer:
+            return b""
+        w = self.emo_width
+        return W.emotion_bytes(self.emo_label[e], self.emo_conf[c], self.emo_prefix + self.emo_rows[c * w:(c + 1) * w],
+                               self.emo_labels)
 
 
 def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
-    """``TurnRisk`` for ``items[positions[c]]`` from column ``c`` of ``of``/``oi``, in order;
+    """``(bytes, tail_at)`` of the TurnRisk of ``items[positions[c]]`` from column ``c`` of
+    ``of``/``oi``, in order (``tail_at``: :func:`yujing.service.wire.mark_duplicate`);
     ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words."""
-    of_t = of.T.tolist()                 # Python floats once, not per field
+    n = len(positions)
+    if n == 0:
+        return []
+    of_t = of.T.tolist()                 # Python numbers once, not per field
     oi_t = oi.T.tolist()
-    sla = [None] * len(oi_t) if sla_s is None else list(sla_s)
+    sla = [None] * n if sla_s is None else np.asarray(sla_s, np.float64).tolist()
+    blocks, width = _INDICATOR_BLOCK.rows(of[:L.N_INDICATORS]), _INDICATOR_BLOCK.width
+    parts = _BatchParts(outputs, positions, versions, degraded)
+    models_degraded, sentiment_labels = parts.models_degraded, outputs.sentiment_label
+    actions, customer, enc = _ACTION_FIELDS, pb.CUSTOMER, W.turn_risk_bytes
+    string_field, float_field, varint_field = W.string_field, W.float_field, W.varint_field
     answers = []
     for c, k in enumerate(positions.tolist()):
         turn = items[k].turn
-        risk = turn_risk(turn, of_t[c], oi_t[c], versions, degraded, sla[c])
-        _add_model_outputs(risk, outputs, k, turn.speaker == pb.CUSTOMER)
-        answers.append(risk)
+        row, irow = of_t[c], oi_t[c]
+        answers.append(enc(
+            string_field(W.KEY_TENANT_ID, turn.tenant_id), string_field(W.KEY_SESSION_ID, turn.session_id),
+            string_field(W.KEY_TURN_ID, turn.turn_id),
+            parts.sentiment(c, sentiment_labels[k]), parts.intent_of(c),
+            blocks[c * width:(c + 1) * width],
+            float_field(W.KEY_RISK_SCORE, row[L.OF_SCORE])
+            + varint_field(W.KEY_LEVEL, irow[L.OI_LEVEL] + 1) + varint_field(W.KEY_PRIORITY, irow[L.OI_PRIORITY] + 1),
+            _reason_fields(row, irow, sla[c]),
+            actions[irow[L.OI_ACTIONS] & 3], models_degraded,
+            varint_field(W.KEY_SESSION_TIME_MS, irow[L.OI_SESSION_TIME]),
+            varint_field(W.KEY_CUSTOMER_TURNS, irow[L.OI_CUSTOMER]),
+            parts.emotion(c, turn.speaker == customer)))
     return answers
 
 

@@ -7,7 +7,7 @@
       -> model outputs by position (model_outputs.py) + features (featurize.py)
       -> policy look-ups (pack.py) -> session/agent slots (slots.py)
       -> packed kernel inputs (pack.py) -> update kernel (session_table.py -> kernels/)
-      -> TurnRisk answers (answers.py), kept in the idempotency window
+      -> TurnRisk answers as wire bytes (answers.py, wire.py), kept in the idempotency window
       -> alerts the batch raises (alerts/detect.py), logged before the answers go out
 
 The model call is the only awaited step; everything after it runs synchronously on
@@ -77,7 +77,8 @@ class Engine:
         self.on_stage = None
 
     async def score(self, items: list[PendingTurn]) -> list:
-        """Answers (``pb.TurnRisk`` or a :class:`YujingError`) in the order of ``items``.
+        """Answers (a TurnRisk's wire bytes, or a :class:`YujingError`) in the order of
+        ``items``; the gRPC handlers send the bytes as they are.
 
         Only the turns that will change state go to the models and the kernel: a retry
         already in the answer cache, or a repeat of an earlier turn of the same batch, is
@@ -119,9 +120,9 @@ class Engine:
         items, result = batch.items, batch.result
         with_text = [j for j, it in enumerate(items) if it.turn.text]
         answers = self._apply_kernel(items, with_text, result)
-        return sum(1 for a in answers if isinstance(a, pb.TurnRisk))
+        return sum(1 for a in answers if isinstance(a, bytes))
 
-    def cached(self, item) -> "pb.TurnRisk | None":
+    def cached(self, item) -> bytes | None:
         """The idempotency look-up: the first answer of ``item``'s turn id (``duplicate``
         set) while it is in the window, else None. The one place it is written: the
         handlers' fast path (server.py) and :meth:`score` both call it."""
@@ -156,15 +157,17 @@ class Engine:
         self.batches += 1
         self.turns += len(slots.keep)
         versions, degraded = A.model_versions(result, pol)
-        built = A.build_answers(items, slots.positions, of, oi, outputs, versions, degraded,
-                                sla_s=tf[L.TF_SLA_MS] / 1000.0)
-        for k, risk in zip(slots.keep, built):
-            self.answers.put(items[k].idem, risk)
-            answers[k] = risk
+        sla_s = tf[L.TF_SLA_MS] / 1000.0
+        built = A.build_answers(items, slots.positions, of, oi, outputs, versions, degraded, sla_s=sla_s)
+        for k, (raw, tail_at) in zip(slots.keep, built):
+            self.answers.put(items[k].idem, raw, tail_at)
+            answers[k] = raw
         t3 = time.perf_counter()
         if self.detector is not None:
             kept = [items[k] for k in slots.keep]
-            events = self.detector.from_batch(kept, slots, ti, of, oi, built, outputs, lookups, feats)
+            events = self.detector.from_batch(kept, slots, ti, of, oi,
+                                              lambda i: A.reasons(of[:, i], oi[:, i], sla_s[i]),
+                                              outputs, lookups, feats)
             if self._replay_seen is not None:
                 events = [e for e in events if replay_key(e) not in self._replay_seen]
             self.hub.publish(events)

@@ -47,6 +47,7 @@ from yujing.service.storage.turn_log import REC_BATCH, REC_END, REC_SCAN, REC_SW
 from yujing.service.policy import load_policy
 from yujing.service.session_table import SessionTable
 from yujing.service.validate import session_key, validate_turn
+from yujing.service import wire
 
 log = logging.getLogger("yujing")
 # What a client sees when a batch fails for a reason of ours (a bug; logged with its trace).
@@ -84,7 +85,33 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def add_risk_scorer(servicer, server) -> None:
+    """Register the RiskScorer service as ``pb_grpc.add_RiskScorerServicer_to_server`` does
+    (the same method names and request parsers), except that Score, ScoreStream and
+    ScoreBatch answer with bytes already in the wire format (service/wire.py), sent as they
+    are instead of a message serialised by gRPC."""
+    handlers = {
+        "Score": grpc.unary_unary_rpc_method_handler(
+            servicer.Score, request_deserializer=pb.Turn.FromString, response_serializer=wire.serialize),
+        "ScoreStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ScoreStream, request_deserializer=pb.Turn.FromString, response_serializer=wire.serialize),
+        "ScoreBatch": grpc.unary_unary_rpc_method_handler(
+            servicer.ScoreBatch, request_deserializer=pb.TurnBatch.FromString, response_serializer=wire.serialize),
+        "GetSession": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSession, request_deserializer=pb.SessionRef.FromString,
+            response_serializer=pb.SessionState.SerializeToString),
+        "EndSession": grpc.unary_unary_rpc_method_handler(
+            servicer.EndSession, request_deserializer=pb.SessionRef.FromString,
+            response_serializer=pb.SessionState.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class RiskScorer(pb_grpc.RiskScorerServicer):
+    """The RiskScorer handlers; Score, ScoreStream and ScoreBatch return wire bytes
+    (:func:`add_risk_scorer` registers them)."""
+
     def __init__(self, owner: "YujingServer"):
         self.o = owner
 
@@ -278,13 +305,8 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
                 release()
         for k, ans in zip(pos, answers):
             results[k] = INTERNAL if isinstance(ans, Exception) and not isinstance(ans, YujingError) else ans
-        out = pb.TurnRiskBatch()
-        for r in results:
-            if isinstance(r, YujingError):
-                out.results.add(error=pb.TurnError(code=r.code.value[0], message=r.message, field=r.field))
-            else:
-                out.results.add(risk=r)
-        return out
+        return wire.batch_bytes([wire.TurnError(wire.error_result(r.code.value[0], r.message, r.field))
+                                 if isinstance(r, YujingError) else r for r in results])
 
     async def GetSession(self, request, context):
         try:
@@ -677,7 +699,7 @@ class YujingServer:
         ])
         new = _core_server_ids() - known
         self.metrics.watch_core_server(new.pop() if len(new) == 1 else None)
-        pb_grpc.add_RiskScorerServicer_to_server(RiskScorer(self), self.server)
+        add_risk_scorer(RiskScorer(self), self.server)
         pb_grpc.add_AlertsServicer_to_server(AlertsServicer(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

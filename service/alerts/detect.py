@@ -20,10 +20,10 @@ LEVEL_EN = ("none", "BLUE", "YELLOW", "RED")
 LEVEL_ZH = ("无", "蓝色", "黄色", "红色")
 
 
-def _top_reason(risk, lang: str) -> str:
-    if not risk.reasons:
+def _top_reason(reasons, lang: str) -> str:
+    if not reasons:
         return ""
-    r = risk.reasons[0]
+    r = reasons[0]
     return r.text_en if lang == "en" else r.text_zh
 
 
@@ -34,17 +34,21 @@ class AlertDetector:
         self.trends = trends
 
     # -- a batch ---------------------------------------------------------------------------
-    def from_batch(self, kept, slots, ti, of, oi, built, outputs, lookups, feats) -> list:
-        """Events raised by the applied turns ``kept`` (``slots`` their BatchSlots, ``built``
-        their answers, ``ti`` the kernel's inputs and ``of``/``oi`` its outputs, the rest by
-        batch position)."""
+    def from_batch(self, kept, slots, ti, of, oi, reasons_of, outputs, lookups, feats) -> list:
+        """Events raised by the applied turns ``kept`` (``slots`` their BatchSlots, ``ti`` the
+        kernel's inputs and ``of``/``oi`` its outputs, ``reasons_of(i)`` the ``pb.Reason`` list
+        of turn ``i``'s answer, asked only for a turn that raises something; the rest by batch
+        position). Level, priority and score come from the kernel's outputs, not the answers."""
         ap = self.policy.alerts
         marks = self.marks.mark(slots.slots, slots.new, oi, slots.agent_slots, slots.agent_new,
                                 of[L.OF_AGENT_FATIGUE], ap.agent_fatigue_turns)
         self.marks.remember(slots.slots, slots.new, [it.turn for it in kept])
         events = []
         for i in np.flatnonzero(marks.any(axis=0)).tolist():
-            it, risk = kept[i], built[i]
+            it = kept[i]
+            if marks[RISE, i] or marks[HANDOFF, i]:
+                risk = (int(oi[L.OI_LEVEL, i]), int(oi[L.OI_PRIORITY, i]),
+                        float(np.float32(of[L.OF_SCORE, i])), reasons_of(i))    # the score as the answer has it
             if marks[RISE, i]:
                 events.append(self._session_event("LEVEL_RISE", it, risk, ap.level_rise_priority))
             if marks[HANDOFF, i]:
@@ -62,19 +66,20 @@ class AlertDetector:
         return events
 
     def _session_event(self, kind: str, it, risk, min_priority: int) -> AlertEvent:
-        level = risk.level - 1
+        """``risk``: the turn's kernel level and priority, its score and its reasons."""
+        level, priority, score, reasons = risk
         sid = it.key[1]
         if kind == "LEVEL_RISE":
-            en = f"session {sid} rose to {LEVEL_EN[level]} (score {risk.risk_score:.0f})"
-            zh = f"会话 {sid} 升至{LEVEL_ZH[level]}（{risk.risk_score:.0f} 分）"
+            en = f"session {sid} rose to {LEVEL_EN[level]} (score {score:.0f})"
+            zh = f"会话 {sid} 升至{LEVEL_ZH[level]}（{score:.0f} 分）"
         else:
-            en = f"bot conversation {sid} needs a human agent ({LEVEL_EN[level]}, score {risk.risk_score:.0f})"
-            zh = f"机器人会话 {sid} 需转人工（{LEVEL_ZH[level]}，{risk.risk_score:.0f} 分）"
-        top_en, top_zh = _top_reason(risk, "en"), _top_reason(risk, "zh")
+            en = f"bot conversation {sid} needs a human agent ({LEVEL_EN[level]}, score {score:.0f})"
+            zh = f"机器人会话 {sid} 需转人工（{LEVEL_ZH[level]}，{score:.0f} 分）"
+        top_en, top_zh = _top_reason(reasons, "en"), _top_reason(reasons, "zh")
         return AlertEvent(kind=kind, tenant_id=it.key[0], queue=it.turn.queue, session_id=sid,
                           agent_id=it.turn.agent_id, level=level,
-                          priority=max(risk.priority - 1, min_priority), risk_score=risk.risk_score,
-                          turn_id=it.turn.turn_id, event_time_ms=it.ts_ms, reasons=list(risk.reasons),
+                          priority=max(priority, min_priority), risk_score=score,
+                          turn_id=it.turn.turn_id, event_time_ms=it.ts_ms, reasons=list(reasons),
                           summary_en=f"{en}: {top_en}" if top_en else en,
                           summary_zh=f"{zh}：{top_zh}" if top_zh else zh)
 

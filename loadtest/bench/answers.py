@@ -1,0 +1,237 @@
+"""``yujing bench answers``: what building the answers costs per turn, the generated classes
+(service/answers_reference.py) against the wire bytes written directly (service/answers.py,
+service/wire.py), and ``Engine.score`` with each, side by side in one run.
+
+    python -m yujing.loadtest.bench.answers [--turns 40000] [--repeats 3] [--json FILE]
+    yujing bench answers [--out FILE]           (default bench_results/answers.json)
+
+The turns: loadtest/traffic.py's conversations (customer, agent and bot turns, ~30 %
+escalating), batches of 256, the models' outputs of each batch computed once beforehand by
+the in-process router (as ``yujing bench alerts`` does), so no model runs while timing.
+
+1. ``answers``: the arguments of every ``build_answers`` call of one pass of the engine over
+   the stream are recorded, then each builder is timed over all of them: ``reference`` (a
+   ``pb.TurnRisk`` per turn), ``reference_serialized`` (the same plus ``SerializeToString``,
+   which the answer cache did for every answer before) and ``wire`` (bytes and ``tail_at``).
+   us per turn, best of ``--repeats``.
+2. ``duplicates``: a retried turn's answer from the cache: ``FromString``, ``duplicate =
+   True`` and ``SerializeToString`` (what the cache and gRPC did) against
+   ``wire.mark_duplicate``.
+3. ``engine_score``: ``Engine.score`` over the stream on a fresh table, with the alert
+   detector and an in-memory alert hub as the server has them, answers built by the wire
+   path (``wire``) or by the generated classes and serialised into the cache (``reference``,
+   the engine as it was); us per turn, best of ``--repeats``, the two interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+from yujing.loadtest.bench.alerts import _recorded_batches
+
+DEFAULT_JSON = Path("bench_results/answers.json")
+
+
+class _RecordedRouter:
+    """The model router of a recorded stream: ``classify`` answers with the result set
+    before the batch (``result``)."""
+
+    def __init__(self):
+        self.result = None
+
+    async def classify(self, texts):
+        return self.result
+
+
+def _reference_builder(*args, **kw) -> list:
+    """The engine's answers as they were built before the wire path: messages, each
+    serialised once for the answer cache (``tail_at`` is not needed by the bench)."""
+    from yujing.service import answers_reference as R
+
+    out = []
+    for m in R.build_answers(*args, **kw):
+        raw = m.SerializeToString()
+        out.append((raw, len(raw)))
+    return out
+
+
+def _engine(capacity: int, cfg):
+    from yujing.service.alerts.detect import AlertDetector
+    from yujing.service.alerts.hub import AlertHub, MemoryLog
+    from yujing.service.alerts.trends import TrendTracker
+    from yujing.service.engine import Engine
+    from yujing.service.policy import load_policy
+    from yujing.service.session_table import SessionTable
+
+    pol = load_policy()
+    table = SessionTable(capacity=capacity, agent_capacity=cfg.agent_capacity, backend="cpu")
+    eng = Engine(pol, table, _RecordedRouter(), idempotency_window=cfg.idempotency_window)
+    eng.detector = AlertDetector(pol, capacity, cfg.agent_capacity, TrendTracker(pol.trend))
+    eng.hub = AlertHub(MemoryLog(), pol.version, pol.alerts, lambda: int(time.time() * 1000))
+    return eng
+
+
+def _record_calls(batches, results, with_text, cfg, capacity) -> list:
+    """The arguments of each ``build_answers`` call of one engine pass over the stream."""
+    from yujing.service import answers as A
+
+    calls = []
+    build = A.build_answers
+
+    def record(items, positions, of, oi, *rest, **kw):
+        calls.append(((items, positions.copy(), of.copy(), oi.copy(), *rest), dict(kw)))
+        return build(items, positions, of, oi, *rest, **kw)
+
+    eng = _engine(capacity, cfg)
+    A.build_answers = record
+    try:
+        for b, wt, res in zip(batches, with_text, results):
+            eng._apply_kernel(b, wt, res)
+    finally:
+        A.build_answers = build
+    return calls
+
+
+def _time_builder(fn, calls) -> tuple[float, int]:
+    gc.collect()
+    turns = 0
+    t0 = time.perf_counter()
+    for args, kw in calls:
+        turns += len(fn(*args, **kw))
+    return time.perf_counter() - t0, turns
+
+
+def bench_builders(calls, repeats: int) -> dict:
+    from yujing.service import answers as A
+    from yujing.service import answers_reference as R
+
+    builders = {"reference": R.build_answers, "reference_serialized": _reference_builder, "wire": A.build_answers}
+    best = {}
+    for _ in range(repeats):
+        for name, fn in builders.items():
+            el, turns = _time_builder(fn, calls)
+            us = 1e6 * el / turns
+            best[name] = min(best.get(name, us), us)
+    return {"us_per_turn": best, "turns": turns, "batches": len(calls),
+            "speedup_vs_reference_serialized": best["reference_serialized"] / best["wire"]}
+
+
+def bench_duplicates(calls, repeats: int, n: int = 20_000) -> dict:
+    from yujing.service import answers as A
+    from yujing.service import wire
+    from yujing.service.contract import pb
+
+    held = []
+    for args, kw in calls:
+        held += A.build_answers(*args, **kw)
+        if len(held) >= n:
+            break
+    plain = [raw for raw, _ in held]
+
+    def generated():
+        for raw in plain:
+            m = pb.TurnRisk.FromString(raw)
+            m.duplicate = True
+            m.SerializeToString()
+
+    def direct():
+        for raw, tail_at in held:
+            wire.mark_duplicate(raw, tail_at)
+
+    best = {}
+    for _ in range(repeats):
+        for name, fn in (("generated_parse_mark_serialize", generated), ("wire_mark_duplicate", direct)):
+            t0 = time.perf_counter()
+            fn()
+            us = 1e6 * (time.perf_counter() - t0) / len(held)
+            best[name] = min(best.get(name, us), us)
+    return {"answers": len(held), "us_per_answer": best}
+
+
+def _score_pass(builder, batches, results, cfg, capacity) -> tuple[float, int]:
+    from yujing.service import answers as A
+
+    eng = _engine(capacity, cfg)
+    wire_build = A.build_answers
+    A.build_answers = builder
+
+    async def run():
+        turns, t = 0, 0.0
+        for b, res in zip(batches, results):
+            eng.router.result = res
+            t0 = time.perf_counter()
+            await eng.score(b)
+            t += time.perf_counter() - t0
+            turns += len(b)
+        return t, turns
+
+    gc.collect()
+    try:
+        return asyncio.run(run())
+    finally:
+        A.build_answers = wire_build
+
+
+def bench_engine_score(batches, results, cfg, capacity: int, repeats: int) -> dict:
+    from yujing.service import answers as A
+
+    builders = {"reference": _reference_builder, "wire": A.build_answers}
+    best = {}
+    for _ in range(repeats):
+        for name, fn in builders.items():
+            el, turns = _score_pass(fn, batches, results, cfg, capacity)
+            us = 1e6 * el / turns
+            best[name] = min(best.get(name, us), us)
+    return {"us_per_turn": best, "turns": turns, "capacity": capacity}
+
+
+def run(turns=40_000, sessions=10_000, batch=256, capacity=1 << 16, repeats=3, seed=3) -> dict:
+    model_repo = Path(__file__).resolve().parents[2] / "model_repo"
+    batches, results, with_text, mix, cfg = _recorded_batches(turns, sessions, batch, seed, model_repo)
+    _score_pass(_reference_builder, batches[:2], results[:2], cfg, 4096)      # compile, warm
+    calls = _record_calls(batches, results, with_text, cfg, capacity)
+    return {"mix": mix, "answers": bench_builders(calls, repeats), "duplicates": bench_duplicates(calls, repeats),
+            "engine_score": bench_engine_score(batches, results, cfg, capacity, repeats)}
+
+
+def table(r: dict) -> str:
+    a, d, e = r["answers"]["us_per_turn"], r["duplicates"]["us_per_answer"], r["engine_score"]["us_per_turn"]
+    return "\n".join([
+        f"answers, batches of {r['mix']['batch']} ({r['answers']['turns']:,} turns), us per turn:",
+        f"  reference (pb.TurnRisk)              {a['reference']:7.2f}",
+        f"  reference + SerializeToString        {a['reference_serialized']:7.2f}",
+        f"  wire bytes                           {a['wire']:7.2f}",
+        "a repeat's answer from the cache, us:",
+        f"  FromString + duplicate + serialize   {d['generated_parse_mark_serialize']:7.2f}",
+        f"  wire.mark_duplicate                  {d['wire_mark_duplicate']:7.2f}",
+        "Engine.score (detector + memory hub), us per turn:",
+        f"  reference answers                    {e['reference']:7.2f}",
+        f"  wire answers                         {e['wire']:7.2f}",
+    ])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--turns", type=int, default=40_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    a = ap.parse_args(argv)
+    import os
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    r = run(turns=a.turns, repeats=a.repeats)
+    r["loadavg_1_5_15"] = {"start": load_before, "end": [round(x, 2) for x in os.getloadavg()]}
+    r["command"] = "python -m yujing.loadtest.bench.answers " + " ".join(argv if argv is not None else sys.argv[1:])
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(r, indent=2))
+    print(table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
