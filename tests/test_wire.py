@@ -325,3 +325,67 @@ def test_the_pipelines_answers_equal_the_generated_classes(monkeypatch, tmp_path
         want = _duplicate(pb.TurnRisk.FromString(a))
         assert b == _deterministic(want)
     assert again[-1] == again[0]
+
+
+def test_the_handlers_send_the_reference_bytes(monkeypatch, tmp_path):
+    """Over real gRPC, read as raw bytes (no client-side parsing): Score, ScoreStream and
+    ScoreBatch answers (fresh turns, a retry, a repeat inside a batch, refused turns among
+    them) are exactly the generated classes' deterministic bytes for the same answers."""
+    import grpc
+
+    from tests.service_harness import ServiceThread
+    from tests.service_models import in_process_repo
+    from yujing.service.config import Config
+
+    reference = {}                      # (tenant, session, turn_id) -> the reference message
+    build = A.build_answers
+
+    def both(items, positions, *rest, **kw):
+        for k, msg in zip(positions.tolist(), R.build_answers(items, positions, *rest, **kw)):
+            t = items[k].turn
+            reference[(t.tenant_id, t.session_id, t.turn_id)] = msg
+        return build(items, positions, *rest, **kw)
+
+    monkeypatch.setattr(A, "build_answers", both)
+    cfg = Config(port=0, models="in-process", model_repo=in_process_repo(), capacity=256, agent_capacity=16,
+                 max_batch=32, max_delay_ms=1.0, drain_s=1.0, data_dir=str(tmp_path))
+    svc = ServiceThread(cfg).start()
+    try:
+        ch = svc.channel()
+        method = "/yujing.v1.RiskScorer/"
+        score = ch.unary_unary(method + "Score", request_serializer=pb.Turn.SerializeToString)
+        batch = ch.unary_unary(method + "ScoreBatch", request_serializer=pb.TurnBatch.SerializeToString)
+        stream = ch.stream_stream(method + "ScoreStream", request_serializer=pb.Turn.SerializeToString)
+        texts = ["我要投诉，三天了还没发货！", "This is unacceptable, I want a refund now!", "", "thanks", "会员积分"]
+
+        def turn(s, t, speaker=pb.CUSTOMER, **kw):
+            return pb.Turn(tenant_id="acme", session_id=s, turn_id=t, text=texts[int(t) % len(texts)],
+                           speaker=speaker, agent_id="a1", **kw)
+
+        def expect(t, dup=False):
+            msg = reference[(t.tenant_id, t.session_id, t.turn_id)]
+            return _deterministic(_duplicate(msg) if dup else msg)
+
+        first = turn("s1", "1")
+        assert score(first, timeout=30) == expect(first)
+        assert score(first, timeout=30) == expect(first, dup=True)        # a retry: from the cache
+        got = list(stream(iter([turn("s2", str(i), pb.AGENT if i % 3 == 1 else pb.CUSTOMER) for i in range(12)]
+                               + [first]), timeout=30))
+        want = [expect(turn("s2", str(i))) for i in range(12)] + [expect(first, dup=True)]
+        assert got == want
+        turns = [turn("s3", str(i), pb.BOT if i % 4 == 3 else pb.CUSTOMER) for i in range(20)]
+        turns[5] = turns[2]                                                 # a repeat inside the batch
+        turns[7] = pb.Turn(session_id="s3", turn_id="", speaker=pb.CUSTOMER)  # refused: no turn_id
+        turns.append(turn("s2", "4"))                                       # answered before: a duplicate
+        raw = batch(pb.TurnBatch(turns=turns), timeout=30)
+        decoded = pb.TurnRiskBatch.FromString(raw)
+        want = pb.TurnRiskBatch()
+        for k, (t, r) in enumerate(zip(turns, decoded.results)):
+            if k == 7:
+                assert r.WhichOneof("result") == "error" and r.error.field.endswith("turn_id")
+                want.results.add(error=r.error)
+            else:
+                want.results.add(risk=pb.TurnRisk.FromString(expect(t, dup=k in (5, 20))))
+        assert raw == _deterministic(want)
+    finally:
+        svc.stop()
