@@ -8,6 +8,8 @@
     yujing bench projection [--batch ...]     (arithmetic for one H100; a projection, not a measurement)
     yujing bench featurize [--batch 1 256 4096] [--out FILE]                    (loadtest/bench/featurize.py)
     yujing bench alerts  [--json FILE] [--alert-turns 40000] ...                (loadtest/bench/alerts.py)
+    yujing bench closed  [--duration 10] [--baseline DIR] [--out FILE]          (loadtest/bench/closed.py)
+    yujing bench answers [--out FILE]                                           (loadtest/bench/answers.py)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
 each size and for each batch size, turns spread uniformly over the live sessions, and
@@ -440,6 +442,9 @@ def _run(args) -> int:
     elif args.suite == "durability":   # its own options (loadtest/bench/durability.py)
         from yujing.loadtest.bench.durability import main as run_durability
         return run_durability(["--json", str(args.out)] if args.out else [])
+    elif args.suite == "answers":      # its own options (loadtest/bench/answers.py)
+        from yujing.loadtest.bench.answers import main as run_answers
+        return run_answers(["--json", str(args.out)] if args.out else [])
     else:
         raise SystemExit(f"unknown suite {args.suite}")
     result["machine"] = _machine()
@@ -456,7 +461,7 @@ def _run(args) -> int:
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
     p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "closed", "projection", "alerts",
-                                          "durability", "featurize", "heads"))
+                                          "durability", "featurize", "heads", "answers"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
     p.add_argument("--batch", type=int, nargs="+", default=None,
@@ -470,6 +475,9 @@ def add_subcommand(sub) -> None:
     p.add_argument("--quick", action="store_true", help="e2e: short points (smoke run)")
     p.add_argument("--client-processes", type=int, default=1,
                    help="e2e: load-generator processes (more when the generator is the bottleneck)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="closed: also measure another checkout's service (a folder with its own .venv, "
+                        "e.g. the main branch's), mode by mode beside this one")
     p.add_argument("--out", type=Path, default=None)
     from yujing.loadtest.bench.alerts import add_arguments as add_alerts_arguments
     add_alerts_arguments(p)

@@ -16,6 +16,11 @@ idempotency window. One client process on uvloop, on the same two cores as the s
 For the service, the CPU seconds of the ``yujing serve`` process alone (``/proc``; its
 Triton children are reported apart) divided by the turns answered: the service's CPU
 per turn. The echo server answers with a TurnRisk captured from the service in this run.
+
+``--baseline DIR``: also the service of another checkout (``DIR``, with its own
+``.venv``; e.g. the main branch's), both services up at once and measured mode by mode,
+the baseline first, so the two are compared under the same load:
+``ratios_service_over_baseline``.
 """
 from __future__ import annotations
 
@@ -153,22 +158,43 @@ def _measure(target: str, pid: int, duration: float, tag: str, modes=MODES) -> d
     return res
 
 
+def _serve(py: str, cwd=None):
+    from yujing.loadtest.bench.e2e import Child
+
+    state = tempfile.mkdtemp(prefix="yujing-bench-state-")      # the default durability: the turn log on
+    return Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--data-dir", state],
+                 r"yujing serving on [\d.]+:(\d+)", cwd=cwd)
+
+
 def bench_closed(args) -> dict:
     from yujing.loadtest.bench.e2e import Child, _capture_answer
 
     duration = float(getattr(args, "duration", 10.0) or 10.0)
+    baseline = getattr(args, "baseline", None)
     py = sys.executable
     out: dict = {"duration_s_per_point": duration, "cores_shared": os.cpu_count(),
                  "note": "closed loop, fresh turn ids; server, Triton and the client share the cores"}
-    state = tempfile.mkdtemp(prefix="yujing-bench-state-")      # the default durability: the turn log on
-    svc = Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--data-dir", state],
-                r"yujing serving on [\d.]+:(\d+)")
     canned = tempfile.NamedTemporaryFile(prefix="yujing-canned-", suffix=".bin", delete=False).name
+    svc = _serve(py)
+    base = None
     try:
         out["canned_turnrisk_bytes"] = _capture_answer(svc.port, canned)
-        out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc")
+        if baseline is None:
+            out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc")
+        else:
+            root = Path(baseline).resolve()
+            base = _serve(str(root / ".venv" / "bin" / "python"), cwd=root)
+            out["baseline_checkout"] = str(root)
+            out["baseline"], out["service"] = {}, {}
+            for mode in MODES:         # mode by mode, the baseline first, both servers up
+                out["baseline"].update(_measure(f"127.0.0.1:{base.port}", base.proc.pid, duration, "base", (mode,)))
+                out["service"].update(_measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc", (mode,)))
+            out["ratios_service_over_baseline"] = {
+                m: round(out["service"][m]["turns_per_s"] / out["baseline"][m]["turns_per_s"], 3) for m in MODES}
     finally:
         svc.stop()
+        if base is not None:
+            base.stop()
     echo = Child([py, "-m", "yujing.loadtest.bench.e2e", "echo", "--port", "0", "--canned", canned],
                  r"echo serving on [\d.]+:(\d+)")
     try:

@@ -86,9 +86,9 @@ async def _echo_serve(port: int, canned_path: str | None) -> None:
 class Child:
     """A server child process whose ready line carries its port."""
 
-    def __init__(self, cmd: list[str], pattern: str, timeout_s: float = 240.0):
+    def __init__(self, cmd: list[str], pattern: str, timeout_s: float = 240.0, cwd=None):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="yujing-bench-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd or ROOT)
         deadline = time.monotonic() + timeout_s
         self.port = self.metrics_port = None
         while time.monotonic() < deadline:
