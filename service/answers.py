@@ -23,6 +23,16 @@ _ACTION_FIELDS = tuple(W.actions_bytes([a for bit, a in _ACTIONS if bits & bit])
                        else W.varint_field(W.KEY_ACTION, pb.NO_ACTION) for bits in range(4))
 _INDICATOR_BLOCK = W.IndicatorBlock(L.INDICATORS)
 _REASON_NAMES = tuple(W.string_field(W.REASON_INDICATOR, name) for name in L.INDICATORS)
+# level and priority fields by the kernel's (level, priority)
+_LEVEL_PRIORITY = {(lv, pr): W.varint_field(W.KEY_LEVEL, lv + 1) + W.varint_field(W.KEY_PRIORITY, pr + 1)
+                   for lv in range(L.LEVEL_NONE, L.LEVEL_RED + 1) for pr in range(5)}
+
+
+def _level_priority(level: int, priority: int) -> bytes:
+    got = _LEVEL_PRIORITY.get((level, priority))
+    if got is None:            # not a value the kernel writes: field by field
+        got = W.varint_field(W.KEY_LEVEL, level + 1) + W.varint_field(W.KEY_PRIORITY, priority + 1)
+    return got
 
 
 def level_enum(level: int) -> int:
@@ -71,16 +81,29 @@ def reasons(row, irow, sla_s: float | None = None) -> list:
     return list(holder.reasons)
 
 
+# the text fields of recent reasons by their words: the words are rounded figures, so few
+# distinct ones recur (cleared when full, so it stays small)
+_TEXT_FIELDS: dict = {}
+_TEXT_FIELDS_MAX = 4096
+
+
 def _reason_fields(row, irow, sla_s) -> bytes:
     total = row[L.OF_TOTAL_POINTS]
     out = b""
+    texts = _TEXT_FIELDS
     for r in range(L.TOP_REASONS):
         j = irow[L.OI_REASON_IDX + r]
         if j < 0:
             break
         pts, value = row[L.OF_REASON_POINTS + r], row[j]
-        en, zh = reason_texts(L.INDICATORS[j], value, sla_s)
-        out += W.reason_bytes(_REASON_NAMES[j], pts, pts / total if total > 0 else 0.0, value, en, zh)
+        words = reason_texts(L.INDICATORS[j], value, sla_s)
+        text = texts.get(words)
+        if text is None:
+            if len(texts) >= _TEXT_FIELDS_MAX:
+                texts.clear()
+            text = texts[words] = W.reason_texts_bytes(*words)
+        body = _REASON_NAMES[j] + W.reason_numbers(pts, pts / total if total > 0 else 0.0, value) + text
+        out += W.KEY_REASONS + W.varint(len(body)) + body
     return out
 
 
@@ -160,6 +183,7 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
     models_degraded, sentiment_labels = parts.models_degraded, outputs.sentiment_label
     actions, customer, enc = _ACTION_FIELDS, pb.CUSTOMER, W.turn_risk_bytes
     string_field, float_field, varint_field = W.string_field, W.float_field, W.varint_field
+    level_priority = _level_priority
     answers = []
     for c, k in enumerate(positions.tolist()):
         turn = items[k].turn
@@ -170,7 +194,7 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
             parts.sentiment(c, sentiment_labels[k]), parts.intent_of(c),
             blocks[c * width:(c + 1) * width],
             float_field(W.KEY_RISK_SCORE, row[L.OF_SCORE])
-            + varint_field(W.KEY_LEVEL, irow[L.OI_LEVEL] + 1) + varint_field(W.KEY_PRIORITY, irow[L.OI_PRIORITY] + 1),
+            + level_priority(irow[L.OI_LEVEL], irow[L.OI_PRIORITY]),
             _reason_fields(row, irow, sla[c]),
             actions[irow[L.OI_ACTIONS] & 3], models_degraded,
             varint_field(W.KEY_SESSION_TIME_MS, irow[L.OI_SESSION_TIME]),

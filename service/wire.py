@@ -44,6 +44,8 @@ def varint(n: int) -> bytes:
     as protobuf writes a negative int32, int64 or enum."""
     if 0 <= n < 128:
         return _VARINT_SMALL[n]
+    if 0 < n < 16384:                       # two bytes: most lengths
+        return bytes(((n & 127) | 128, n >> 7))
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -182,12 +184,32 @@ def emotion_bytes(label: bytes, confidence: float, probs: bytes, labels: bytes) 
     return message_field(KEY_EMOTION, label + float_field(EMOTION_CONFIDENCE, confidence) + probs + labels)
 
 
+# points, share (float) and value (double) with their one-byte keys, when all three are written
+_REASON_NUMBERS = struct.Struct("<BfBfBd")
+_REASON_KEYS = (REASON_POINTS[0], REASON_SHARE[0], REASON_VALUE[0])
+_F32_SAFE_MIN, _F32_SAFE_MAX = 1e-44, 3.4e38        # a float32 of these magnitudes is neither 0 nor inf
+
+
+def reason_numbers(points: float, share: float, value: float) -> bytes:
+    """A Reason's ``points``, ``share`` and ``value`` fields: one pack when none of them is
+    left out (the usual case), else field by field."""
+    if (_F32_SAFE_MIN < abs(points) < _F32_SAFE_MAX and _F32_SAFE_MIN < abs(share) < _F32_SAFE_MAX
+            and value != 0.0):
+        kp, ks, kv = _REASON_KEYS
+        return _REASON_NUMBERS.pack(kp, points, ks, share, kv, value)
+    return float_field(REASON_POINTS, points) + float_field(REASON_SHARE, share) + double_field(REASON_VALUE, value)
+
+
+def reason_texts_bytes(text_en: str, text_zh: str) -> bytes:
+    """A Reason's ``text_en`` and ``text_zh`` fields."""
+    return string_field(REASON_TEXT_EN, text_en) + string_field(REASON_TEXT_ZH, text_zh)
+
+
 def reason_bytes(indicator: bytes, points: float, share: float, value: float, text_en: str,
                  text_zh: str) -> bytes:
     """One ``reasons`` entry; ``indicator`` is the name's field, encoded once."""
-    return message_field(KEY_REASONS, indicator + float_field(REASON_POINTS, points)
-                         + float_field(REASON_SHARE, share) + double_field(REASON_VALUE, value)
-                         + string_field(REASON_TEXT_EN, text_en) + string_field(REASON_TEXT_ZH, text_zh))
+    return message_field(KEY_REASONS, indicator + reason_numbers(points, share, value)
+                         + reason_texts_bytes(text_en, text_zh))
 
 
 def actions_bytes(actions) -> bytes:
