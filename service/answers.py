@@ -22,6 +22,7 @@ _ACTIONS = ((L.ACTION_HANDOFF, pb.HANDOFF_TO_HUMAN), (L.ACTION_SUPERVISOR, pb.SU
 _ACTION_FIELDS = tuple(W.actions_bytes([a for bit, a in _ACTIONS if bits & bit]) if bits
                        else W.varint_field(W.KEY_ACTION, pb.NO_ACTION) for bits in range(4))
 _INDICATOR_BLOCK = W.IndicatorBlock(L.INDICATORS)
+_INDICATOR_ROWS_MIN = 8                 # from this many turns numpy writes the indicator blocks
 _REASON_NAMES = tuple(W.string_field(W.REASON_INDICATOR, name) for name in L.INDICATORS)
 # level and priority fields by the kernel's (level, priority)
 _LEVEL_PRIORITY = {(lv, pr): W.varint_field(W.KEY_LEVEL, lv + 1) + W.varint_field(W.KEY_PRIORITY, pr + 1)
@@ -107,6 +108,26 @@ def _reason_fields(row, irow, sla_s) -> bytes:
     return out
 
 
+_LABEL_FIELDS: dict = {}          # a label set's encoded fields, by (what, labels)
+
+
+def _label_fields(what: str, labels):
+    """``labels`` as a ``repeated string`` field (``what``: "sentiment" or "emotion"), or
+    as each label's own ``Emotion.label`` field ("emotion_label"): kept, since a model's
+    label set is the same batch after batch."""
+    k = (what, tuple(labels))
+    got = _LABEL_FIELDS.get(k)
+    if got is None:
+        if len(_LABEL_FIELDS) >= 64:
+            _LABEL_FIELDS.clear()
+        if what == "emotion_label":
+            got = [W.string_field(W.EMOTION_LABEL, s) for s in labels]
+        else:
+            got = W.repeated_strings(W.SENTIMENT_LABELS if what == "sentiment" else W.EMOTION_LABELS, labels)
+        _LABEL_FIELDS[k] = got
+    return got
+
+
 def _rows_bytes(probs, positions, key: bytes) -> tuple[bytes, bytes, int]:
     """A packed float field per position: its prefix (key + length), all rows' bytes end to
     end, and one row's width."""
@@ -124,7 +145,7 @@ class _BatchParts:
         self.has_sentiment = outputs.has_sentiment[positions].tolist()
         if outputs.sentiment_probs is not None and any(self.has_sentiment):
             self.sent_score = outputs.sentiment[positions].tolist()
-            self.sent_labels = W.repeated_strings(W.SENTIMENT_LABELS, outputs.sentiment_labels)
+            self.sent_labels = _label_fields("sentiment", outputs.sentiment_labels)
             self.sent_prefix, self.sent_rows, self.sent_width = _rows_bytes(
                 outputs.sentiment_probs, positions, W.SENTIMENT_PROBS)
         ids = outputs.intent_id[positions]
@@ -140,8 +161,8 @@ class _BatchParts:
         if any(e >= 0 for e in self.emotion_id):
             e_ids = outputs.emotion_id[positions]
             self.emo_conf = outputs.emotion_probs[positions, np.maximum(e_ids, 0)].tolist()
-            self.emo_label = [W.string_field(W.EMOTION_LABEL, s) for s in outputs.emotion_labels]
-            self.emo_labels = W.repeated_strings(W.EMOTION_LABELS, outputs.emotion_labels)
+            self.emo_label = _label_fields("emotion_label", outputs.emotion_labels)
+            self.emo_labels = _label_fields("emotion", outputs.emotion_labels)
             self.emo_prefix, self.emo_rows, self.emo_width = _rows_bytes(
                 outputs.emotion_probs, positions, W.EMOTION_PROBS)
 
@@ -178,7 +199,12 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
     of_t = of.T.tolist()                 # Python numbers once, not per field
     oi_t = oi.T.tolist()
     sla = [None] * n if sla_s is None else np.asarray(sla_s, np.float64).tolist()
-    blocks, width = _INDICATOR_BLOCK.rows(of[:L.N_INDICATORS]), _INDICATOR_BLOCK.width
+    block = _INDICATOR_BLOCK
+    if n >= _INDICATOR_ROWS_MIN:          # the whole batch's blocks at once
+        blocks, width = block.rows(of[:L.N_INDICATORS]), block.width
+        indicators = [blocks[c * width:(c + 1) * width] for c in range(n)]
+    else:
+        indicators = [block.row(r) for r in of_t]
     parts = _BatchParts(outputs, positions, versions, degraded)
     models_degraded, sentiment_labels = parts.models_degraded, outputs.sentiment_label
     actions, customer, enc = _ACTION_FIELDS, pb.CUSTOMER, W.turn_risk_bytes
@@ -192,7 +218,7 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
             string_field(W.KEY_TENANT_ID, turn.tenant_id), string_field(W.KEY_SESSION_ID, turn.session_id),
             string_field(W.KEY_TURN_ID, turn.turn_id),
             parts.sentiment(c, sentiment_labels[k]), parts.intent_of(c),
-            blocks[c * width:(c + 1) * width],
+            indicators[c],
             float_field(W.KEY_RISK_SCORE, row[L.OF_SCORE])
             + level_priority(irow[L.OI_LEVEL], irow[L.OI_PRIORITY]),
             _reason_fields(row, irow, sla[c]),

@@ -30,6 +30,7 @@ would parse the same, a later scalar wins, but would not compare equal byte for 
 """
 from __future__ import annotations
 
+import operator
 import struct
 
 import numpy as np
@@ -238,6 +239,19 @@ class IndicatorBlock:
         self.template = np.frombuffer(b"".join(parts), np.uint8)
         self.width = pos
         self._cols = np.asarray(offsets)[:, None] + np.arange(8)      # [names, 8] byte columns
+        # one turn's block in one pack: each entry's fixed bytes, then its value
+        order = sorted(range(len(self.names)), key=lambda j: self.names[j].encode())
+        heads = [p[:-8] for p in parts]
+        self._one = struct.Struct("<" + "".join(f"{len(h)}sd" for h in heads))
+        self._args = [x for h in heads for x in (h, 0.0)]
+        self._pick = operator.itemgetter(*order)
+
+    def row(self, values) -> bytes:
+        """One turn's block from its values by name (a sequence in ``names`` order, floats;
+        longer is fine): the same bytes as its row of :meth:`rows`, cheaper for a few turns."""
+        args = self._args[:]
+        args[1::2] = self._pick(values)
+        return self._one.pack(*args)
 
     def rows(self, values: np.ndarray) -> bytes:
         """``values`` float64 [names, n] -> the n turns' blocks end to end (``width`` each)."""

@@ -389,3 +389,27 @@ def test_the_handlers_send_the_reference_bytes(monkeypatch, tmp_path):
         assert raw == _deterministic(want)
     finally:
         svc.stop()
+
+
+def test_the_answers_bench_runs(tmp_path):
+    """``yujing bench answers`` end to end on a small stream (figures not checked: no
+    wall-clock asserts), so the suite behind BENCHMARKS.md keeps working."""
+    import json
+
+    from yujing.loadtest.bench import answers as bench
+
+    assert bench.main(["--turns", "600", "--repeats", "1", "--json", str(tmp_path / "a.json")]) == 0
+    r = json.loads((tmp_path / "a.json").read_text())
+    assert r["answers"]["turns"] == 600 and r["engine_score"]["turns"] == 600
+    assert set(r["answers"]["cpu_us_per_turn"]) == {"reference", "reference_serialized", "wire"}
+    assert r["duplicates"]["answers"] > 0
+
+
+def test_one_turns_indicator_block_equals_the_batch_path():
+    """Small batches write each turn's indicator block with one struct pack, large ones with
+    numpy: the same bytes, specials included (both paths also meet the reference above)."""
+    rng = np.random.default_rng(5)
+    block = A._INDICATOR_BLOCK
+    for n in (1, 2, 7, 8, 9, 30):
+        of = np.vstack([_floats(rng, n, 0.5) for _ in range(L.N_INDICATORS)])
+        assert block.rows(of) == b"".join(block.row(r) for r in of.T.tolist())

@@ -13,7 +13,7 @@ the in-process router (as ``yujing bench alerts`` does), so no model runs while 
    the stream are recorded, then each builder is timed over all of them: ``reference`` (a
    ``pb.TurnRisk`` per turn), ``reference_serialized`` (the same plus ``SerializeToString``,
    which the answer cache did for every answer before) and ``wire`` (bytes and ``tail_at``).
-   us per turn, best of ``--repeats``.
+   us per turn (wall and this process's CPU time), best of ``--repeats``.
 2. ``duplicates``: a retried turn's answer from the cache: ``FromString``, ``duplicate =
    True`` and ``SerializeToString`` (what the cache and gRPC did) against
    ``wire.mark_duplicate``.
@@ -97,13 +97,14 @@ def _record_calls(batches, results, with_text, cfg, capacity) -> list:
     return calls
 
 
-def _time_builder(fn, calls) -> tuple[float, int]:
+def _time_builder(fn, calls) -> tuple[float, float, int]:
+    """Wall and CPU seconds (this process's; steadier on a shared machine) of one pass."""
     gc.collect()
     turns = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for args, kw in calls:
         turns += len(fn(*args, **kw))
-    return time.perf_counter() - t0, turns
+    return time.perf_counter() - t0, time.process_time() - c0, turns
 
 
 def bench_builders(calls, repeats: int) -> dict:
@@ -111,14 +112,16 @@ def bench_builders(calls, repeats: int) -> dict:
     from yujing.service import answers_reference as R
 
     builders = {"reference": R.build_answers, "reference_serialized": _reference_builder, "wire": A.build_answers}
-    best = {}
+    best, cpu = {}, {}
     for _ in range(repeats):
         for name, fn in builders.items():
-            el, turns = _time_builder(fn, calls)
-            us = 1e6 * el / turns
+            el, el_cpu, turns = _time_builder(fn, calls)
+            us, us_cpu = 1e6 * el / turns, 1e6 * el_cpu / turns
             best[name] = min(best.get(name, us), us)
-    return {"us_per_turn": best, "turns": turns, "batches": len(calls),
-            "speedup_vs_reference_serialized": best["reference_serialized"] / best["wire"]}
+            cpu[name] = min(cpu.get(name, us_cpu), us_cpu)
+    return {"us_per_turn": best, "cpu_us_per_turn": cpu, "turns": turns, "batches": len(calls),
+            "speedup_vs_reference_serialized": best["reference_serialized"] / best["wire"],
+            "cpu_speedup_vs_reference_serialized": cpu["reference_serialized"] / cpu["wire"]}
 
 
 def bench_duplicates(calls, repeats: int, n: int = 20_000) -> dict:
@@ -201,11 +204,12 @@ def run(turns=40_000, sessions=10_000, batch=256, capacity=1 << 16, repeats=3, s
 
 def table(r: dict) -> str:
     a, d, e = r["answers"]["us_per_turn"], r["duplicates"]["us_per_answer"], r["engine_score"]["us_per_turn"]
+    c = r["answers"]["cpu_us_per_turn"]
     return "\n".join([
-        f"answers, batches of {r['mix']['batch']} ({r['answers']['turns']:,} turns), us per turn:",
-        f"  reference (pb.TurnRisk)              {a['reference']:7.2f}",
-        f"  reference + SerializeToString        {a['reference_serialized']:7.2f}",
-        f"  wire bytes                           {a['wire']:7.2f}",
+        f"answers, batches of {r['mix']['batch']} ({r['answers']['turns']:,} turns), us per turn (wall, CPU):",
+        f"  reference (pb.TurnRisk)              {a['reference']:7.2f} {c['reference']:7.2f}",
+        f"  reference + SerializeToString        {a['reference_serialized']:7.2f} {c['reference_serialized']:7.2f}",
+        f"  wire bytes                           {a['wire']:7.2f} {c['wire']:7.2f}",
         "a repeat's answer from the cache, us:",
         f"  FromString + duplicate + serialize   {d['generated_parse_mark_serialize']:7.2f}",
         f"  wire.mark_duplicate                  {d['wire_mark_duplicate']:7.2f}",
