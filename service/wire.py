@@ -4,7 +4,7 @@ bytes without building a message per turn (proto/yujing/v1/risk.proto).
     key(field, wire_type)           a field's tag bytes
     string_field / float_field ...  one field of a scalar type (nothing for proto3's default)
     message_field(key, payload)     a sub-message (present, so written even when empty)
-    IndicatorBlock                  the ``indicators`` map of a whole batch at once
+    IndicatorBlock                  the ``indicators`` map: a whole batch at once, or one turn
     turn_risk_bytes(...)            one TurnRisk from its encoded parts -> (bytes, tail_at)
     mark_duplicate(raw, tail_at)    the same answer with ``duplicate = true``
     find_tail(raw)                  ``tail_at`` of any TurnRisk's bytes (a scan)
@@ -77,10 +77,6 @@ def f32(x: float) -> bytes:
         return _INF32 if x > 0 else _NINF32
 
 
-def f64(x: float) -> bytes:
-    return _F64.pack(x)
-
-
 # -- one field -------------------------------------------------------------------------------
 def string_field(k: bytes, s: str) -> bytes:
     """A string field (``k`` its key); nothing when ``s`` is empty."""
@@ -107,12 +103,6 @@ def varint_field(k: bytes, n: int) -> bytes:
 def message_field(k: bytes, payload: bytes) -> bytes:
     """A set sub-message: written even when all its fields are defaults (``k`` + 0)."""
     return k + varint(len(payload)) + payload
-
-
-def packed_floats(k: bytes, values) -> bytes:
-    """A packed ``repeated float`` (nothing when empty); ``values`` any float sequence."""
-    b = np.asarray(values, np.float32).astype("<f4", copy=False).tobytes()
-    return k + varint(len(b)) + b if b else b""
 
 
 def repeated_strings(k: bytes, values) -> bytes:
@@ -164,7 +154,7 @@ ERROR_CODE, ERROR_MESSAGE, ERROR_FIELD = key(1, WT_VARINT), key(2, WT_LEN), key(
 
 
 def sentiment_bytes(label: str, probs: bytes, labels: bytes, score: float) -> bytes:
-    """A set ``sentiment`` field: ``probs`` from :func:`packed_floats`, ``labels`` from
+    """A set ``sentiment`` field: ``probs`` its packed ``probabilities`` field, ``labels`` from
     :func:`repeated_strings` (the same for a whole batch)."""
     return message_field(KEY_SENTIMENT, string_field(SENTIMENT_LABEL, label) + probs + labels
                          + float_field(SENTIMENT_SCORE, score))
