@@ -90,3 +90,37 @@ def test_bench_heads_measures_both_ways_side_by_side_in_process():
     for row in out["in_process"]:
         assert row["heads"]["calls"] >= 1 and row["per_model"]["calls"] >= 1
         assert row["per_model_over_heads"]["p50"] > 0
+
+
+def test_predict_requests_splits_one_call_by_request_and_isolates_a_failing_request():
+    """The Python backends (per model and heads) score a Triton batch in one call and split
+    the rows back by request; when that call fails, only the request that makes it fail
+    gets an error, the others are still answered."""
+    from yujing.service.triton.backend import predict_requests
+
+    calls = []
+
+    def predict(texts):
+        calls.append(list(texts))
+        if "poison" in texts:
+            raise ValueError("cannot score")
+        return np.array([[len(t), 1.0] for t in texts])
+
+    errors = [None, None, None]
+    out = predict_requests(predict, {0: ["a", "bb"], 2: ["ccc"]}, errors)
+    assert len(calls) == 1 and errors == [None, None, None]
+    np.testing.assert_array_equal(out[0], [[1, 1], [2, 1]])
+    np.testing.assert_array_equal(out[2], [[3, 1]])
+
+    def predict_heads(texts):
+        rows = predict(texts)
+        return {("sentiment", "1"): rows, ("intent", "2"): rows * 2}
+
+    calls.clear()
+    errors = [None, None, None]
+    out = predict_requests(predict_heads, {0: ["a"], 1: ["poison", "x"], 2: ["dd"]}, errors)
+    assert len(calls) == 4                     # the joint call, then one per request
+    assert set(out) == {0, 2} and errors[0] is None and errors[2] is None
+    assert errors[1] == ("ValueError: cannot score", "INTERNAL")
+    np.testing.assert_array_equal(out[2][("intent", "2")], [[4, 2]])
+    assert predict_requests(predict, {}, errors) == {}

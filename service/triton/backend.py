@@ -53,6 +53,32 @@ def _pb_utils():
     return pb_utils
 
 
+def predict_requests(predict, texts_of: dict, errors: list) -> dict:
+    """Score the texts of several requests (``texts_of``: request index -> its texts) in one
+    ``predict`` call and split the answer back by request; its rows are an array, or a dict
+    of arrays. If that call fails, score request by request so that only the culprit fails:
+    its ``errors[i]`` becomes ``(message, "INTERNAL")`` and it has no entry in the result."""
+    def rows(out, a: int, b: int):
+        return {k: p[a:b] for k, p in out.items()} if isinstance(out, dict) else out[a:b]
+
+    result: dict = {}
+    if not texts_of:
+        return result
+    try:
+        out = predict([text for texts in texts_of.values() for text in texts])
+        start = 0
+        for i, texts in texts_of.items():
+            result[i] = rows(out, start, start + len(texts))
+            start += len(texts)
+    except Exception:
+        for i, texts in texts_of.items():
+            try:
+                result[i] = predict(texts)
+            except Exception as exc:
+                errors[i] = (f"{type(exc).__name__}: {exc}", "INTERNAL")
+    return result
+
+
 class TritonPythonModel:
     """Generic Python-backend model: one artifact, texts in, probabilities out."""
 
@@ -103,24 +129,8 @@ class TritonPythonModel:
                 texts_per_request.append(None)
                 errors.append((str(exc), "INVALID_ARG"))
 
-        good = [i for i, t in enumerate(texts_per_request) if t is not None and t]
-        probs_per_request: dict[int, np.ndarray] = {}
-        if good:
-            all_texts = [text for i in good for text in texts_per_request[i]]
-            try:
-                probs = self._predict(all_texts)
-                start = 0
-                for i in good:
-                    n = len(texts_per_request[i])
-                    probs_per_request[i] = probs[start:start + n]
-                    start += n
-            except Exception:
-                # Find the culprit: score request by request.
-                for i in good:
-                    try:
-                        probs_per_request[i] = self._predict(texts_per_request[i])
-                    except Exception as exc:
-                        errors[i] = (f"{type(exc).__name__}: {exc}", "INTERNAL")
+        probs_per_request = predict_requests(
+            self._predict, {i: t for i, t in enumerate(texts_per_request) if t}, errors)
 
         responses = []
         for i, texts in enumerate(texts_per_request):

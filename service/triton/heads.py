@@ -46,6 +46,7 @@ import numpy as np
 from yujing.service.models import TRITON_INPUT
 from yujing.service.triton.backend import (
     LOADER_MODULES_ENV, WARM_UP_TEXTS, TritonPythonModel as _PerModelBackend, _extend_path_from_env, _pb_utils,
+    predict_requests,
 )
 
 __all__ = ["TritonPythonModel", "MODELS_OUTPUT", "MEMBERS_PARAMETER", "VERSION_SEP", "member_versions",
@@ -161,20 +162,8 @@ class TritonPythonModel(_PerModelBackend):
                 groups.setdefault(ask[0], []).append(i)
         probs_of: dict[int, dict[tuple[str, str], np.ndarray]] = {}
         for keys, members_of_group in groups.items():
-            texts = [t for i in members_of_group for t in asks[i][2]]
-            try:
-                probs = self._predict(keys, texts)
-                start = 0
-                for i in members_of_group:
-                    n = len(asks[i][2])
-                    probs_of[i] = {k: p[start:start + n] for k, p in probs.items()}
-                    start += n
-            except Exception:
-                for i in members_of_group:  # find the culprit: request by request
-                    try:
-                        probs_of[i] = self._predict(keys, asks[i][2])
-                    except Exception as exc:
-                        errors[i] = (f"{type(exc).__name__}: {exc}", "INTERNAL")
+            probs_of.update(predict_requests(lambda texts, keys=keys: self._predict(keys, texts),
+                                             {i: asks[i][2] for i in members_of_group}, errors))
 
         responses = []
         for i, ask in enumerate(asks):
