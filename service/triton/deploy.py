@@ -250,12 +250,7 @@ async def _load_and_smoke(url: str, name: str, version: str, labels: tuple[str, 
             probs, served = await client.infer(name, texts, timeout_s=30.0, model_version=version)
         except TritonClientError as exc:
             raise DeployError(f"{name} v{version} fails the smoke set on Triton: {exc}") from exc
-        if served != version:
-            raise DeployError(f"asked Triton for {name} v{version}, got v{served}")
-        probs = check_probabilities(probs, len(texts), labels, f"{name} v{version} (Triton)")
-        if not np.allclose(probs, local_probs, atol=1e-3):
-            worst = float(np.abs(probs - local_probs).max())
-            raise DeployError(f"{name} v{version}: Triton and in-process answers differ (max {worst:.4f})")
+        _check_smoke_answer(probs, served, name, version, labels, local_probs, len(texts))
         for heads in combined:
             await _reload_and_smoke_combined(client, heads, name, version, labels, local_probs, texts,
                                              load_timeout_s)
@@ -274,12 +269,21 @@ async def _reload_and_smoke_combined(client: TritonModelClient, heads: str, name
     except TritonClientError as exc:
         raise DeployError(f"{name} v{version} fails the smoke set through {heads} on Triton: {exc}") from exc
     probs, served = answers[name]
+    _check_smoke_answer(probs, served, name, version, labels, local_probs, len(texts), heads=heads)
+
+
+def _check_smoke_answer(probs, served: str, name: str, version: str, labels: tuple[str, ...],
+                        local_probs: np.ndarray, n_texts: int, heads: str | None = None) -> None:
+    """Triton's answer to the smoke set (from ``name`` itself, or through the combined model
+    ``heads``) is from the version asked for, well formed, and the in-process answer."""
     if served != version:
-        raise DeployError(f"asked {heads} for {name} v{version}, got v{served}")
-    probs = check_probabilities(probs, len(texts), labels, f"{name} v{version} (Triton, through {heads})")
+        raise DeployError(f"asked {heads or 'Triton'} for {name} v{version}, got v{served}")
+    where = "Triton" if heads is None else f"Triton, through {heads}"
+    probs = check_probabilities(probs, n_texts, labels, f"{name} v{version} ({where})")
     if not np.allclose(probs, local_probs, atol=1e-3):
         worst = float(np.abs(probs - local_probs).max())
-        raise DeployError(f"{name} v{version}: {heads} on Triton and in-process answers differ (max {worst:.4f})")
+        who = "Triton" if heads is None else f"{heads} on Triton"
+        raise DeployError(f"{name} v{version}: {who} and in-process answers differ (max {worst:.4f})")
 
 
 async def reload_combined(client: TritonModelClient, heads: str, reason: str, timeout_s: float = 120.0) -> None:
