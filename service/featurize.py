@@ -108,21 +108,8 @@ from yujing.service.featurize_reference import (  # noqa: F401  (the public API)
     normalize_for_simhash,
 )
 
-__all__ = [
-    "ESCALATION_CATEGORIES",
-    "NEAR_DUPLICATE_BITS",
-    "TextFeatures",
-    "escalation_names",
-    "featurize_batch",
-    "hamming64",
-    "normalize_for_simhash",
-    "warm_up",
-    # building blocks for cue-based models (yujing.service.models.lexicon)
-    "TOKEN_MARK",
-    "compile_cues",
-    "english_cues",
-    "mark_tokens",
-]
+# the reference's public API (featurize_batch is this module's own), plus warm_up
+__all__ = [*_reference.__all__, "warm_up"]
 
 _MAX_CHARS_PER_PASS = 1 << 22     # longer batches are featurised in slices
 
