@@ -36,6 +36,39 @@ log = logging.getLogger(__name__)
 NO_DEADLINE = math.inf
 
 
+class _Group:
+    """The turns of one :meth:`MicroBatcher.submit_group` call: a future for all of them,
+    their answers so far and how many are still to come."""
+
+    __slots__ = ("fut", "answers", "left")
+
+    def __init__(self, fut: asyncio.Future, n: int):
+        self.fut, self.answers, self.left = fut, [None] * n, n
+
+
+class _Member:
+    """One turn of a group, in the queue where a lone turn has its future: ``done()`` once
+    its call is gone (the group's future cancelled) or finished; an answer or a failure is
+    this turn's result in the group's list."""
+
+    __slots__ = ("group", "i")
+
+    def __init__(self, group: _Group, i: int):
+        self.group, self.i = group, i
+
+    def done(self) -> bool:
+        return self.group.fut.done()
+
+    def set_result(self, answer) -> None:
+        g = self.group
+        g.answers[self.i] = answer
+        g.left -= 1
+        if g.left == 0:
+            g.fut.set_result(g.answers)
+
+    set_exception = set_result
+
+
 DEADLINE_PASSED = DeadlinePassed("the call's deadline passed before this turn was scored (nothing of it applied)")
 
 
@@ -49,7 +82,7 @@ class MicroBatcher:
         self._process = process               # async (items) -> answers
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
-        self._queue: deque = deque()          # (item, future, deadline: loop time or NO_DEADLINE, loop time queued)
+        self._queue: deque = deque()          # (item, future or _Member, deadline: loop time or NO_DEADLINE, loop time queued)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -69,18 +102,29 @@ class MicroBatcher:
         self._task = asyncio.create_task(self._run(), name="yujing-batcher")
 
     def submit(self, item, deadline: float = NO_DEADLINE) -> asyncio.Future:
-        return self.submit_many([item], deadline)[0]
+        """Queue ``item``; its future gets its answer. ``deadline`` is the loop time after
+        which nobody waits for it."""
+        fut = asyncio.get_running_loop().create_future()
+        self._enqueue(((item, fut),), deadline)
+        return fut
 
-    def submit_many(self, items, deadline: float = NO_DEADLINE) -> list[asyncio.Future]:
-        """Queue ``items`` (in order); ``deadline`` is the loop time after which nobody waits
-        for their answers. One future per item."""
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in items]
-        now = loop.time()
-        self._queue.extend((item, fut, deadline, now) for item, fut in zip(items, futs))
-        self.in_flight += len(items)
+    def submit_group(self, items, deadline: float = NO_DEADLINE) -> asyncio.Future:
+        """Queue ``items`` (in order, contiguous); one future gets the list of their answers
+        in order, once every one is answered: one future and one wake-up for a ScoreBatch
+        call, not one per turn. A turn whose batch failed has the exception as its answer,
+        the others keep theirs; cancelling the future drops the turns not yet scored."""
+        group = _Group(asyncio.get_running_loop().create_future(), len(items))
+        if not items:
+            group.fut.set_result([])
+        else:
+            self._enqueue([(item, _Member(group, i)) for i, item in enumerate(items)], deadline)
+        return group.fut
+
+    def _enqueue(self, pairs, deadline: float) -> None:
+        now = asyncio.get_running_loop().time()
+        self._queue.extend((item, target, deadline, now) for item, target in pairs)
+        self.in_flight += len(pairs)
         self._wakeup.set()
-        return futs
 
     def expected_wait_s(self, n: int = 1) -> float:
         """About how long ``n`` turns submitted now would wait for their answers: the rest of

@@ -17,6 +17,8 @@ touches the session table.
 """
 from __future__ import annotations
 
+import copy
+
 import grpc
 
 
@@ -27,6 +29,15 @@ class YujingError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def within(self, prefix: str) -> "YujingError":
+        """The same refusal for a part of a request (``prefix`` like ``"turns[3]."``): its
+        message and field named inside the request. Built only for a refused part, so a
+        valid turn of a batch costs no name."""
+        err = copy.copy(self)
+        err.message, err.field = prefix + self.message, prefix + self.field
+        err.args = (err.message,)
+        return err
 
 
 class InvalidTurn(YujingError):

@@ -277,12 +277,13 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
         now = _now_ms()
         results: list = [None] * len(request.turns)
         todo, pos = [], []
+        bind = self.o.auth.bind
         for k, turn in enumerate(request.turns):
             try:     # a turn of another tenant is refused alone, as an invalid one is
-                self.o.auth.bind(principal, turn, prefix=f"turns[{k}].")
-                item = validate_turn(turn, cfg, now, prefix=f"turns[{k}].")
+                bind(principal, turn)
+                item = validate_turn(turn, cfg, now)
             except (InvalidTurn, PermissionDenied) as err:
-                results[k] = err
+                results[k] = err.within(f"turns[{k}].")
                 continue
             todo.append(item)
             pos.append(k)
@@ -297,8 +298,7 @@ class RiskScorer(pb_grpc.RiskScorerServicer):
             adm.release(len(todo))
             return self._fail(context, err)
         try:
-            answers = await asyncio.gather(*self.o.batcher.submit_many(todo, loop_deadline(left)),
-                                           return_exceptions=True)
+            answers = await self.o.batcher.submit_group(todo, loop_deadline(left))
         finally:
             adm.release(len(todo))
             if release is not None:

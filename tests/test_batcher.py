@@ -20,7 +20,7 @@ def test_batches_run_one_at_a_time_in_arrival_order():
     async def main():
         b = MicroBatcher(process, max_batch=2, max_delay_ms=0)
         b.start()
-        answers = await asyncio.gather(*b.submit_many(list(range(6))))
+        answers = await b.submit_group(list(range(6)))
         await b.close()
         return answers
 
@@ -39,7 +39,7 @@ def test_a_failing_batch_fails_only_its_turns():
     async def main():
         b = MicroBatcher(process, max_batch=2, max_delay_ms=0)
         b.start()
-        results = await asyncio.gather(*b.submit_many(list(range(6))), return_exceptions=True)
+        results = await b.submit_group(list(range(6)))
         await b.close()
         return results
 
@@ -52,12 +52,13 @@ def test_close_finishes_everything_queued():
     async def main():
         b = MicroBatcher(lambda items: asyncio.sleep(0.01, result=items), max_batch=4, max_delay_ms=1)
         b.start()
-        futs = b.submit_many(list(range(10)))
+        group = b.submit_group(list(range(10)))
+        single = b.submit(10)
         await b.close()
-        return [f.result() for f in futs], b.in_flight
+        return group.result() + [single.result()], b.in_flight
 
     results, in_flight = asyncio.run(main())
-    assert results == list(range(10)) and in_flight == 0
+    assert results == list(range(11)) and in_flight == 0
 
 
 def test_the_wait_estimate_follows_the_cost_of_batches_and_shrugs_off_one_slow_batch():
@@ -75,3 +76,32 @@ def test_the_wait_estimate_follows_the_cost_of_batches_and_shrugs_off_one_slow_b
     four_batches, after_pause = asyncio.run(main())
     assert 0.03 < four_batches < 0.06, four_batches          # about 4 x 10 ms
     assert after_pause < 2.5 * four_batches, after_pause
+
+
+def test_a_cancelled_group_drops_its_turns_not_yet_scored_and_others_go_on():
+    seen = []
+
+    async def process(items):
+        seen.extend(items)
+        await asyncio.sleep(0.01)
+        return items
+
+    async def main():
+        b = MicroBatcher(process, max_batch=2, max_delay_ms=0)
+        dropped = []
+        b._on_drop = lambda reason, n: dropped.append((reason, n))
+        b.start()
+        gone = b.submit_group(list(range(6)))         # its call goes away after the first batch
+        await asyncio.sleep(0.005)
+        gone.cancel()
+        kept = b.submit_group([10, 11])
+        empty = b.submit_group([])
+        answers = await kept
+        await b.close()
+        return answers, empty.result(), dropped, b.in_flight
+
+    answers, empty, dropped, in_flight = asyncio.run(main())
+    assert answers == [10, 11] and empty == []
+    assert seen == [0, 1, 10, 11]                       # 2..5 never reached the engine
+    # 0, 1 were being scored when the call went: applied, undelivered; 2..5 dropped unscored
+    assert dropped == [("undelivered", 2), ("cancelled", 4)] and in_flight == 0

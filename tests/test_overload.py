@@ -145,6 +145,9 @@ def _wait_for(fn, timeout_s: float = 30.0):
     return False
 
 
+LONG = "hello, my order has not arrived yet " * 114        # about 4 KB
+
+
 def test_streams_that_never_read_are_held_to_the_shared_budget(tmp_path_factory):
     """Eight streams write 3,000 turns each and never read an answer: each holds at most
     its window, the budget is never exceeded, the server stops reading them (their
@@ -160,9 +163,12 @@ def test_streams_that_never_read_are_held_to_the_shared_budget(tmp_path_factory)
                     stub = pb_grpc.RiskScorerStub(ch)
                     calls = [stub.ScoreStream(timeout=60) for _ in range(8)]
 
+                    # 4 KB turns: 12 MB a stream, more than gRPC's flow-control windows can grow
+                    # to (with 5-byte turns all 3,000 fit in a window once its BDP probe has seen
+                    # a fast reader, and the writers finish without ever being held back)
                     async def write(k, call):
                         for i in range(3000):
-                            await call.write(turn(session=f"st{k}-{i % 50}", turn_id=str(i), text="hello", ts=NOW))
+                            await call.write(turn(session=f"st{k}-{i % 50}", turn_id=str(i), text=LONG, ts=NOW))
 
                     writers = [asyncio.ensure_future(write(k, c)) for k, c in enumerate(calls)]
                     peak = 0

@@ -55,9 +55,10 @@ class Authenticator:
             raise Unauthenticated("unknown or revoked token")
         return p
 
-    def bind(self, p: Principal, request, prefix: str = "") -> None:
+    def bind(self, p: Principal, request) -> None:
         """Check (and fill in) ``request.tenant_id`` for ``p``; the request is not changed
-        when it is refused."""
+        when it is refused (a turn inside a batch: the handler names it with
+        :meth:`PermissionDenied.within`)."""
         if p.admin:
             return
         asked = request.tenant_id
@@ -66,8 +67,7 @@ class Authenticator:
         elif asked != p.tenant:
             self.on_refusal("PERMISSION_DENIED")
             shown = asked if len(asked) <= _SHOWN else asked[:_SHOWN] + "..."
-            raise PermissionDenied(f"{prefix}tenant_id {shown!r}: this token acts for tenant {p.tenant!r} only",
-                                   prefix + "tenant_id")
+            raise PermissionDenied(f"tenant_id {shown!r}: this token acts for tenant {p.tenant!r} only", "tenant_id")
 
 
 def _refusal_handler(handler, err: Unauthenticated):
