@@ -44,6 +44,10 @@ class ModelOutputs:
     emotion_labels: tuple = ()            # the emotion model's label set (empty: no emotion model)
     emotion_probs: np.ndarray | None = None     # float32 [n, labels], zeros where not trusted
     emotion_id: np.ndarray | None = None  # int64 [n]: label index, -1 without an emotion
+    # the dissatisfaction model (None: none configured): P(dissatisfied) under equal priors,
+    # 0 where not trusted, and where it is trusted (a customer text in a language it knows)
+    dissatisfaction: np.ndarray | None = None       # float64 [n]
+    has_dissatisfaction: np.ndarray | None = None   # bool [n]
 
     @classmethod
     def empty(cls, n: int) -> "ModelOutputs":
