@@ -10,10 +10,10 @@ session-major (``sf[slot, F_SENT_FAST]``), capacity C:
     si     int64    I_* (5)              40
     sh     uint64   SIMHASH_RING (4)     32
     sc     int32    C_* (8)              32
-    sb     uint8    B_* (6)              6
+    sb     uint8    B_* (7)              7
     sw     uint16   2 * WINDOW_BUCKETS   40
                                          ---
-                                         254  (<= 256, asserted below)
+                                         255  (<= 256, asserted below)
 
 Why grouped by dtype and not one array per field: a turn updates one session at a
 random slot, so what costs is the number of cache lines (and pages) one update
@@ -31,6 +31,8 @@ Units: timestamps are milliseconds since the epoch (int64); durations in state a
 sentiment is in [-1, 1] (P(pos) - P(neg)).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -84,7 +86,10 @@ B_FLAGS = 2          # FLAG_* bits
 B_ESC_MASK = 3       # OR of the escalation-cue categories seen (yujing.service.featurize)
 B_RAISE = 4          # sticky priority raise from intent categories and cues
 B_FLOOR = 5          # sticky minimum level from cues and tier rules
-SB_ROWS = 6
+B_DISSAT = 6         # the dissatisfaction model's P(dissatisfied) of the latest customer text it
+                     # scored, in 255ths (dissatisfaction_q): a byte, so a session stays in 256
+SB_ROWS = 7
+DISSAT_SCALE = 255
 FLAG_BOT_MODE = 1    # the last non-customer turn was a bot's (no human yet)
 FLAG_HAS_DELAY = 2   # F_DELAY_EWMA holds at least one response delay
 FLAG_HAS_SENT = 4    # F_SENT_FAST / F_SENT_SLOW hold at least one sentiment
@@ -111,6 +116,13 @@ AI_ROWS = 1
 AGENT_BUCKETS = 12   # 12 x agent_bucket_ms (default 10 min) = the 2-hour fatigue window
 AW_ROWS = 2 * AGENT_BUCKETS   # [0, AB) customer turns handled, [AB, 2AB) negative ones
 AGENT_DTYPES = (("ai", np.int64, AI_ROWS), ("aw", np.int32, AW_ROWS))
+
+
+def dissatisfaction_q(p: float) -> int:
+    """P(dissatisfied) as the session table keeps it (B_DISSAT): round(255 p), clipped to a
+    byte; the indicator reads q / 255. The kernels spell the same rule in compiled code."""
+    q = math.floor(p * DISSAT_SCALE + 0.5)
+    return 0 if q < 0 else (DISSAT_SCALE if q > DISSAT_SCALE else int(q))
 
 
 def layout_version() -> str:
@@ -144,13 +156,16 @@ TF_INTENT_WEIGHT = 1 # the policy's risk weight of the intent, [0, 1]
 TF_INTENSITY = 2     # yujing.service.featurize intensity, [0, 1]
 TF_ESC_LEVEL = 3     # the policy's level of the strongest cue in this text, [0, 1]
 TF_SLA_MS = 4        # response-time SLA for this turn's tier and channel (ms)
-TFL_ROWS = 5
+TF_DISSATISFACTION = 5  # the dissatisfaction model's P(dissatisfied) of this text, [0, 1]
+TFL_ROWS = 6
 
 TFLAG_HAS_TEXT = 1   # the turn carries text (a message, not only an event)
 TFLAG_NEGATIVE = 2   # the sentiment model's label is negative
 TFLAG_COMPLAINT = 4  # the intent's category counts as a complaint (a same-intent repeat counts)
 TFLAG_SENTIMENT = 8  # TF_SENTIMENT is a model's sentiment of this text (not set when the text's
                      # language is not one the model was trained on: unknown is not neutral)
+TFLAG_DISSATISFACTION = 16  # TF_DISSATISFACTION is the dissatisfaction model's output for this
+                            # text (the same rule: not set for a language it does not know)
 
 SPEAKER_CUSTOMER = 1
 SPEAKER_AGENT = 2
@@ -182,6 +197,7 @@ INDICATORS = (
     "session_minutes",         # 15 (session clock - first turn) / 60 s
     "bot_turns_unhandled",     # 16 bot turns with no human yet
     "agent_fatigue",           # 17 negative customer turns the agent took in 2 h
+    "dissatisfaction",         # 18 P(dissatisfied) of the latest customer text, [0, 1]
 )
 N_INDICATORS = len(INDICATORS)
 IND = {name: i for i, name in enumerate(INDICATORS)}
@@ -190,6 +206,9 @@ NEGATIVE_IS_RISK = ("sentiment_ewma", "sentiment_trend")
 # Indicators in multiples of the SLA whose risk is the part beyond it (value - 1): an answer
 # within the SLA is no risk.
 BEYOND_SLA_IS_RISK = ("response_delay_sla", "unanswered_wait_sla")
+# Probabilities under equal priors whose risk is the part beyond even odds (value - 0.5): words
+# no more typical of dissatisfied customers than of the others are no risk.
+BEYOND_EVEN_IS_RISK = ("dissatisfaction",)
 
 
 def indicator_risk(name: str, value: float) -> float:
@@ -200,6 +219,8 @@ def indicator_risk(name: str, value: float) -> float:
         return -value
     if name in BEYOND_SLA_IS_RISK:
         return value - 1.0
+    if name in BEYOND_EVEN_IS_RISK:
+        return value - 0.5
     return value
 
 
@@ -228,6 +249,7 @@ OF_TRANSFERS = 14               # structure
 OF_SESSION_MINUTES = 15         # behaviour
 OF_BOT_TURNS_UNHANDLED = 16     # structure
 OF_AGENT_FATIGUE = 17           # structure
+OF_DISSATISFACTION = 18         # emotion
 assert all(globals()["OF_" + name.upper()] == i for i, name in enumerate(INDICATORS)), "OF_* rows != INDICATORS"
 OF_SCORE = N_INDICATORS
 OF_REASON_POINTS = N_INDICATORS + 1   # 3 rows

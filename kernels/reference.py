@@ -149,6 +149,8 @@ def reference(ti, tf, th, pf):
             ind[17] = sum(1 for j in ahist if is_msg(j, L.SPEAKER_CUSTOMER)
                           and ti[L.T_FLAGS, j] & L.TFLAG_NEGATIVE
                           and int(ti[L.T_TS, j]) // abms > ahead - L.AGENT_BUCKETS)
+        scored = [j for j in cust if ti[L.T_FLAGS, j] & L.TFLAG_DISSATISFACTION]
+        ind[18] = L.dissatisfaction_q(float(tf[L.TF_DISSATISFACTION, scored[-1]])) / L.DISSAT_SCALE if scored else 0.0
 
         # score: weight * clip(risk / saturation, 0, 1), summed, capped at 100
         pts = []

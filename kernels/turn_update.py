@@ -11,11 +11,11 @@ One turn, in order (:func:`_build_steps`):
 
     start_turn        a new slot is initialised; the session clock moves (never back)
     fold_emotion      sentiment EWMAs, negative turns (last N, time window, run), peak,
-                      negation, intensity                         (README "emotion")
+                      negation, intensity, dissatisfaction          (README "emotion")
     fold_behaviour    repeated complaints, message rate, escalation cues ("behaviour")
     fold_trend        intent exposure (the sentiment trend is read from the EWMAs)
     fold_structure    events, waits, response delays, bot turns, SLA, agent fatigue
-    fill_indicators   the 18 indicators, one reader per family, into ``of[OF_<NAME>, i]``
+    fill_indicators   the indicators (layout.INDICATORS), one reader per family, into ``of[OF_<NAME>, i]``
     score_turn        points and reasons, level (hysteresis, floors), priority, actions
 
 Each family's builder (``_build_emotion`` ...) holds its state update and its indicator
@@ -57,9 +57,9 @@ def build(jit, prefetch_row):
     fold_structure, structure_indicators = _build_structure(jit)
 
     @jit
-    def fill_indicators(sf, si, sc, sw, s, pf, of, i):
+    def fill_indicators(sf, si, sc, sb, sw, s, pf, of, i):
         """Write session ``s``'s indicators (at its own clock) into ``of[:N_INDICATORS, i]``."""
-        emotion_indicators(sf, sc, sw, s, pf, of, i)
+        emotion_indicators(sf, sc, sb, sw, s, pf, of, i)
         behaviour_indicators(sf, si, sc, s, pf, of, i)
         trend_indicators(sf, s, of, i)
         structure_indicators(sf, si, sc, s, of, i)
@@ -128,7 +128,7 @@ def _build_helpers(jit):
 
 def _build_emotion(jit, h):
     """sentiment_ewma, neg_share_turns, neg_share_window, consecutive_negative,
-    peak_negativity, negation_share, intensity."""
+    peak_negativity, negation_share, intensity, dissatisfaction."""
     popcount64, decay, ring_advance, ring_add, ring_sums, push_bit = h
 
     @jit
@@ -159,6 +159,14 @@ def _build_emotion(jit, h):
         else:
             a = pf[L.P_ALPHA_INTENSITY]
             sf[s, L.F_INTENSITY] = a * tf[L.TF_INTENSITY, i] + (1.0 - a) * sf[s, L.F_INTENSITY]
+        # dissatisfaction: the latest customer text the model scored (in 255ths, layout.dissatisfaction_q)
+        if (flags & L.TFLAG_DISSATISFACTION) != 0:
+            q = math.floor(tf[L.TF_DISSATISFACTION, i] * L.DISSAT_SCALE + 0.5)
+            if q < 0.0:
+                q = 0.0
+            elif q > L.DISSAT_SCALE:
+                q = float(L.DISSAT_SCALE)
+            sb[s, L.B_DISSAT] = np.int64(q)
         negativity = -sent if sent < 0.0 else 0.0
         if negativity > sf[s, L.F_PEAK_NEG]:
             sf[s, L.F_PEAK_NEG] = negativity
@@ -173,7 +181,7 @@ def _build_emotion(jit, h):
         sf[s, L.F_NEGATION_DEN] = lam * sf[s, L.F_NEGATION_DEN] + float(ti[L.T_WORDS, i])
 
     @jit
-    def emotion_indicators(sf, sc, sw, s, pf, of, i):
+    def emotion_indicators(sf, sc, sb, sw, s, pf, of, i):
         n_cust = sc[s, L.C_CUSTOMER]
         n_keep = np.int64(pf[L.P_NEG_TURNS_N])
         nb = L.WINDOW_BUCKETS
@@ -188,6 +196,7 @@ def _build_emotion(jit, h):
         den = sf[s, L.F_NEGATION_DEN]
         of[L.OF_NEGATION_SHARE, i] = sf[s, L.F_NEGATION_NUM] / den if den > 0.0 else 0.0
         of[L.OF_INTENSITY, i] = sf[s, L.F_INTENSITY]
+        of[L.OF_DISSATISFACTION, i] = float(sb[s, L.B_DISSAT]) / L.DISSAT_SCALE
 
     return fold_emotion, emotion_indicators
 
@@ -339,6 +348,8 @@ def _build_scoring(jit):
                 v = -v
             elif j == L.OF_RESPONSE_DELAY_SLA or j == L.OF_UNANSWERED_WAIT_SLA:   # layout.BEYOND_SLA_IS_RISK
                 v = v - 1.0
+            elif j == L.OF_DISSATISFACTION:                                     # layout.BEYOND_EVEN_IS_RISK
+                v = v - 0.5
             x = v / pf[L.P_SATURATION + j]
             if x < 0.0:
                 x = 0.0
@@ -545,7 +556,7 @@ def _build_steps(jit, prefetch_row, fold_emotion, fold_behaviour, fold_trend, fo
             if j + PREFETCH_AHEAD < hi:
                 prefetch_session(sf, si, sh, sc, sb, sw, ti[L.T_SLOT, order[j + PREFETCH_AHEAD]])
             s = fold_turn(sf, si, sh, sc, sb, sw, ti, tf, th, pf, fatigue, i)
-            fill_indicators(sf, si, sc, sw, s, pf, of, i)
+            fill_indicators(sf, si, sc, sb, sw, s, pf, of, i)
             score_turn(sf, si, sc, sb, s, ti, pf, of, oi, i)
 
     return session_steps

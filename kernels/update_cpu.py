@@ -64,9 +64,9 @@ class CpuKernels:
 
 
 @njit(cache=True, nogil=True)
-def session_indicators(sf, si, sc, sw, slot, pf, out):
+def session_indicators(sf, si, sc, sb, sw, slot, pf, out):
     """The indicators of session ``slot`` at its own clock, into ``out[:N_INDICATORS, 0]``.
 
     Works on host arrays; the GPU backend passes a host copy of one slot's columns.
     """
-    fill_indicators(sf, si, sc, sw, slot, pf, out, 0)
+    fill_indicators(sf, si, sc, sb, sw, slot, pf, out, 0)

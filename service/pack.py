@@ -62,7 +62,9 @@ def _turn_flags(kept, pos, outputs, lookups) -> np.ndarray:
     has_text = np.fromiter((bool(it.turn.text) for it in kept), bool, len(kept))
     return (np.where(has_text, L.TFLAG_HAS_TEXT, 0) | np.where(outputs.negative[pos], L.TFLAG_NEGATIVE, 0)
             | np.where(outputs.has_sentiment[pos], L.TFLAG_SENTIMENT, 0)
-            | np.where(lookups.complaint[pos], L.TFLAG_COMPLAINT, 0))
+            | np.where(lookups.complaint[pos], L.TFLAG_COMPLAINT, 0)
+            | (np.where(outputs.has_dissatisfaction[pos], L.TFLAG_DISSATISFACTION, 0)
+               if outputs.has_dissatisfaction is not None else 0))
 
 
 def pack_ti(kept, pos, customer, slots, feats, outputs, lookups, policy) -> np.ndarray:
@@ -109,6 +111,8 @@ def pack_tf(pos, customer, feats, outputs, lookups, policy) -> np.ndarray:
     tf[L.TF_INTENSITY] = turn_intensity(pos, customer, feats, outputs, policy)
     tf[L.TF_ESC_LEVEL] = np.where(customer, lookups.esc_level[pos], 0.0)
     tf[L.TF_SLA_MS] = policy.sla_ms[lookups.channel[pos], lookups.tier[pos]]
+    if outputs.dissatisfaction is not None:   # the kernel reads it on customer turns only
+        tf[L.TF_DISSATISFACTION] = np.clip(np.nan_to_num(outputs.dissatisfaction[pos]), 0.0, 1.0)
     return tf
 
 

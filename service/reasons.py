@@ -77,6 +77,9 @@ def reason_texts(indicator: str, value: float, sla_s: float | None = None) -> tu
     if indicator == "agent_fatigue":
         return (f"the agent handled {n} negative customer messages in the last 2 h",
                 f"该坐席近 2 小时处理了 {n} 条负面客户消息")
+    if indicator == "dissatisfaction":
+        return (f"the customer's words read like those of customers who end dissatisfied ({_pct(v)})",
+                f"客户的话与最终不满意的客户相似（{_pct(v)}）")
     if indicator == "anger":
         return ("the customer is angry", "客户情绪愤怒")
     return (f"{indicator} = {v:g}", f"{indicator} = {v:g}")

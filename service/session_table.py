@@ -276,7 +276,7 @@ class SessionTable:
         slot = self.slot(key)
         host = {name: self.kernels.to_host(arr[slot:slot + 1]) for name, arr in self.state.items()}
         out = np.zeros((L.OF_ROWS, 1))
-        session_indicators(host["sf"], host["si"], host["sc"], host["sw"], 0, pf, out)
+        session_indicators(host["sf"], host["si"], host["sc"], host["sb"], host["sw"], 0, pf, out)
         return {
             "indicators": {name: float(out[k, 0]) for k, name in enumerate(L.INDICATORS)},
             "score": float(host["sf"][0, L.F_SCORE]),

@@ -16,6 +16,16 @@ def default_pf() -> np.ndarray:
     return _PF.copy()
 
 
+def every_weight_pf() -> np.ndarray:
+    """The default policy with every indicator weighing at least 5 points, so the score's
+    risk rule of each one (negative part, beyond the SLA, beyond even odds) is exercised
+    even where the default policy gives an indicator no weight."""
+    pf = default_pf()
+    w = pf[L.P_WEIGHTS:L.P_WEIGHTS + L.N_INDICATORS]
+    w[w < 5.0] = 5.0
+    return pf
+
+
 def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agents: int = 3,
                    max_gap_ms: int = 120_000, out_of_order: float = 0.1, resets: float = 0.02,
                    t0: int = 1_700_000_000_000, with_clock: bool = False):
@@ -55,8 +65,11 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
         complaint = rng.random() < 0.3
         # a text without a sentiment (a language the model does not know) now and then
         known = has_text and rng.random() < 0.9
+        # the dissatisfaction model scores fewer texts (it knows one language): its own flag
+        dissat_known = has_text and rng.random() < 0.7
         ti[L.T_FLAGS, i] = ((L.TFLAG_HAS_TEXT if has_text else 0) | (L.TFLAG_NEGATIVE if negative and known else 0)
-                            | (L.TFLAG_COMPLAINT if complaint else 0) | (L.TFLAG_SENTIMENT if known else 0))
+                            | (L.TFLAG_COMPLAINT if complaint else 0) | (L.TFLAG_SENTIMENT if known else 0)
+                            | (L.TFLAG_DISSATISFACTION if dissat_known else 0))
         ti[L.T_INTENT, i] = int(rng.integers(0, 4))
         ti[L.T_ESC_MASK, i] = int(rng.integers(0, 256)) if rng.random() < 0.1 else 0
         words = int(rng.integers(0, 30))
@@ -70,6 +83,12 @@ def random_history(rng: np.random.Generator, n: int, n_sessions: int = 5, n_agen
         tf[L.TF_INTENSITY, i] = float(rng.uniform(0, 1))
         tf[L.TF_ESC_LEVEL, i] = float(rng.uniform(0, 1)) if ti[L.T_ESC_MASK, i] else 0.0
         tf[L.TF_SLA_MS, i] = float(rng.choice([20_000.0, 60_000.0, 3_600_000.0]))
+        # probabilities, with the byte's rounding edges (k + 0.5) / 255 and 0, 0.5, 1 now and then
+        edge = rng.random()
+        tf[L.TF_DISSATISFACTION, i] = (
+            0.0 if not dissat_known else
+            float(rng.choice([0.0, 0.5, 1.0, (int(rng.integers(0, 255)) + 0.5) / 255.0])) if edge < 0.2 else
+            float(rng.uniform(0, 1)))
         if rng.random() < 0.05:
             th[i] = np.uint64(0)
         else:  # a few base texts with small perturbations: near-duplicates happen

@@ -19,12 +19,12 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from yujing.kernels import layout as L
     from yujing.kernels.update_gpu import update_batch, group_by
-    from tests.kernel_cases import default_pf, random_history, run_cpu
+    from tests.kernel_cases import every_weight_pf, random_history, run_cpu
 
     seed, n, n_sessions, n_agents, batch = map(int, sys.argv[1:6])
     rng = np.random.default_rng(seed)
     ti, tf, th = random_history(rng, n, n_sessions=n_sessions, n_agents=n_agents)
-    pf = default_pf()
+    pf = every_weight_pf()
     of_cpu, oi_cpu, s_cpu, a_cpu = run_cpu(ti, tf, th, pf, batch, n_sessions, n_agents)
 
     s = L.new_session_arrays(n_sessions)

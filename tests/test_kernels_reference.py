@@ -4,7 +4,7 @@ import pytest
 
 from yujing.kernels import layout as L
 from yujing.kernels.reference import reference
-from tests.kernel_cases import default_pf, random_history, run_cpu
+from tests.kernel_cases import default_pf, every_weight_pf, random_history, run_cpu
 
 
 def assert_outputs_equal(of, oi, ref_of, ref_oi, tol=1e-6):
@@ -28,6 +28,18 @@ def test_cpu_kernel_matches_reference(seed, batch):
     of, oi, _, _ = run_cpu(ti, tf, th, pf, batch, n_slots=6, n_agents=3)
     ref_of, ref_oi = reference(ti, tf, th, pf)
     assert_outputs_equal(of, oi, ref_of, ref_oi)
+
+
+@pytest.mark.parametrize("seed,batch", [(5, 1), (6, 64)])
+def test_cpu_kernel_matches_reference_when_every_indicator_weighs(seed, batch):
+    rng = np.random.default_rng(seed)
+    ti, tf, th = random_history(rng, 600, n_sessions=6, n_agents=3)
+    pf = every_weight_pf()
+    of, oi, _, _ = run_cpu(ti, tf, th, pf, batch, n_slots=6, n_agents=3)
+    ref_of, ref_oi = reference(ti, tf, th, pf)
+    assert_outputs_equal(of, oi, ref_of, ref_oi)
+    np.testing.assert_array_equal(oi[L.OI_REASON_IDX:L.OI_REASON_IDX + 3], ref_oi[L.OI_REASON_IDX:L.OI_REASON_IDX + 3])
+    assert (oi[L.OI_REASON_IDX:L.OI_REASON_IDX + 3] == L.OF_DISSATISFACTION).any()   # it scores: a reason now and then
 
 
 def test_every_indicator_is_exercised():

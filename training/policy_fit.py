@@ -2,7 +2,7 @@
 candidate policy a person reviews as a diff before deploying it.
 
 The score of a turn is ``min(100, sum_i w_i * clip(risk_i / saturation_i, 0, 1))`` over
-the 18 indicators (README, "The score"). The indicators of every turn do not depend on
+the indicators (README, "The score"). The indicators of every turn do not depend on
 the weights, so one replay of the training dialogues (``yujing eval conversations --split
 train --keep-turns --json played.json``) gives a matrix ``X`` (turns x indicators) of
 clipped, saturated risks, and any weight vector's scores are ``X @ w``: the fit searches
