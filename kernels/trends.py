@@ -221,3 +221,40 @@ def observe_batch(counts, last, first, clock, parent, active, false_since, seg, 
             fire[u, j] = f
             n_fired += f
     return ur, fire, sums, hist, now_ms, n_fired, late, ts_max, n_complaints
+
+
+_M1, _M2, _M4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
+
+
+@njit(cache=True, nogil=True)
+def _popcount(x):
+    x = x - ((x >> _S1) & _M1)
+    x = (x & _M2) + ((x >> _S2) & _M2)
+    x = (x + (x >> _S4)) & _M4
+    return (x * _H01) >> _S56
+
+
+@njit(cache=True, nogil=True)
+def similar_complaints(ts, sess, intent, sim, n, t, it, sh, win, bits):
+    """Among a queue's last ``n`` complaints (the first ``n`` entries of the ring arrays),
+    those within ``win`` ms of time ``t`` that are similar to a complaint of intent ``it``
+    (-1: none) and SimHash ``sh`` (0: none): the same intent, or both SimHashes non-zero
+    and within ``bits`` (Hamming). Returns (the number of different sessions among them,
+    their number)."""
+    picked = np.empty(n, np.int64)
+    count = 0
+    for k in range(n):
+        if abs(ts[k] - t) > win:
+            continue
+        if (it >= 0 and intent[k] == it) or (sh != 0 and sim[k] != 0 and _popcount(sim[k] ^ sh) <= bits):
+            picked[count] = sess[k]
+            count += 1
+    if count == 0:
+        return 0, 0
+    srt = np.sort(picked[:count])
+    distinct = 1
+    for k in range(1, count):
+        distinct += srt[k] != srt[k - 1]
+    return distinct, count

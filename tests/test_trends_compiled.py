@@ -88,6 +88,12 @@ def assert_same_state(ref, got):
     assert (ref.late_dropped, ref.folded_queues, ref._stream_ms) == (got.late_dropped, got.folded_queues,
                                                                      got._stream_ms)
     assert ref.queues() == got.queues()
+    assert sorted(ref._recent) == sorted(got._recent)
+    for r, a in ref._recent.items():
+        b = got._recent[r]
+        for name in ("ts", "sess", "intent", "sim"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"_recent.{name}")
+        assert (a.n, a.pos, a.clusters) == (b.n, b.pos, b.clusters)
     for tenant, queue, cat in ref.queues():
         if not cat:
             assert repr(ref.health(tenant, queue)) == repr(got.health(tenant, queue))

@@ -114,7 +114,6 @@ RING_HOURS = 72
 _NEVER = -(2 ** 62)          # `last` of a row that holds nothing yet
 _FAR = 2 ** 62               # `first` of such a row
 _UNSET = np.iinfo(np.int64).min
-_POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 DEFAULT_TREND_TOML = """\
 # Queue trends (README "Queue trends"): rolling counts per tenant x queue and per intent
@@ -305,11 +304,6 @@ class TrendPolicy:
             raise ConfigError(f"{where}: health_negative_yellow {p.health_negative_yellow} must be below "
                               f"health_negative_red {p.health_negative_red}", "trend.health_negative_red")
         return p
-
-
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.uint64)
-    return _POP8[x.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64)
 
 
 def _column(x, dtype) -> np.ndarray:
@@ -665,37 +659,30 @@ class TrendTracker:
         skip = self._ignore
         bits, win = p.near_dup_bits, self.repeat_ms
         events = []
-        for i in idx[np.argsort(ts[idx], kind="stable")].tolist():
-            r = int(qrow[i])
+        order = idx[np.argsort(ts[idx], kind="stable")]
+        for i, r, t, s, sh, it in zip(order.tolist(), qrow[order].tolist(), ts[order].tolist(),
+                                      sess[order].tolist(), sim[order].tolist(), intent[order].tolist()):
             rec = self._recent.get(r)
             if rec is None:
                 rec = self._recent[r] = _Recent(p.repeated_recent)
-            t, s, sh = int(ts[i]), int(sess[i]), np.uint64(sim[i])
             cat = categories[i] if categories[i] not in skip else ""
-            it = int(intent[i]) if intent[i] >= 0 and cat else -1
+            if it < 0 or not cat:
+                it = -1
             rec.append(t, s, it, sh)
             rec.clusters = [c for c in rec.clusters if t - c[2] <= win]
             hit = None
             for c in rec.clusters:
-                if (it >= 0 and c[0] == it) or (sh != 0 and c[1] != 0
-                                                and bin(int(sh) ^ int(c[1])).count("1") <= bits):
+                if (it >= 0 and c[0] == it) or (sh != 0 and c[1] != 0 and bin(sh ^ c[1]).count("1") <= bits):
                     hit = c
                     break
             if hit is not None:
                 hit[2] = max(hit[2], t)
                 continue
-            m = slice(0, rec.n)
-            near = np.abs(rec.ts[m] - t) <= win
-            similar = np.zeros(rec.n, bool)
-            if it >= 0:
-                similar |= rec.intent[m] == it
-            if sh != 0:
-                similar |= (rec.sim[m] != 0) & (_popcount64(rec.sim[m] ^ sh) <= bits)
-            similar &= near
-            n_sessions = int(np.unique(rec.sess[m][similar]).shape[0])
+            n_sessions, n_similar = _k.similar_complaints(rec.ts, rec.sess, rec.intent, rec.sim, rec.n, t, it,
+                                                          np.uint64(sh), win, bits)
             if n_sessions < p.repeated_complaints:
                 continue
-            rec.clusters.append([it, int(sh), t])
+            rec.clusters.append([it, sh, t])
             del rec.clusters[:-64]
             tenant, queue, _ = self._keys[r]
             where_en, where_zh = _where(queue, "")
@@ -705,7 +692,7 @@ class TrendTracker:
                 kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
                 priority=p.priorities[kind], event_time_ms=t,
                 figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
-                         "ratio": n_sessions / p.repeated_complaints, "count": float(similar.sum()),
+                         "ratio": n_sessions / p.repeated_complaints, "count": float(n_similar),
                          "window_s": win / 1000.0, "intent_id": float(it)},
                 summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
                            f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),

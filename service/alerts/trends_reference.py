@@ -6,14 +6,22 @@ it; ``tests/test_trends_compiled.py`` drives both with the same long random stre
 their events and state equal, and ``python -m yujing.loadtest.bench.trends`` times them side
 by side. Rows, the repeated-complaint memory, the figures of ``health``/``gauges`` and the
 cached segment sums are shared with the service's tracker (this class only replaces the
-per-batch update and the rule evaluation)."""
+per-batch update, the rule evaluation and the repeated-complaint scan)."""
 from __future__ import annotations
 
 import numpy as np
 
 from yujing.service.alerts.events import AlertEvent
 from yujing.service.alerts.trends import (COMPLAINTS, CUSTOMER, ESCALATIONS, NC, NEGATIVE, NEW_SESSIONS,
-                                          RULES, TURNS, _FAR, _NEVER, _UNSET, TrendTracker, _div, _where)
+                                          RULES, TURNS, _FAR, _NEVER, _UNSET, TrendTracker, _div, _Recent,
+                                          _where)
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    return _POP8[x.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64)
 
 
 class ReferenceTrendTracker(TrendTracker):
@@ -175,3 +183,56 @@ class ReferenceTrendTracker(TrendTracker):
         self._active[ur, j] = (active | fire) & ~release
         self._false_since[ur, j] = np.where(release, _UNSET, fs)
         return fire
+
+    def _repeated(self, idx, qrow, categories, ts, sess, intent, sim) -> list[AlertEvent]:
+        p = self.policy
+        skip = self._ignore
+        bits, win = p.near_dup_bits, self.repeat_ms
+        events = []
+        for i in idx[np.argsort(ts[idx], kind="stable")].tolist():
+            r = int(qrow[i])
+            rec = self._recent.get(r)
+            if rec is None:
+                rec = self._recent[r] = _Recent(p.repeated_recent)
+            t, s, sh = int(ts[i]), int(sess[i]), np.uint64(sim[i])
+            cat = categories[i] if categories[i] not in skip else ""
+            it = int(intent[i]) if intent[i] >= 0 and cat else -1
+            rec.append(t, s, it, sh)
+            rec.clusters = [c for c in rec.clusters if t - c[2] <= win]
+            hit = None
+            for c in rec.clusters:
+                if (it >= 0 and c[0] == it) or (sh != 0 and c[1] != 0
+                                                and bin(int(sh) ^ int(c[1])).count("1") <= bits):
+                    hit = c
+                    break
+            if hit is not None:
+                hit[2] = max(hit[2], t)
+                continue
+            m = slice(0, rec.n)
+            near = np.abs(rec.ts[m] - t) <= win
+            similar = np.zeros(rec.n, bool)
+            if it >= 0:
+                similar |= rec.intent[m] == it
+            if sh != 0:
+                similar |= (rec.sim[m] != 0) & (_popcount64(rec.sim[m] ^ sh) <= bits)
+            similar &= near
+            n_sessions = int(np.unique(rec.sess[m][similar]).shape[0])
+            if n_sessions < p.repeated_complaints:
+                continue
+            rec.clusters.append([it, int(sh), t])
+            del rec.clusters[:-64]
+            tenant, queue, _ = self._keys[r]
+            where_en, where_zh = _where(queue, "")
+            mins = p.repeated_window_minutes
+            kind = "REPEATED_COMPLAINT"
+            events.append(AlertEvent(
+                kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
+                priority=p.priorities[kind], event_time_ms=t,
+                figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
+                         "ratio": n_sessions / p.repeated_complaints, "count": float(similar.sum()),
+                         "window_s": win / 1000.0, "intent_id": float(it)},
+                summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
+                           f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),
+                summary_zh=f"{where_zh}{mins:g} 分钟内有 {n_sessions} 个不同会话提出相似投诉"
+                           + (f"（类别 {cat}）" if cat else "")))
+        return events
