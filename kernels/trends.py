@@ -52,12 +52,12 @@ def _div(a, b):
 
 @njit(cache=True, nogil=True)
 def observe_batch(counts, last, first, clock, parent, active, false_since, seg, seg_b,
-                  qrow, crow, ts, customer, negative, complaint, new_session, escalation,
+                  turn_rows, ts, customer, negative, complaint, new_session, escalation,
                   edges, win_lo, win_hi, cooldown, ip, fp):
     """Count a batch and evaluate the rows it touched.
 
-    Per turn ``i`` (1-D, C-contiguous): ``qrow`` its queue row, ``crow`` its category row
-    (-1: none), ``ts`` its time (ms), and the bool columns. ``edges`` are the age segment
+    Per turn ``i``: ``turn_rows[i]`` its queue row and its category row (-1: none), int64
+    [n, 2]; ``ts`` its time (ms) and the bool columns (1-D; all C-contiguous). ``edges`` are the age segment
     bounds (buckets), window ``w`` sums the segments ``win_lo[w] .. win_hi[w] - 1``;
     ``cooldown[j]`` is rule j's release time in buckets; ``ip``/``fp`` the parameters
     (``P_*``, ``F_*``).
@@ -72,16 +72,16 @@ def observe_batch(counts, last, first, clock, parent, active, false_since, seg, 
     # the entries: every turn in its queue row, then the turns with a category row in that
     m = n
     for i in range(n):
-        if crow[i] >= 0:
+        if turn_rows[i, 1] >= 0:
             m += 1
     rows = np.empty(m, np.int64)
     src = np.empty(m, np.int64)
     k = n
     for i in range(n):
-        rows[i] = qrow[i]
+        rows[i] = turn_rows[i, 0]
         src[i] = i
-        if crow[i] >= 0:
-            rows[k] = crow[i]
+        if turn_rows[i, 1] >= 0:
+            rows[k] = turn_rows[i, 1]
             src[k] = i
             k += 1
     # the touched rows, ascending; per row the newest and oldest bucket and the latest time

@@ -89,6 +89,7 @@ Health index (GetQueueHealth), 0 (worst) .. 100 (healthy)
 from __future__ import annotations
 
 import logging
+import itertools
 import math
 import time
 import threading
@@ -114,6 +115,7 @@ RING_HOURS = 72
 _NEVER = -(2 ** 62)          # `last` of a row that holds nothing yet
 _FAR = 2 ** 62               # `first` of such a row
 _UNSET = np.iinfo(np.int64).min
+_ROW_CACHE_MAX = 1 << 16     # remembered (tenant, queue, category) keys of observe
 
 DEFAULT_TREND_TOML = """\
 # Queue trends (README "Queue trends"): rolling counts per tenant x queue and per intent
@@ -365,7 +367,12 @@ class TrendTracker:
     """Rolling queue counters, their baselines and the queue alerts (module docstring).
 
     ``observe`` is called once per micro-batch; ``health`` and ``queues`` from any thread
-    (one lock guards the state)."""
+    (one lock guards the state). Per batch, Python finds the turns' rows (strings, folding)
+    and one compiled call (``yujing.kernels.trends.observe_batch``) counts the turns and
+    evaluates and latches the three rate rules over the touched rows; only fired rules and
+    complaints come back to Python. ``trends_reference.ReferenceTrendTracker`` is the same
+    as numpy array calls over the batch, the definition the compiled path is tested against
+    (``tests/test_trends_compiled.py``) and timed beside (``yujing bench trends``)."""
 
     def __init__(self, policy: TrendPolicy | None = None):
         p = self.policy = policy or TrendPolicy()
@@ -417,6 +424,7 @@ class TrendTracker:
         self._index: dict = {}
         self._fold: dict = {}
         self._children: dict = {}                        # queue row -> {category: row or -1}
+        self._row_cache: dict = {}                       # (tenant, queue, category) -> (queue row, category row)
         self._recent: dict = {}                          # queue row -> _Recent
         self._lock = threading.Lock()
         self._stream_ms = 0                              # the latest turn time seen (any queue)
@@ -495,18 +503,24 @@ class TrendTracker:
             kids[category] = r
         return r
 
-    def _rows_of(self, tenants, queues, categories, n: int):
-        qrow = np.empty(n, np.int64)
-        crow = np.empty(n, np.int64)
-        seen = {}
-        ignore = self._ignore
-        for i, k in enumerate(zip(tenants, queues, categories)):
-            rc = seen.get(k)
-            if rc is None:
-                q = self._queue_row(k[0], k[1])
-                rc = seen[k] = (q, self._category_row(q, k[2]) if k[2] and k[2] not in ignore else -1)
-            qrow[i], crow[i] = rc
-        return qrow, crow
+    def _rows_of(self, tenants, queues, categories, n: int) -> np.ndarray:
+        """The queue row and the category row (-1: none) of each turn, int64 [n, 2]. A
+        key's rows never change once found, so they are remembered across batches (the
+        memory is forgotten past ``_ROW_CACHE_MAX`` keys and rebuilt as keys come again)."""
+        cache = self._row_cache
+        pairs = list(map(cache.get, zip(tenants, queues, categories)))
+        if None in pairs:
+            if len(cache) > _ROW_CACHE_MAX:
+                cache.clear()
+            ignore = self._ignore
+            for i, k in enumerate(zip(tenants, queues, categories)):
+                if pairs[i] is None:
+                    rc = cache.get(k)
+                    if rc is None:
+                        q = self._queue_row(k[0], k[1])
+                        rc = cache[k] = (q, self._category_row(q, k[2]) if k[2] and k[2] not in ignore else -1)
+                    pairs[i] = rc
+        return np.fromiter(itertools.chain.from_iterable(pairs), np.int64, 2 * n).reshape(n, 2)
 
     # -- a batch -----------------------------------------------------------------------
     def observe(self, tenants, queues, categories, ts_ms, customer, negative, complaint,
@@ -532,10 +546,10 @@ class TrendTracker:
         cust = _column(customer, np.bool_)
         compl = _column(complaint, np.bool_)
         with self._lock:
-            qrow, crow = self._rows_of(tenants, queues, categories, n)
+            rows = self._rows_of(tenants, queues, categories, n)
             ur, fire, sums, hist, now_ms, n_fired, late, ts_max, n_complaints = _k.observe_batch(
                 self._counts, self._last, self._first, self._clock, self._parent, self._active,
-                self._false_since, self._seg, self._seg_b, qrow, crow, ts, cust, _column(negative, np.bool_),
+                self._false_since, self._seg, self._seg_b, rows, ts, cust, _column(negative, np.bool_),
                 compl, _column(new_session, np.bool_), _column(escalation, np.bool_),
                 self._k_edges, self._k_win_lo, self._k_win_hi, self.cooldown_b, self._k_ip, self._k_fp)
             self.late_dropped += late
@@ -543,7 +557,7 @@ class TrendTracker:
                 self._stream_ms = int(ts_max)
             events = []
             if n_complaints:
-                events += self._repeated(np.flatnonzero(cust & compl), qrow, categories, ts,
+                events += self._repeated(np.flatnonzero(cust & compl), rows[:, 0], categories, ts,
                                          np.asarray(session_hash, np.int64).reshape(-1),
                                          np.asarray(intent_id, np.int64).reshape(-1),
                                          np.asarray(simhash, np.uint64).reshape(-1))

@@ -6,7 +6,8 @@ it; ``tests/test_trends_compiled.py`` drives both with the same long random stre
 their events and state equal, and ``python -m yujing.loadtest.bench.trends`` times them side
 by side. Rows, the repeated-complaint memory, the figures of ``health``/``gauges`` and the
 cached segment sums are shared with the service's tracker (this class only replaces the
-per-batch update, the rule evaluation and the repeated-complaint scan)."""
+turns' row lookup, the per-batch update, the rule evaluation and the repeated-complaint
+scan)."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +27,19 @@ def _popcount64(x: np.ndarray) -> np.ndarray:
 
 class ReferenceTrendTracker(TrendTracker):
     """``TrendTracker`` with the numpy ``observe`` (the reference the compiled one equals)."""
+
+    def _rows_of(self, tenants, queues, categories, n: int):
+        qrow = np.empty(n, np.int64)
+        crow = np.empty(n, np.int64)
+        seen = {}
+        ignore = self._ignore
+        for i, k in enumerate(zip(tenants, queues, categories)):
+            rc = seen.get(k)
+            if rc is None:
+                q = self._queue_row(k[0], k[1])
+                rc = seen[k] = (q, self._category_row(q, k[2]) if k[2] and k[2] not in ignore else -1)
+            qrow[i], crow[i] = rc
+        return qrow, crow
 
     def observe(self, tenants, queues, categories, ts_ms, customer, negative, complaint,
                 new_session, escalation, session_hash, intent_id, simhash) -> list[AlertEvent]:
