@@ -10,7 +10,8 @@ touched rows and latches them. It does per row, in plain loops, what the numpy r
 in the same order, so the state and the rules' outcome are the same bit for bit
 (``tests/test_trends_compiled.py``); the caller turns the few fired (row, rule) pairs into
 events from the window sums this returns. Row lookup (strings) and the repeated-complaint
-scan stay in Python.
+clusters stay in Python; :func:`similar_complaints` is the scan of a queue's recent
+complaints that decides whether a complaint opens one.
 
 The tracker's state arrays (one entry per row) are updated in place::
 
@@ -57,10 +58,10 @@ def observe_batch(counts, last, first, clock, parent, active, false_since, seg, 
     """Count a batch and evaluate the rows it touched.
 
     Per turn ``i``: ``turn_rows[i]`` its queue row and its category row (-1: none), int64
-    [n, 2]; ``ts`` its time (ms) and the bool columns (1-D; all C-contiguous). ``edges`` are the age segment
-    bounds (buckets), window ``w`` sums the segments ``win_lo[w] .. win_hi[w] - 1``;
-    ``cooldown[j]`` is rule j's release time in buckets; ``ip``/``fp`` the parameters
-    (``P_*``, ``F_*``).
+    [n, 2]; ``ts`` its time (ms) and the bool columns (1-D; all C-contiguous). ``edges``
+    are the age segment bounds (buckets), window ``w`` sums the segments
+    ``win_lo[w] .. win_hi[w] - 1``; ``cooldown[j]`` is rule j's release time in buckets;
+    ``ip``/``fp`` the parameters (``P_*``, ``F_*``).
 
     Returns ``(ur, fire, sums, hist, now_ms, n_fired, late, ts_max, n_complaints)``: the
     touched rows ascending, rule j fired for ``ur[u]`` (bool [U, 3]), their window sums

@@ -88,11 +88,11 @@ Health index (GetQueueHealth), 0 (worst) .. 100 (healthy)
 """
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import math
-import time
 import threading
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
