@@ -28,6 +28,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from yujing.service.alerts import trends
 from yujing.service.alerts.api import AlertsServicer, queue_health
 from yujing.service.alerts.detect import AlertDetector
 from yujing.service.alerts.hub import AlertHub, MemoryLog
@@ -720,10 +721,12 @@ class YujingServer:
 
     async def _warm_up(self) -> None:
         """Compile (or load from cache) the kernels on a scratch table before SERVING.
-        The text kernel first, off the event loop (a cold compile takes seconds, during
-        which health checks are still answered NOT_SERVING)."""
+        The text and queue trend kernels first, off the event loop (a cold compile takes
+        seconds, during which health checks are still answered NOT_SERVING)."""
         seconds = await asyncio.get_running_loop().run_in_executor(None, featurize.warm_up)
         log.info("text feature kernel ready in %.2f s (compiled, or loaded from numba's cache)", seconds)
+        seconds = await asyncio.get_running_loop().run_in_executor(None, trends.warm_up)
+        log.info("queue trend kernel ready in %.2f s (compiled, or loaded from numba's cache)", seconds)
         scratch = SessionTable(capacity=2, agent_capacity=2, backend=self.config.backend)
         eng = Engine(self.policy, scratch, self.router, 0)
         eng.detector = AlertDetector(self.policy, 2, 2)

@@ -80,3 +80,17 @@ def test_the_text_kernel_is_warmed_up_before_serving(tmp_path_factory, monkeypat
         assert calls == [1]
     finally:
         svc.stop()
+
+
+def test_the_queue_trend_kernel_is_warmed_up_before_serving(tmp_path_factory, monkeypatch):
+    """Likewise the queue trend kernel (TrendTracker.observe runs on every scored batch)."""
+    from yujing.service.alerts import trends
+
+    calls = []
+    real = trends.warm_up
+    monkeypatch.setattr(trends, "warm_up", lambda: calls.append(1) or real())
+    svc = start(tmp_path_factory)
+    try:
+        assert calls == [1]
+    finally:
+        svc.stop()

@@ -88,13 +88,16 @@ Health index (GetQueueHealth), 0 (worst) .. 100 (healthy)
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from yujing.kernels import trends as _k
 from yujing.service.alerts.events import AlertEvent
 from yujing.service.errors import ConfigError
 
@@ -112,7 +115,7 @@ RING_HOURS = 72
 _NEVER = -(2 ** 62)          # `last` of a row that holds nothing yet
 _FAR = 2 ** 62               # `first` of such a row
 _UNSET = np.iinfo(np.int64).min
-_POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+_ROW_CACHE_MAX = 1 << 16     # remembered (tenant, queue, category) keys of observe
 
 DEFAULT_TREND_TOML = """\
 # Queue trends (README "Queue trends"): rolling counts per tenant x queue and per intent
@@ -305,9 +308,18 @@ class TrendPolicy:
         return p
 
 
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.uint64)
-    return _POP8[x.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.int64)
+def _column(x, dtype) -> np.ndarray:
+    """``x`` as a 1-D C-contiguous array of ``dtype`` (what the compiled kernel is typed for;
+    no copy when it is one already)."""
+    a = np.asarray(x, dtype)
+    if a.ndim != 1 or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a.reshape(-1))
+    return a
+
+
+def _fdiv(a, b) -> float:
+    """a / b as floats, 0.0 where b is 0 (``_div`` for one pair)."""
+    return float(a) / float(b) if b != 0 else 0.0
 
 
 def _div(a, b):
@@ -355,7 +367,12 @@ class TrendTracker:
     """Rolling queue counters, their baselines and the queue alerts (module docstring).
 
     ``observe`` is called once per micro-batch; ``health`` and ``queues`` from any thread
-    (one lock guards the state)."""
+    (one lock guards the state). Per batch, Python finds the turns' rows (strings, folding)
+    and one compiled call (``yujing.kernels.trends.observe_batch``) counts the turns and
+    evaluates and latches the three rate rules over the touched rows; only fired rules and
+    complaints come back to Python. ``trends_reference.ReferenceTrendTracker`` is the same
+    as numpy array calls over the batch, the definition the compiled path is tested against
+    (``tests/test_trends_compiled.py``) and timed beside (``yujing bench trends``)."""
 
     def __init__(self, policy: TrendPolicy | None = None):
         p = self.policy = policy or TrendPolicy()
@@ -374,6 +391,25 @@ class TrendTracker:
         s = self.span
         self.edges = np.array(sorted({0, 1, self.w1, self.w3, self.w24, self.w1 + s, self.w3 + s, self.w24 + s}))
         self._edge_at = {int(e): i for i, e in enumerate(self.edges)}
+        # the compiled kernel's view of the same: segment bounds, the six windows as
+        # segment ranges (kernels/trends.py CUR1 .. PREV24) and the parameters
+        self._k_edges = self.edges.astype(np.int64)
+        at = self._edge_at
+        spans = ((0, self.w1), (self.w1, self.w1 + s), (0, self.w3), (self.w3, self.w3 + s),
+                 (0, self.w24), (self.w24, self.w24 + s))
+        self._k_win_lo = np.array([at[lo] for lo, _ in spans], np.int64)
+        self._k_win_hi = np.array([at[hi] for _, hi in spans], np.int64)
+        ip = np.zeros(_k.N_IP, np.int64)
+        ip[_k.P_BUCKET_MS], ip[_k.P_NB], ip[_k.P_W3], ip[_k.P_SPAN] = self.bucket_ms, self.nb, self.w3, s
+        ip[_k.P_WARM], ip[_k.P_WARM24] = self.warm_b, self.warm24_b
+        ip[_k.P_NEG_MIN], ip[_k.P_VOL_MIN] = p.negative_min_customer_turns, p.volume_min_customer_turns
+        ip[_k.P_COMP_MIN], ip[_k.P_COMP_CUST_MIN] = p.complaint_min_complaints, p.complaint_min_customer_turns
+        ip[_k.P_CATEGORY_ALERTS] = bool(p.category_alerts)
+        fp = np.zeros(_k.N_FP, np.float64)
+        fp[_k.F_NEG_RATIO], fp[_k.F_NEG_FLOOR] = p.negative_surge_ratio, p.negative_share_floor
+        fp[_k.F_VOL_RATIO] = p.volume_spike_ratio
+        fp[_k.F_COMP_RATIO], fp[_k.F_COMP_FLOOR] = p.complaint_rate_ratio, p.complaint_rate_floor
+        self._k_ip, self._k_fp = ip, fp
         cap = min(64, p.max_rows)
         self._counts = np.zeros((cap, NC, self.nb), np.int32)
         self._last = np.full(cap, _NEVER, np.int64)      # newest bucket a row's ring holds
@@ -388,6 +424,7 @@ class TrendTracker:
         self._index: dict = {}
         self._fold: dict = {}
         self._children: dict = {}                        # queue row -> {category: row or -1}
+        self._row_cache: dict = {}                       # (tenant, queue, category) -> (queue row, category row)
         self._recent: dict = {}                          # queue row -> _Recent
         self._lock = threading.Lock()
         self._stream_ms = 0                              # the latest turn time seen (any queue)
@@ -466,18 +503,24 @@ class TrendTracker:
             kids[category] = r
         return r
 
-    def _rows_of(self, tenants, queues, categories, n: int):
-        qrow = np.empty(n, np.int64)
-        crow = np.empty(n, np.int64)
-        seen = {}
-        ignore = self._ignore
-        for i, k in enumerate(zip(tenants, queues, categories)):
-            rc = seen.get(k)
-            if rc is None:
-                q = self._queue_row(k[0], k[1])
-                rc = seen[k] = (q, self._category_row(q, k[2]) if k[2] and k[2] not in ignore else -1)
-            qrow[i], crow[i] = rc
-        return qrow, crow
+    def _rows_of(self, tenants, queues, categories, n: int) -> np.ndarray:
+        """The queue row and the category row (-1: none) of each turn, int64 [n, 2]. A
+        key's rows never change once found, so they are remembered across batches (the
+        memory is forgotten past ``_ROW_CACHE_MAX`` keys and rebuilt as keys come again)."""
+        cache = self._row_cache
+        pairs = list(map(cache.get, zip(tenants, queues, categories)))
+        if None in pairs:
+            if len(cache) > _ROW_CACHE_MAX:
+                cache.clear()
+            ignore = self._ignore
+            for i, k in enumerate(zip(tenants, queues, categories)):
+                if pairs[i] is None:
+                    rc = cache.get(k)
+                    if rc is None:
+                        q = self._queue_row(k[0], k[1])
+                        rc = cache[k] = (q, self._category_row(q, k[2]) if k[2] and k[2] not in ignore else -1)
+                    pairs[i] = rc
+        return np.fromiter(itertools.chain.from_iterable(pairs), np.int64, 2 * n).reshape(n, 2)
 
     # -- a batch -----------------------------------------------------------------------
     def observe(self, tenants, queues, categories, ts_ms, customer, negative, complaint,
@@ -490,67 +533,87 @@ class TrendTracker:
         ``new_session``, ``escalation`` (bool; negative and complaint count only on
         customer turns), ``session_hash`` (int64, tells sessions apart), ``intent_id``
         (int, -1 = none) and ``simhash`` (uint64, 0 = none): the last three feed
-        REPEATED_COMPLAINT. Alerts come back ordered by event time."""
-        ts = np.asarray(ts_ms, np.int64).reshape(-1)
+        REPEATED_COMPLAINT. Alerts come back ordered by event time.
+
+        The rows are found here (strings); the counting and the three rate rules are one
+        call of the compiled ``yujing.kernels.trends.observe_batch`` (the numpy
+        definition it equals is ``trends_reference.ReferenceTrendTracker.observe``), and
+        only a fired rule or a complaint comes back to Python."""
+        ts = _column(ts_ms, np.int64)
         n = ts.shape[0]
         if n == 0:
             return []
-        cust = np.asarray(customer, bool).reshape(-1)
-        compl = cust & np.asarray(complaint, bool).reshape(-1)
-        vals = np.empty((n, NC), np.int32)
-        vals[:, TURNS] = 1
-        vals[:, CUSTOMER] = cust
-        vals[:, NEGATIVE] = cust & np.asarray(negative, bool).reshape(-1)
-        vals[:, COMPLAINTS] = compl
-        vals[:, NEW_SESSIONS] = np.asarray(new_session, bool).reshape(-1)
-        vals[:, ESCALATIONS] = np.asarray(escalation, bool).reshape(-1)
+        cust = _column(customer, np.bool_)
+        compl = _column(complaint, np.bool_)
         with self._lock:
-            qrow, crow = self._rows_of(tenants, queues, categories, n)
-            has_c = crow >= 0
-            rows = np.concatenate([qrow, crow[has_c]])
-            b = ts // self.bucket_ms
-            bb = np.concatenate([b, b[has_c]])
-            tt = np.concatenate([ts, ts[has_c]])
-            vv = np.concatenate([vals, vals[has_c]])
-            ur, inv = np.unique(rows, return_inverse=True)
-            bmax = np.full(ur.shape[0], _NEVER, np.int64)
-            np.maximum.at(bmax, inv, bb)
-            bmin = np.full(ur.shape[0], _FAR, np.int64)
-            np.minimum.at(bmin, inv, bb)
-            tmax = np.full(ur.shape[0], -1, np.int64)
-            np.maximum.at(tmax, inv, tt)
-            self._advance(ur, bmax)
-            ok = bb > self._last[rows] - self.nb
-            self.late_dropped += int(n - ok[:n].sum())
-            r_ok = rows[ok]
-            np.add.at(self._counts, (r_ok[:, None], np.arange(NC)[None, :], (bb[ok] % self.nb)[:, None]), vv[ok])
-            # a turn in a bucket before the one the cached sums are as of makes them stale
-            self._seg_b[r_ok[bb[ok] != self._seg_b[r_ok]]] = _UNSET
-            self._first[ur] = np.minimum(self._first[ur], bmin)
-            self._first[ur] = np.minimum(self._first[ur], self._first[self._parent[ur]])
-            self._clock[ur] = np.maximum(self._clock[ur], tmax)
-            self._stream_ms = max(self._stream_ms, int(ts.max()))
+            rows = self._rows_of(tenants, queues, categories, n)
+            ur, fire, sums, hist, now_ms, n_fired, late, ts_max, n_complaints = _k.observe_batch(
+                self._counts, self._last, self._first, self._clock, self._parent, self._active,
+                self._false_since, self._seg, self._seg_b, rows, ts, cust, _column(negative, np.bool_),
+                compl, _column(new_session, np.bool_), _column(escalation, np.bool_),
+                self._k_edges, self._k_win_lo, self._k_win_hi, self.cooldown_b, self._k_ip, self._k_fp)
+            self.late_dropped += late
+            if ts_max > self._stream_ms:
+                self._stream_ms = int(ts_max)
             events = []
-            if compl.any():
-                events += self._repeated(np.flatnonzero(compl), qrow, categories, ts,
+            if n_complaints:
+                events += self._repeated(np.flatnonzero(cust & compl), rows[:, 0], categories, ts,
                                          np.asarray(session_hash, np.int64).reshape(-1),
                                          np.asarray(intent_id, np.int64).reshape(-1),
                                          np.asarray(simhash, np.uint64).reshape(-1))
-            if not self.policy.category_alerts:
-                ur = ur[self._parent[ur] == ur]
-            events += self._evaluate(ur)
-        events.sort(key=lambda e: e.event_time_ms)
+            if n_fired:
+                events += self._rule_events(ur, fire, sums, hist, now_ms)
+        if len(events) > 1:
+            events.sort(key=lambda e: e.event_time_ms)
         return events
 
-    def _advance(self, ur: np.ndarray, bmax: np.ndarray):
-        """Move each row's ring forward to bucket ``bmax``, zeroing the buckets it skips."""
-        last = self._last[ur]
-        new = last == _NEVER
-        steps = np.where(new, 0, np.clip(bmax - last, 0, self.nb))
-        self._last[ur] = np.where(new, bmax, np.maximum(last, bmax))
-        if steps.any():
-            rr, kk = np.nonzero(np.arange(self.nb)[None, :] < steps[:, None])
-            self._counts[ur[rr], :, (last[rr] + 1 + kk) % self.nb] = 0
+    def _rule_events(self, ur, fire, sums, hist, now_ms) -> list[AlertEvent]:
+        """The events of the (row, rule) pairs the kernel fired, rule by rule, rows
+        ascending, their figures from the row's window sums."""
+        p = self.policy
+        events = []
+        for j in range(3):
+            for u in np.flatnonzero(fire[:, j]).tolist():
+                tenant, queue, cat = self._keys[int(ur[u])]
+                where_en, where_zh = _where(queue, cat)
+                s = sums[u].tolist()
+                if j == 0:
+                    count, cust = s[_k.CUR1][NEGATIVE], s[_k.CUR1][CUSTOMER]
+                    share = _fdiv(count, cust)
+                    bshare = _fdiv(s[_k.BASE1][NEGATIVE], s[_k.BASE1][CUSTOMER])
+                    ratio = _fdiv(share, max(bshare, p.negative_share_floor))
+                    fig = {"value": share, "baseline": bshare, "ratio": ratio, "count": float(count),
+                           "customer_turns": float(cust), "window_s": self.w1 * self.bucket_ms / 1000.0}
+                    en = (f"{where_en}: negative share {share:.0%} in the last hour, {ratio:.1f}x "
+                          f"the baseline {bshare:.0%} ({count} of {cust} customer turns)")
+                    zh = (f"{where_zh}近 1 小时负面占比 {share:.0%}，为基线 {bshare:.0%} 的 "
+                          f"{ratio:.1f} 倍（{cust} 条客户消息中 {count} 条负面）")
+                elif j == 1:
+                    vol = s[_k.CUR3][CUSTOMER]
+                    avail = min(max(int(hist[u]) - self.w3, 0), self.span)
+                    bvol = _fdiv(s[_k.BASE3][CUSTOMER], avail) * self.w3
+                    ratio = vol / max(bvol, 1.0)
+                    fig = {"value": float(vol), "baseline": bvol, "ratio": ratio, "count": float(vol),
+                           "window_s": self.w3 * self.bucket_ms / 1000.0}
+                    en = (f"{where_en}: {vol} customer turns in the last 3 hours, {ratio:.1f}x "
+                          f"the baseline {bvol:.0f}")
+                    zh = f"{where_zh}近 3 小时客户消息 {vol} 条，为基线 {bvol:.0f} 条的 {ratio:.1f} 倍"
+                else:
+                    count, cust = s[_k.CUR24][COMPLAINTS], s[_k.CUR24][CUSTOMER]
+                    rate = _fdiv(count, cust)
+                    prate = _fdiv(s[_k.PREV24][COMPLAINTS], s[_k.PREV24][CUSTOMER])
+                    ratio = _fdiv(rate, max(prate, p.complaint_rate_floor))
+                    fig = {"value": rate, "baseline": prate, "ratio": ratio, "count": float(count),
+                           "customer_turns": float(cust), "window_s": self.w24 * self.bucket_ms / 1000.0}
+                    en = (f"{where_en}: complaint rate {rate:.1%} over the last 24 hours, {ratio:.1f}x "
+                          f"the previous 24 hours ({prate:.1%}; {count} complaints)")
+                    zh = (f"{where_zh}近 24 小时投诉率 {rate:.1%}，为前 24 小时（{prate:.1%}）的 "
+                          f"{ratio:.1f} 倍（投诉 {count} 条）")
+                kind = RULES[j]
+                events.append(AlertEvent(kind=kind, tenant_id=tenant, queue=queue, intent_category=cat,
+                                         level=p.levels[kind], priority=p.priorities[kind],
+                                         event_time_ms=int(now_ms[u]), figures=fig, summary_en=en, summary_zh=zh))
+        return events
 
     # -- figures -----------------------------------------------------------------------
     def _gather(self, rows: np.ndarray, nowb: np.ndarray, kmax: int) -> np.ndarray:
@@ -605,127 +668,35 @@ class TrendTracker:
                         cur24=win(0, w24), prev24=win(w24, w24 + s), weighted=wsum,
                         hist=np.maximum(nowb - self._first[rows] + 1, 0))
 
-    def _baseline_volume(self, base: np.ndarray, hist: np.ndarray, w: int) -> np.ndarray:
-        """Mean per window of ``w`` buckets over the span before the window ([R, NC])."""
-        avail = np.clip(hist - w, 0, self.span)
-        return _div(base, avail[:, None]) * w
-
-    # -- rules -------------------------------------------------------------------------
-    def _evaluate(self, ur: np.ndarray) -> list[AlertEvent]:
-        if ur.size == 0:
-            return []
-        p = self.policy
-        par = self._parent[ur]
-        nowb = self._last[par]
-        now_ms = self._clock[par]
-        f = self._figures(ur, nowb, cached=True)
-        armed = f.hist >= self.warm_b
-        # NEGATIVE_SURGE
-        share = _div(f.cur1[:, NEGATIVE], f.cur1[:, CUSTOMER])
-        bshare = _div(f.base1[:, NEGATIVE], f.base1[:, CUSTOMER])
-        neg_ratio = _div(share, np.maximum(bshare, p.negative_share_floor))
-        neg = armed & (f.cur1[:, CUSTOMER] >= p.negative_min_customer_turns) & (f.base1[:, CUSTOMER] > 0) \
-            & (share >= p.negative_surge_ratio * np.maximum(bshare, p.negative_share_floor)) & (share > 0)
-        # VOLUME_SPIKE
-        vol = f.cur3[:, CUSTOMER]
-        bvol = self._baseline_volume(f.base3, f.hist, self.w3)[:, CUSTOMER]
-        vol_ratio = vol / np.maximum(bvol, 1.0)
-        spike = armed & (np.clip(f.hist - self.w3, 0, None) > 0) & (vol >= p.volume_min_customer_turns) \
-            & (vol >= p.volume_spike_ratio * np.maximum(bvol, 1.0))
-        # COMPLAINT_RATE_UP
-        rate = _div(f.cur24[:, COMPLAINTS], f.cur24[:, CUSTOMER])
-        prate = _div(f.prev24[:, COMPLAINTS], f.prev24[:, CUSTOMER])
-        rate_ratio = _div(rate, np.maximum(prate, p.complaint_rate_floor))
-        comp = (f.hist >= self.warm24_b) & (f.cur24[:, COMPLAINTS] >= p.complaint_min_complaints) \
-            & (f.cur24[:, CUSTOMER] >= p.complaint_min_customer_turns) \
-            & (f.prev24[:, CUSTOMER] >= max(p.complaint_min_customer_turns, 1)) \
-            & (rate >= p.complaint_rate_ratio * np.maximum(prate, p.complaint_rate_floor)) & (rate > 0)
-
-        events = []
-        for j, cond in enumerate((neg, spike, comp)):
-            fire = self._latch(ur, j, cond, nowb)
-            for i in np.flatnonzero(fire).tolist():
-                r = int(ur[i])
-                tenant, queue, cat = self._keys[r]
-                where_en, where_zh = _where(queue, cat)
-                if j == 0:
-                    fig = {"value": float(share[i]), "baseline": float(bshare[i]), "ratio": float(neg_ratio[i]),
-                           "count": float(f.cur1[i, NEGATIVE]), "customer_turns": float(f.cur1[i, CUSTOMER]),
-                           "window_s": self.w1 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: negative share {share[i]:.0%} in the last hour, {neg_ratio[i]:.1f}x "
-                          f"the baseline {bshare[i]:.0%} ({f.cur1[i, NEGATIVE]} of {f.cur1[i, CUSTOMER]} "
-                          f"customer turns)")
-                    zh = (f"{where_zh}近 1 小时负面占比 {share[i]:.0%}，为基线 {bshare[i]:.0%} 的 "
-                          f"{neg_ratio[i]:.1f} 倍（{f.cur1[i, CUSTOMER]} 条客户消息中 {f.cur1[i, NEGATIVE]} 条负面）")
-                elif j == 1:
-                    fig = {"value": float(vol[i]), "baseline": float(bvol[i]), "ratio": float(vol_ratio[i]),
-                           "count": float(vol[i]), "window_s": self.w3 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: {vol[i]} customer turns in the last 3 hours, {vol_ratio[i]:.1f}x "
-                          f"the baseline {bvol[i]:.0f}")
-                    zh = f"{where_zh}近 3 小时客户消息 {vol[i]} 条，为基线 {bvol[i]:.0f} 条的 {vol_ratio[i]:.1f} 倍"
-                else:
-                    fig = {"value": float(rate[i]), "baseline": float(prate[i]), "ratio": float(rate_ratio[i]),
-                           "count": float(f.cur24[i, COMPLAINTS]), "customer_turns": float(f.cur24[i, CUSTOMER]),
-                           "window_s": self.w24 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: complaint rate {rate[i]:.1%} over the last 24 hours, {rate_ratio[i]:.1f}x "
-                          f"the previous 24 hours ({prate[i]:.1%}; {f.cur24[i, COMPLAINTS]} complaints)")
-                    zh = (f"{where_zh}近 24 小时投诉率 {rate[i]:.1%}，为前 24 小时（{prate[i]:.1%}）的 "
-                          f"{rate_ratio[i]:.1f} 倍（投诉 {f.cur24[i, COMPLAINTS]} 条）")
-                kind = RULES[j]
-                events.append(AlertEvent(kind=kind, tenant_id=tenant, queue=queue, intent_category=cat,
-                                         level=p.levels[kind], priority=p.priorities[kind],
-                                         event_time_ms=int(now_ms[i]), figures=fig, summary_en=en, summary_zh=zh))
-        return events
-
-    def _latch(self, ur: np.ndarray, j: int, cond: np.ndarray, nowb: np.ndarray) -> np.ndarray:
-        """One alert per surge: fire on a rising condition; release a fired row once its
-        condition has been false for the rule's cooldown."""
-        active = self._active[ur, j]
-        fs = self._false_since[ur, j]
-        fire = cond & ~active
-        fs = np.where(cond, _UNSET, fs)
-        fs = np.where(~cond & active & (fs == _UNSET), nowb, fs)
-        release = ~cond & active & (fs != _UNSET) & (nowb - fs >= self.cooldown_b[j])
-        self._active[ur, j] = (active | fire) & ~release
-        self._false_since[ur, j] = np.where(release, _UNSET, fs)
-        return fire
-
     def _repeated(self, idx, qrow, categories, ts, sess, intent, sim) -> list[AlertEvent]:
         p = self.policy
         skip = self._ignore
         bits, win = p.near_dup_bits, self.repeat_ms
         events = []
-        for i in idx[np.argsort(ts[idx], kind="stable")].tolist():
-            r = int(qrow[i])
+        order = idx[np.argsort(ts[idx], kind="stable")]
+        for i, r, t, s, sh, it in zip(order.tolist(), qrow[order].tolist(), ts[order].tolist(),
+                                      sess[order].tolist(), sim[order].tolist(), intent[order].tolist()):
             rec = self._recent.get(r)
             if rec is None:
                 rec = self._recent[r] = _Recent(p.repeated_recent)
-            t, s, sh = int(ts[i]), int(sess[i]), np.uint64(sim[i])
             cat = categories[i] if categories[i] not in skip else ""
-            it = int(intent[i]) if intent[i] >= 0 and cat else -1
+            if it < 0 or not cat:
+                it = -1
             rec.append(t, s, it, sh)
             rec.clusters = [c for c in rec.clusters if t - c[2] <= win]
             hit = None
             for c in rec.clusters:
-                if (it >= 0 and c[0] == it) or (sh != 0 and c[1] != 0
-                                                and bin(int(sh) ^ int(c[1])).count("1") <= bits):
+                if (it >= 0 and c[0] == it) or (sh != 0 and c[1] != 0 and bin(sh ^ c[1]).count("1") <= bits):
                     hit = c
                     break
             if hit is not None:
                 hit[2] = max(hit[2], t)
                 continue
-            m = slice(0, rec.n)
-            near = np.abs(rec.ts[m] - t) <= win
-            similar = np.zeros(rec.n, bool)
-            if it >= 0:
-                similar |= rec.intent[m] == it
-            if sh != 0:
-                similar |= (rec.sim[m] != 0) & (_popcount64(rec.sim[m] ^ sh) <= bits)
-            similar &= near
-            n_sessions = int(np.unique(rec.sess[m][similar]).shape[0])
+            n_sessions, n_similar = _k.similar_complaints(rec.ts, rec.sess, rec.intent, rec.sim, rec.n, t, it,
+                                                          np.uint64(sh), win, bits)
             if n_sessions < p.repeated_complaints:
                 continue
-            rec.clusters.append([it, int(sh), t])
+            rec.clusters.append([it, sh, t])
             del rec.clusters[:-64]
             tenant, queue, _ = self._keys[r]
             where_en, where_zh = _where(queue, "")
@@ -735,7 +706,7 @@ class TrendTracker:
                 kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
                 priority=p.priorities[kind], event_time_ms=t,
                 figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
-                         "ratio": n_sessions / p.repeated_complaints, "count": float(similar.sum()),
+                         "ratio": n_sessions / p.repeated_complaints, "count": float(n_similar),
                          "window_s": win / 1000.0, "intent_id": float(it)},
                 summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
                            f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),
@@ -850,3 +821,15 @@ def _where(queue: str, category: str) -> tuple[str, str]:
     if category:
         return f"queue {q} category '{category}'", f"队列{qz}类别「{category}」"
     return f"queue {q}", f"队列{qz}"
+
+
+def warm_up() -> float:
+    """Compile the trend kernel (or load it from numba's on-disk cache) by observing a small
+    batch on a scratch tracker; returns the seconds it took. The server calls it before it
+    reports SERVING, so the first scored batch does not compile it."""
+    start = time.perf_counter()
+    TrendTracker().observe(tenants=["t", "t"], queues=["q", "q"], categories=["c", ""], ts_ms=[0, 1],
+                           customer=[True, False], negative=[True, False], complaint=[True, False],
+                           new_session=[True, False], escalation=[False, False], session_hash=[1, 1],
+                           intent_id=[0, -1], simhash=[1, 0])
+    return time.perf_counter() - start
