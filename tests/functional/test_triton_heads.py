@@ -35,7 +35,8 @@ async def _until(predicate, timeout_s: float, what: str) -> None:
 def _same(a, b, served_by=TRITON) -> None:
     """Two ClassifyResults with the same content (names, versions, labels, probabilities)."""
     assert (a.served_by, a.degraded) == (b.served_by, b.degraded) == (served_by, served_by != TRITON)
-    for x, y in ((a.sentiment, b.sentiment), (a.intent, b.intent), (a.emotion, b.emotion)):
+    for x, y in ((a.sentiment, b.sentiment), (a.intent, b.intent), (a.emotion, b.emotion),
+                 (a.dissatisfaction, b.dissatisfaction)):
         if x is None or y is None:
             assert x is y is None
             continue
@@ -45,26 +46,30 @@ def _same(a, b, served_by=TRITON) -> None:
 
 
 def test_heads_answers_what_one_call_per_model_answers_for_the_trained_models():
-    with TritonServer(COMMITTED_REPO, ["sentiment", "emotion", "intent", "heads"], allow_http=False,
+    with TritonServer(COMMITTED_REPO, ["sentiment", "emotion", "intent", "dissatisfaction", "heads"], allow_http=False,
                       allow_metrics=False, startup_timeout_s=120) as server:
         async def go():
             results = {}
             for combined in ("heads", None):
-                async with ModelRouter(COMMITTED_REPO, server.grpc_url, emotion_model="emotion", deadline_s=30,
+                async with ModelRouter(COMMITTED_REPO, server.grpc_url, emotion_model="emotion",
+                                       dissatisfaction_model="dissatisfaction", deadline_s=30,
                                        combined_model=combined) as router:
                     results[combined] = ((router.triton_calls, router.model_calls_per_batch),
                                          await router.classify(TEXTS),
                                          await router.classify(TEXTS * 40), await router.classify([]))
-            async with ModelRouter(COMMITTED_REPO, emotion_model="emotion") as local:
+            async with ModelRouter(COMMITTED_REPO, emotion_model="emotion",
+                                   dissatisfaction_model="dissatisfaction") as local:
                 results["in-process"] = await local.classify(TEXTS)
             return results
 
         results = asyncio.run(go())
-    assert results["heads"][0] == ("combined:heads", 1) and results[None][0] == ("per-model", 3)
+    assert results["heads"][0] == ("combined:heads", 1) and results[None][0] == ("per-model", 4)
+    assert results["heads"][1].dissatisfaction.labels == ("other", "dissatisfied")
     for one, per_model in zip(results["heads"][1:], results[None][1:]):
         _same(one, per_model)
     local, heads = results["in-process"], results["heads"][1]
-    for x, y in ((local.sentiment, heads.sentiment), (local.intent, heads.intent), (local.emotion, heads.emotion)):
+    for x, y in ((local.sentiment, heads.sentiment), (local.intent, heads.intent), (local.emotion, heads.emotion),
+                 (local.dissatisfaction, heads.dissatisfaction)):
         assert (x.model_name, x.model_version, x.labels) == (y.model_name, y.model_version, y.labels)
         np.testing.assert_array_equal(x.probs, y.probs)
 
