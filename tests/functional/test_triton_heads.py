@@ -196,3 +196,34 @@ def test_a_version_that_heads_refuses_is_rolled_back_in_heads_too(triton_server,
     assert serving_version(model_repo, "sentiment") == "1" and not (model_repo / "sentiment" / "2").exists()
     assert router.triton_calls == "combined:heads" and router.stats.triton_failures == 0
     _same(before, after)
+
+
+def test_the_dissatisfaction_model_is_deployed_through_heads(tmp_path):
+    """The trained dissatisfaction model beside test sentiment and intent models: heads
+    answers it, a new version (the same weights, as v2) is checked through heads and served."""
+    repo = make_model_repo(tmp_path)
+    shutil.copytree(COMMITTED_REPO / "dissatisfaction", repo / "dissatisfaction",
+                    ignore=shutil.ignore_patterns("serving_version"))
+    texts = ["你们这什么破服务，我要投诉！", "好的谢谢", "I want a refund"]
+    server = start_triton(repo)
+    try:
+        async def go():
+            async with ModelRouter(repo, server.grpc_url, dissatisfaction_model="dissatisfaction",
+                                   version_poll_s=0.1, deadline_s=30) as router:
+                before = await router.classify(texts)
+                calls = router.triton_calls
+                result = await deploy_model_async(COMMITTED_REPO / "dissatisfaction" / "1" / "artifact",
+                                                  "dissatisfaction", model_repository=repo,
+                                                  triton_url=server.grpc_url, triton_key=server.key)
+                await _until(lambda: router.versions["dissatisfaction"] == result.version, 5, "the router to switch")
+                return before, calls, result, await router.classify(texts), router.triton_calls
+
+        before, calls, result, after, calls_after = asyncio.run(go())
+    finally:
+        server.close()
+    assert calls == calls_after == "combined:heads"
+    assert result.version == "2" and result.previous_version == "1" and result.checked_on_triton
+    assert before.dissatisfaction.model_version == "1" and after.dissatisfaction.model_version == "2"
+    assert after.served_by == TRITON and after.dissatisfaction.labels == ("other", "dissatisfied")
+    np.testing.assert_array_equal(before.dissatisfaction.probs, after.dissatisfaction.probs)
+    assert before.dissatisfaction.probs[0, 1] > 0.5 > before.dissatisfaction.probs[1, 1]
