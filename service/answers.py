@@ -59,6 +59,10 @@ def model_versions(result, policy) -> tuple["pb.ModelVersions", bool]:
     if result.emotion is not None:
         versions.emotion_model = result.emotion.model_name
         versions.emotion_version = str(result.emotion.model_version)
+    dissatisfaction = getattr(result, "dissatisfaction", None)
+    if dissatisfaction is not None:
+        versions.dissatisfaction_model = dissatisfaction.model_name
+        versions.dissatisfaction_version = str(dissatisfaction.model_version)
     versions.served_by = result.served_by
     return versions, bool(result.degraded)
 

@@ -80,6 +80,8 @@ class Config:
     sentiment_model: str = setting("sentiment", "sentiment model name in the repository (e.g. sentiment_e5)")
     intent_model: str = setting("intent", "intent model name in the repository (e.g. intent_banking77)")
     emotion_model: str = setting("emotion", "emotion model name in the repository ('' for none)")
+    dissatisfaction_model: str = setting("dissatisfaction", "dissatisfaction model name in the repository: "
+                                                            "P(dissatisfied) of a customer's words ('' for none)")
     combined_model: str = setting("heads", "Triton model that answers all the models in one call per batch "
                                            "(model_repo/heads); '' for one call per model")
     triton_timeout_ms: float = setting(500.0, "deadline of one Triton call before the in-process fallback answers")

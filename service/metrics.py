@@ -218,7 +218,7 @@ class Metrics:
         self.batch_latency = Histogram("yujing_batch_latency_seconds", "Engine time per micro-batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.model_latency = Histogram("yujing_model_call_latency_seconds",
-                                       "Latency of one model call (sentiment + intent for a batch)",
+                                       "Latency of one model call (every configured model for a batch)",
                                        ["served_by"], buckets=LATENCY_BUCKETS, registry=r)
         self.model_errors = Counter("yujing_model_call_errors", "Failed model calls (Triton errors, timeouts)",
                                     ["kind"], registry=r)

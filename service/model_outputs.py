@@ -68,6 +68,8 @@ def read_outputs(result, with_text, n: int, languages: np.ndarray, policy, inten
     _read_intent(out, result.intent, rows, trusted(result.intent, langs), intent_table)
     if getattr(result, "emotion", None) is not None:
         _read_emotion(out, result.emotion, rows, trusted(result.emotion, langs))
+    if getattr(result, "dissatisfaction", None) is not None:
+        _read_dissatisfaction(out, result.dissatisfaction, rows, trusted(result.dissatisfaction, langs))
     return out
 
 
@@ -97,6 +99,19 @@ def _read_intent(out: ModelOutputs, scores, rows, ok, intent_table) -> None:
     out.intent_id[rows[ok]] = np.argmax(scores.probs[ok], axis=1)
     if NO_INTENT in scores.labels:     # the model's "no intent" is no intent: no weight, no repeat
         out.intent_id[out.intent_id == scores.labels.index(NO_INTENT)] = -1
+
+
+# the dissatisfaction model's label whose probability is P(dissatisfied)
+DISSATISFIED = "dissatisfied"
+
+
+def _read_dissatisfaction(out: ModelOutputs, scores, rows, ok) -> None:
+    n = len(out.sentiment_label)
+    col = list(scores.labels).index(DISSATISFIED)
+    out.dissatisfaction = np.zeros(n, np.float64)
+    out.has_dissatisfaction = np.zeros(n, bool)
+    out.dissatisfaction[rows[ok]] = scores.probs[ok, col]
+    out.has_dissatisfaction[rows[ok]] = True
 
 
 def _read_emotion(out: ModelOutputs, scores, rows, ok) -> None:

@@ -609,7 +609,7 @@ class YujingServer:
                 port = 0
             key_file = cfg.triton_key_file or (Path(cfg.data_dir) / KEY_FILE_NAME if cfg.data_dir else None)
             self.triton = TritonServer(cfg.model_repo, models=[m for m in (cfg.sentiment_model, cfg.intent_model,
-                                                                   cfg.emotion_model) if m]
+                                                                   cfg.emotion_model, cfg.dissatisfaction_model) if m]
                                        + [m for m in (cfg.combined_model,) if m in discover_models(cfg.model_repo)],
                                        grpc_port=port, allow_http=False, allow_metrics=True, key_file=key_file)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
@@ -622,6 +622,7 @@ class YujingServer:
             headers = read_key_file(cfg.triton_key_file).grpc_headers() if cfg.triton_key_file else None
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
                                   intent_model=cfg.intent_model, emotion_model=cfg.emotion_model or None,
+                                  dissatisfaction_model=cfg.dissatisfaction_model or None,
                                   deadline_s=cfg.triton_timeout_ms / 1000, triton_headers=headers,
                                   combined_model=cfg.combined_model or None)
         await self.router.start()
@@ -821,6 +822,8 @@ async def _serve(config: Config) -> None:
     models = {"embedded": f"embedded Triton at {srv.triton.grpc_url}" if srv.triton else "",
               "external": f"Triton at {c.triton_url}", "in-process": "in-process models"}[c.models]
     emotion = f", emotion {c.emotion_model} v{srv.router.versions.get(c.emotion_model)}" if c.emotion_model else ""
+    if c.dissatisfaction_model:
+        emotion += f", dissatisfaction {c.dissatisfaction_model} v{srv.router.versions.get(c.dissatisfaction_model)}"
     log.info("yujing serving on %s:%d (models: %s, sentiment %s v%s, intent %s v%s%s; kernels %s; "
              "capacity %d sessions; policy %s; %s)", c.host, port, models, c.sentiment_model,
              srv.router.versions.get(c.sentiment_model), c.intent_model,

@@ -184,6 +184,6 @@ def test_real_service_metrics(tmp_path_factory):
         assert val(s, "yujing_batch_size_count") >= 1
         assert val(s, "yujing_live_sessions") >= 1
         assert val(s, "yujing_fallback_active") == 1  # in-process models
-        assert val(s, "yujing_model_calls_per_batch") == 1  # sentiment, emotion, intent in one pass
+        assert val(s, "yujing_model_calls_per_batch") == 1  # sentiment, emotion, intent, dissatisfaction in one pass
     finally:
         svc.stop()

@@ -53,3 +53,31 @@ def test_no_regression_on_test_split(name):
         if r["lang"] == "zh" and name.startswith("sentiment"):
             # binary data: the 3-way argmax must not drift into 'neutral'
             assert r["neutral_rate"] < 0.05
+
+
+def test_dissatisfaction_model_keeps_its_recorded_dev_and_test_figures():
+    """The dissatisfaction model (trained on STC-3 + JDDC train dialogues, labelled with the
+    dialogue's outcome): per-turn AUC and the AUC of the max over a dialogue's customer turns,
+    on the dev and test dialogues, at least those its model.json records minus 0.01."""
+    if not data_dir().is_dir():
+        pytest.skip(f"reference data sets not found at {data_dir()} (set $YUJING_DATA_DIR)")
+    from yujing.training.indomain import data as D
+    from yujing.training.indomain.train import dissatisfaction_metrics
+
+    art = REPO / "model_repo" / "dissatisfaction" / "1" / "artifact"
+    meta = read_meta(art)
+    assert meta["labels"] == ["other", "dissatisfied"] and meta["languages"] == ["zh"]
+    try:
+        sides = D.dissatisfaction()
+    except FileNotFoundError as exc:
+        pytest.skip(f"reference data incomplete: {exc}")
+    model = load_model(art)
+    for side in ("dev", "test"):
+        recorded, got = meta["metrics"][side], dissatisfaction_metrics(model, sides[side])
+        assert got["n_turns"] == recorded["n_turns"], side
+        assert got["turn_auc"] >= recorded["turn_auc"] - TOLERANCE, (side, got, recorded)
+        for src in ("stc3", "jddc"):
+            assert got[src]["n_dialogues"] == recorded[src]["n_dialogues"], (side, src)
+            assert got[src]["dialogue_max_auc"] >= recorded[src]["dialogue_max_auc"] - TOLERANCE, (side, src, got)
+    # the figure the model was added for: STC-3 dev AUC of the max P over a dialogue
+    assert meta["metrics"]["dev"]["stc3"]["dialogue_max_auc"] >= 0.84

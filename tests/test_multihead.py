@@ -19,7 +19,7 @@ from tests.service_models import in_process_repo
 TEXTS = ["你们的服务太差了，我要投诉！", "谢谢，问题解决了，很满意", "Thanks, that was great.",
          "I am angry, cancel my account 😡😡", "查一下账单", "", "ok", "where's my refund??? order #12345",
          "退订 " * 400, "Mixed 中文 and English, café naïve"]
-DEFAULTS = ("sentiment", "emotion", "intent")
+DEFAULTS = ("sentiment", "emotion", "intent", "dissatisfaction")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_every_head_equals_its_own_models_answer(defaults, monkeypatch):
     real = textclf.hash_features
     monkeypatch.setattr(textclf, "hash_features", lambda texts, cfg: calls.append(len(texts)) or real(texts, cfg))
     heads = predict_heads(defaults, TEXTS)
-    assert calls == [len(TEXTS)]  # one pass over the texts for all three
+    assert calls == [len(TEXTS)]  # one pass over the texts for all four
     monkeypatch.setattr(textclf, "hash_features", real)
     assert list(heads) == list(DEFAULTS)
     for name, model in defaults.items():
@@ -52,7 +52,8 @@ def test_models_that_cannot_share_are_scored_on_their_own(defaults):
     other_cfg.cfg = replace(other_cfg.cfg, char_max=4)   # a different featurisation
     models = {"lexicon": LexiconSentiment(), "intent_v1": other_cfg, **defaults}
     groups = shares_features(models)
-    assert sorted(map(sorted, groups.values())) == [["emotion", "intent", "sentiment"], ["intent_v1"]]
+    assert sorted(map(sorted, groups.values())) == [["dissatisfaction", "emotion", "intent", "sentiment"],
+                                                    ["intent_v1"]]
     heads = predict_heads(models, TEXTS)
     assert list(heads) == list(models)
     for name, model in models.items():
@@ -66,13 +67,14 @@ def test_no_texts_give_empty_rows(defaults):
 
 def test_in_process_router_answers_the_same_with_and_without_the_combined_pass():
     async def classify(combined):
-        async with ModelRouter(in_process_repo(), emotion_model="emotion", combined_model=combined) as router:
+        async with ModelRouter(in_process_repo(), emotion_model="emotion", dissatisfaction_model="dissatisfaction",
+                               combined_model=combined) as router:
             return await router.classify(TEXTS)
 
     one_pass, per_model = asyncio.run(classify("heads")), asyncio.run(classify(None))
     assert (one_pass.served_by, one_pass.degraded) == (per_model.served_by, per_model.degraded) == (IN_PROCESS, False)
     for a, b in ((one_pass.sentiment, per_model.sentiment), (one_pass.intent, per_model.intent),
-                 (one_pass.emotion, per_model.emotion)):
+                 (one_pass.emotion, per_model.emotion), (one_pass.dissatisfaction, per_model.dissatisfaction)):
         assert (a.model_name, a.model_version, a.labels, a.served_by, a.languages) == \
             (b.model_name, b.model_version, b.labels, b.served_by, b.languages)
         np.testing.assert_array_equal(a.probs, b.probs)
@@ -85,7 +87,7 @@ def test_bench_heads_measures_both_ways_side_by_side_in_process():
 
     out = bench_heads(batches=(1, 16), seconds=0.05, triton=False)
     assert {m: r["model_calls_per_batch"] for m, r in out["in_process_routers"].items()} == \
-        {"heads": 1, "per_model": 3}
+        {"heads": 1, "per_model": 4}
     assert [row["heads"]["batch"] for row in out["in_process"]] == [1, 16]
     for row in out["in_process"]:
         assert row["heads"]["calls"] >= 1 and row["per_model"]["calls"] >= 1

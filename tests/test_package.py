@@ -131,6 +131,7 @@ def test_the_wheel_carries_contract_policy_lexicons_and_default_models(wheel_ven
     assert r.stdout.split()[:3] == ["True", "True", "True"]
     assert "'intent'," in r.stdout and "'sentiment']" in r.stdout and r.stdout.strip().endswith("False")
     assert "'heads'," in r.stdout  # the service's default model call: sentiment, emotion, intent in one
+    assert "'dissatisfaction'," in r.stdout and "'emotion'," in r.stdout
 
 
 def test_the_wheel_carries_heads_ready_to_load(wheel_venv, tmp_path):

@@ -198,6 +198,8 @@ def test_answer_carries_models_reasons_and_indicators(svc):
     assert set(r.indicators) == set(L.INDICATORS)
     assert r.models.sentiment_model == "sentiment" and r.models.sentiment_version
     assert r.models.policy_version.startswith("default")
+    # the default models include dissatisfaction (P(dissatisfied) of a customer's words)
+    assert r.models.dissatisfaction_model == "dissatisfaction" and r.models.dissatisfaction_version == "1"
     assert r.sentiment.label in r.sentiment.labels and abs(sum(r.sentiment.probabilities) - 1) < 1e-4
     assert r.level != pb.LEVEL_UNSPECIFIED and r.priority != pb.PRIORITY_UNSPECIFIED
     shares = [x.share for x in r.reasons]

@@ -5,7 +5,7 @@ in-process.
     yujing bench heads [--batch 1 8 64 256 1024] [--seconds 1.5] [--out FILE]
 
 Both ways are the service's own call: :meth:`yujing.service.triton.router.ModelRouter.classify`
-on the default models (sentiment, emotion, intent at their serving versions), one batch
+on the default models (sentiment, emotion, intent, dissatisfaction at their serving versions), one batch
 in flight as the micro-batcher sends them, with ``combined_model="heads"`` (one Triton
 request to ``model_repo/heads``; in-process one :func:`~yujing.service.models.multihead.predict_heads`
 pass) and ``combined_model=None`` (``--combined-model ''``: a request per model, concurrently;
@@ -79,7 +79,8 @@ async def _side_by_side(routers: dict, batch: int, texts: list[str], seconds: fl
 async def _measure(url: str | None, batches, texts: list[str], seconds: float) -> tuple[list[dict], dict]:
     from yujing.service.triton.router import IN_PROCESS, TRITON, ModelRouter
 
-    routers = {name: ModelRouter(_repo(), url, emotion_model="emotion", deadline_s=60.0, combined_model=combined)
+    routers = {name: ModelRouter(_repo(), url, emotion_model="emotion", dissatisfaction_model="dissatisfaction",
+                                 deadline_s=60.0, combined_model=combined)
                for name, combined in MODES.items()}
     try:
         for router in routers.values():
@@ -107,7 +108,7 @@ def bench_heads(batches=(1, 8, 64, 256, 1024), seconds: float = 1.5, triton: boo
         from yujing.service.triton.launcher import TritonServer
 
         t = time.perf_counter()
-        with TritonServer(_repo(), models=["sentiment", "emotion", "intent", "heads"], allow_http=False,
+        with TritonServer(_repo(), models=["sentiment", "emotion", "intent", "dissatisfaction", "heads"], allow_http=False,
                           allow_metrics=False, startup_timeout_s=180) as server:
             out["triton_start_s"] = time.perf_counter() - t
             out["triton"], out["triton_routers"] = asyncio.run(_measure(server.grpc_url, batches, texts, seconds))

@@ -24,7 +24,9 @@ Layout of a ``T`` record (little-endian)::
          | u32 turn length[n] | serialised pb.Turn ... | float32 probs of each model ...
 
 The header names ``n``, the tenants and the models' answer (model, version, labels,
-languages, shape, who served it, degraded). ``E``: ``b"E" + JSON [tenant, session]``;
+languages, shape, who served it, degraded; sentiment, intent, then emotion and
+dissatisfaction where the header's flag of that name is true -- a record written before
+the dissatisfaction model has no such flag and replays without it). ``E``: ``b"E" + JSON [tenant, session]``;
 ``W`` and ``L``: the kind byte alone, the server time is the record's ``ts_ms``.
 
 Loss windows of the three durability modes are those of the SegmentLog (its module
@@ -43,6 +45,8 @@ import numpy as np
 from yujing.service.storage.segment_log import SegmentLog
 
 REC_BATCH, REC_END, REC_SWEEP, REC_SCAN = b"T", b"E", b"W", b"L"
+# the ClassifyResult answers a batch may hold besides sentiment and intent, in record order
+OPTIONAL_SCORES = ("emotion", "dissatisfaction")
 _U32 = struct.Struct("<I")
 
 
@@ -60,9 +64,10 @@ def encode_batch(items, result) -> bytes:
     header = {"n": n, "tenants": [it.key[0] for it in items]}
     blobs = []
     if result is not None:
-        scores = [result.sentiment, result.intent] + ([result.emotion] if result.emotion is not None else [])
+        optional = [(role, getattr(result, role, None)) for role in OPTIONAL_SCORES]
+        scores = [result.sentiment, result.intent] + [s for _, s in optional if s is not None]
         header["result"] = {"served_by": result.served_by, "degraded": bool(result.degraded),
-                            "emotion": result.emotion is not None,
+                            **{role: s is not None for role, s in optional},
                             "scores": [{"model": s.model_name, "version": s.model_version, "labels": list(s.labels),
                                         "served_by": s.served_by,
                                         "languages": None if s.languages is None else list(s.languages),
@@ -107,8 +112,11 @@ def decode_batch(payload: bytes) -> LoggedBatch:
             pos += 4 * rows * cols
             scores.append(ModelScores(s["model"], s["version"], tuple(s["labels"]), probs, s["served_by"],
                                       None if s["languages"] is None else tuple(s["languages"])))
-        result = ClassifyResult(scores[0], scores[1], r["served_by"], r["degraded"],
-                                scores[2] if r["emotion"] else None)
+        # a record names the optional answers it holds, in OPTIONAL_SCORES order after sentiment
+        # and intent; one written before a model existed has no flag for it (None)
+        rest = iter(scores[2:])
+        optional = {role: next(rest) if r.get(role, False) else None for role in OPTIONAL_SCORES}
+        result = ClassifyResult(scores[0], scores[1], r["served_by"], r["degraded"], **optional)
     if pos != len(payload):
         raise ValueError(f"batch record of {len(payload)} bytes decoded to {pos}")
     return LoggedBatch(items, result)

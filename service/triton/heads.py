@@ -1,4 +1,4 @@
-"""The Triton Python-backend model ``heads``: sentiment, emotion and intent in one call.
+"""The Triton Python-backend model ``heads``: sentiment, emotion, intent and dissatisfaction in one call.
 
 Per micro-batch the router used to send one request per model, each a round trip with
 its own ~2 ms floor on a CPU, and each model featurised the same texts again. ``heads``
@@ -9,7 +9,7 @@ model's probabilities in one response. ``model_repo/heads/1/model.py`` is one li
 
 Members and versions (how a deploy reaches it):
 
-* the members are the config's ``members`` parameter (``sentiment,emotion,intent``); each
+* the members are the config's ``members`` parameter (``sentiment,emotion,intent,dissatisfaction``); each
   has an output of its own name (``TYPE_FP32`` dims [-1]: row i holds the member's class
   probabilities of text i, in the order of its artifact's labels). A member without a
   ``config.pbtxt`` in the repository is skipped (logged); none at all fails the load.

@@ -85,13 +85,15 @@ class ModelScores:
 
 @dataclass(frozen=True)
 class ClassifyResult:
-    """Sentiment and intent of one batch of texts, in the order given."""
+    """Sentiment, intent (and emotion, dissatisfaction) of one batch of texts, in the order given."""
 
     sentiment: ModelScores
     intent: ModelScores
     served_by: str  # "triton" or "in-process"
     degraded: bool  # True when Triton is configured but the batch was scored in-process
     emotion: ModelScores | None = None  # None when no emotion model is configured
+    # P(other), P(dissatisfied) under equal priors; None when no dissatisfaction model is configured
+    dissatisfaction: ModelScores | None = None
 
 
 @dataclass
@@ -122,6 +124,7 @@ class ModelRouter:
         triton_url: Triton's gRPC ``host:port``; None: in-process only.
         sentiment_model, intent_model: model names in the repository.
         emotion_model: the emotion model's name, or None for none.
+        dissatisfaction_model: the dissatisfaction model's name, or None for none.
         deadline_s: how long a batch may wait for Triton before it is scored in-process.
         probe_interval_s: how often, while the breaker is open, Triton is probed.
         probe_timeout_s: the deadline of one probe.
@@ -143,6 +146,7 @@ class ModelRouter:
         sentiment_model: str = "sentiment",
         intent_model: str = "intent",
         emotion_model: str | None = None,
+        dissatisfaction_model: str | None = None,
         deadline_s: float = 0.2,
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 1.0,
@@ -158,6 +162,7 @@ class ModelRouter:
         self.sentiment_model = sentiment_model
         self.intent_model = intent_model
         self.emotion_model = emotion_model or None
+        self.dissatisfaction_model = dissatisfaction_model or None
         self.combined_model = combined_model or None
         self._combined_usable = False  # whether Triton's combined model serves all our models
         self._combined_warned: str | None = None
@@ -230,9 +235,15 @@ class ModelRouter:
 
     # -- the per-batch call -----------------------------------------------------------
     @property
+    def roles(self) -> tuple[str, ...]:
+        """The :class:`ClassifyResult` field each of :attr:`models` answers, in that order."""
+        return ("sentiment", "intent") + (("emotion",) if self.emotion_model else ()) + \
+            (("dissatisfaction",) if self.dissatisfaction_model else ())
+
+    @property
     def models(self) -> tuple[str, ...]:
-        """Sentiment, intent and (when configured) emotion, in that order."""
-        return (self.sentiment_model, self.intent_model) + ((self.emotion_model,) if self.emotion_model else ())
+        """Sentiment, intent and (when configured) emotion and dissatisfaction, in that order."""
+        return tuple(getattr(self, f"{role}_model") for role in self.roles)
 
     @property
     def served_by(self) -> str:
@@ -343,9 +354,8 @@ class ModelRouter:
                                       self._languages_of(model, versions[model])))
         return self._result(scores, served_by, degraded)
 
-    @staticmethod
-    def _result(scores: list[ModelScores], served_by: str, degraded: bool) -> ClassifyResult:
-        return ClassifyResult(scores[0], scores[1], served_by, degraded, scores[2] if len(scores) > 2 else None)
+    def _result(self, scores: list[ModelScores], served_by: str, degraded: bool) -> ClassifyResult:
+        return ClassifyResult(served_by=served_by, degraded=degraded, **dict(zip(self.roles, scores)))
 
     # -- versions, labels, in-process models ------------------------------------------
     def refresh_versions(self) -> dict[str, str]:

@@ -32,9 +32,10 @@ def test_both_languages_scored_by_triton_with_versions(svc):
         assert r.models.sentiment_model == "sentiment" and r.models.sentiment_version == "3"
         assert r.models.intent_model == "intent" and r.models.intent_version == "2"
         assert r.models.emotion_model == "emotion" and r.models.emotion_version == "1"
+        assert r.models.dissatisfaction_model == "dissatisfaction" and r.models.dissatisfaction_version == "1"
         assert r.emotion.label in r.emotion.labels and len(r.emotion.probabilities) == len(r.emotion.labels)
         assert r.sentiment.label == "negative", (text, r.sentiment)
-    # the three models answered by one request per batch to the embedded Triton's heads
+    # the four models answered by one request per batch to the embedded Triton's heads
     assert svc.call(lambda s: (s.router.triton_calls, s.router.model_calls_per_batch)) == ("combined:heads", 1)
 
 

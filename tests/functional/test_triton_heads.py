@@ -35,7 +35,8 @@ async def _until(predicate, timeout_s: float, what: str) -> None:
 def _same(a, b, served_by=TRITON) -> None:
     """Two ClassifyResults with the same content (names, versions, labels, probabilities)."""
     assert (a.served_by, a.degraded) == (b.served_by, b.degraded) == (served_by, served_by != TRITON)
-    for x, y in ((a.sentiment, b.sentiment), (a.intent, b.intent), (a.emotion, b.emotion)):
+    for x, y in ((a.sentiment, b.sentiment), (a.intent, b.intent), (a.emotion, b.emotion),
+                 (a.dissatisfaction, b.dissatisfaction)):
         if x is None or y is None:
             assert x is y is None
             continue
@@ -45,26 +46,30 @@ def _same(a, b, served_by=TRITON) -> None:
 
 
 def test_heads_answers_what_one_call_per_model_answers_for_the_trained_models():
-    with TritonServer(COMMITTED_REPO, ["sentiment", "emotion", "intent", "heads"], allow_http=False,
+    with TritonServer(COMMITTED_REPO, ["sentiment", "emotion", "intent", "dissatisfaction", "heads"], allow_http=False,
                       allow_metrics=False, startup_timeout_s=120) as server:
         async def go():
             results = {}
             for combined in ("heads", None):
-                async with ModelRouter(COMMITTED_REPO, server.grpc_url, emotion_model="emotion", deadline_s=30,
+                async with ModelRouter(COMMITTED_REPO, server.grpc_url, emotion_model="emotion",
+                                       dissatisfaction_model="dissatisfaction", deadline_s=30,
                                        combined_model=combined) as router:
                     results[combined] = ((router.triton_calls, router.model_calls_per_batch),
                                          await router.classify(TEXTS),
                                          await router.classify(TEXTS * 40), await router.classify([]))
-            async with ModelRouter(COMMITTED_REPO, emotion_model="emotion") as local:
+            async with ModelRouter(COMMITTED_REPO, emotion_model="emotion",
+                                   dissatisfaction_model="dissatisfaction") as local:
                 results["in-process"] = await local.classify(TEXTS)
             return results
 
         results = asyncio.run(go())
-    assert results["heads"][0] == ("combined:heads", 1) and results[None][0] == ("per-model", 3)
+    assert results["heads"][0] == ("combined:heads", 1) and results[None][0] == ("per-model", 4)
+    assert results["heads"][1].dissatisfaction.labels == ("other", "dissatisfied")
     for one, per_model in zip(results["heads"][1:], results[None][1:]):
         _same(one, per_model)
     local, heads = results["in-process"], results["heads"][1]
-    for x, y in ((local.sentiment, heads.sentiment), (local.intent, heads.intent), (local.emotion, heads.emotion)):
+    for x, y in ((local.sentiment, heads.sentiment), (local.intent, heads.intent), (local.emotion, heads.emotion),
+                 (local.dissatisfaction, heads.dissatisfaction)):
         assert (x.model_name, x.model_version, x.labels) == (y.model_name, y.model_version, y.labels)
         np.testing.assert_array_equal(x.probs, y.probs)
 
@@ -191,3 +196,34 @@ def test_a_version_that_heads_refuses_is_rolled_back_in_heads_too(triton_server,
     assert serving_version(model_repo, "sentiment") == "1" and not (model_repo / "sentiment" / "2").exists()
     assert router.triton_calls == "combined:heads" and router.stats.triton_failures == 0
     _same(before, after)
+
+
+def test_the_dissatisfaction_model_is_deployed_through_heads(tmp_path):
+    """The trained dissatisfaction model beside test sentiment and intent models: heads
+    answers it, a new version (the same weights, as v2) is checked through heads and served."""
+    repo = make_model_repo(tmp_path)
+    shutil.copytree(COMMITTED_REPO / "dissatisfaction", repo / "dissatisfaction",
+                    ignore=shutil.ignore_patterns("serving_version"))
+    texts = ["你们这什么破服务，我要投诉！", "好的谢谢", "I want a refund"]
+    server = start_triton(repo)
+    try:
+        async def go():
+            async with ModelRouter(repo, server.grpc_url, dissatisfaction_model="dissatisfaction",
+                                   version_poll_s=0.1, deadline_s=30) as router:
+                before = await router.classify(texts)
+                calls = router.triton_calls
+                result = await deploy_model_async(COMMITTED_REPO / "dissatisfaction" / "1" / "artifact",
+                                                  "dissatisfaction", model_repository=repo,
+                                                  triton_url=server.grpc_url, triton_key=server.key)
+                await _until(lambda: router.versions["dissatisfaction"] == result.version, 5, "the router to switch")
+                return before, calls, result, await router.classify(texts), router.triton_calls
+
+        before, calls, result, after, calls_after = asyncio.run(go())
+    finally:
+        server.close()
+    assert calls == calls_after == "combined:heads"
+    assert result.version == "2" and result.previous_version == "1" and result.checked_on_triton
+    assert before.dissatisfaction.model_version == "1" and after.dissatisfaction.model_version == "2"
+    assert after.served_by == TRITON and after.dissatisfaction.labels == ("other", "dissatisfied")
+    np.testing.assert_array_equal(before.dissatisfaction.probs, after.dissatisfaction.probs)
+    assert before.dissatisfaction.probs[0, 1] > 0.5 > before.dissatisfaction.probs[1, 1]

@@ -237,7 +237,7 @@ def test_committed_repository_serves_the_trainers_artifacts():
         labels = client.labels(model, version)
         assert probs.shape == (len(TEXTS), len(labels)), model
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
-    assert sorted(heads) == ["emotion", "intent", "sentiment"]
+    assert sorted(heads) == ["dissatisfaction", "emotion", "intent", "sentiment"]
     for model, (probs, version) in heads.items():  # heads answers each member's serving version
         assert version == answers[model][0][1], model
         np.testing.assert_array_equal(probs, answers[model][0][0])

@@ -286,6 +286,42 @@ def stc3_sentiment(root=None) -> dict[str, list[Item]]:
     return out
 
 
+# ------------------------------------------------------------------ dissatisfaction (dialogue outcome)
+
+DISSATISFACTION = ("other", "dissatisfied")
+
+
+def dissatisfaction(root=None) -> dict[str, list[Item]]:
+    """Customer turns with text, labelled with their dialogue's outcome: ``dissatisfied``
+    (STC-3: the 19 annotators' mean satisfaction S < -0.5; JDDC-USS: the ``OVERALL`` rating
+    0) or ``other`` (neutral and satisfied dialogues). By dialogue, with the splits of
+    :mod:`yujing.training.dialogues` (STC-3 :func:`stc3_split`, JDDC :func:`hash_split`):
+    the test and dev dialogues are never trained on. ``group`` is the dialogue id,
+    ``extra["source"]`` ``stc3`` or ``jddc``."""
+    out = {"train": [], "dev": [], "test": []}
+    for part in stc3(root).values():
+        for did, d in part.items():
+            lab = DISSATISFACTION[1] if d["S_mean"] < -0.5 else DISSATISFACTION[0]
+            for sender, text in d["turns"]:
+                if sender == "customer" and text.strip():
+                    out[stc3_split(did)].append(Item(text.strip(), lab, did, {"source": "stc3"}))
+    by_dialogue: dict[str, list[dict]] = {}
+    overall: dict[str, str] = {}
+    for r in rows(data_root(root) / JDDC_FILE):
+        if r["is_overall"] == "1":
+            overall[r["dialogue_id"]] = r["sat"]
+        else:
+            by_dialogue.setdefault(r["dialogue_id"], []).append(r)
+    for did, rs in by_dialogue.items():
+        if did not in overall:
+            continue
+        lab = DISSATISFACTION[1] if overall[did] == "0" else DISSATISFACTION[0]
+        for r in sorted(rs, key=lambda r: int(r["turn"])):
+            if r["text"].strip():
+                out[hash_split(did)].append(Item(r["text"].strip(), lab, did, {"source": "jddc"}))
+    return out
+
+
 # ------------------------------------------------------------------ SMP2020-EWECT
 
 SMP_DIR = "zh/smp2020_ewect"

@@ -50,8 +50,15 @@ def ece(probs, y, bins=15):
     return float(e)
 
 
-def nll(probs, y):
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1))))
+def nll(probs, y, sample_weight=None):
+    return float(-np.average(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)), weights=sample_weight))
+
+
+def balanced_weights(y, n_classes):
+    """Per-row weights giving every class the same total (sklearn's class_weight="balanced")."""
+    y = np.asarray(y)
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return len(y) / (n_classes * np.maximum(counts, 1))[y]
 
 
 def softmax(z):
@@ -66,15 +73,17 @@ def without_temperature(probs, temp):
     return softmax(np.log(np.clip(probs, 1e-30, 1)) * temp)
 
 
-def fit_temperature(z, y, grid=None):
-    """Temperature minimising NLL of softmax(z / T) on (z, y) (grid then golden refine)."""
+def fit_temperature(z, y, grid=None, sample_weight=None):
+    """Temperature minimising NLL of softmax(z / T) on (z, y) (grid then golden refine);
+    ``sample_weight``: per-row weights of the NLL (e.g. :func:`balanced_weights`)."""
     grid = grid if grid is not None else np.exp(np.linspace(np.log(0.2), np.log(5), 81))
-    losses = [nll(softmax(z / t), y) for t in grid]
+    w = sample_weight
+    losses = [nll(softmax(z / t), y, w) for t in grid]
     t0 = float(grid[int(np.argmin(losses))])
     lo, hi = t0 / 1.06, t0 * 1.06
     for _ in range(40):
         a, b = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
-        if nll(softmax(z / a), y) < nll(softmax(z / b), y):
+        if nll(softmax(z / a), y, w) < nll(softmax(z / b), y, w):
             hi = b
         else:
             lo = a

@@ -187,6 +187,17 @@ def mix_texts():
     return out
 
 
+class _OnePass:
+    """Several models scored the service's way, one featurisation pass (predict_heads)."""
+
+    def __init__(self, models):
+        self.models = {f"m{k}": m for k, m in enumerate(models)}
+
+    def predict_proba(self, texts):
+        from yujing.service.models.multihead import predict_heads
+        return predict_heads(self.models, texts)
+
+
 def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -200,7 +211,7 @@ def measure(new_repo: Path, out_json: Path | None = None) -> dict:
     res["old"]["sentiment"] = sentiment_block(old_s)
     res["old"]["intent"] = intent_block(old_i)
     new = {}
-    for name in ("sentiment", "emotion", "intent"):
+    for name in ("sentiment", "emotion", "intent", "dissatisfaction"):
         art = new_repo / name / VERSIONS[name] / "artifact"
         if art.is_dir():
             new[name] = load_model(art)
@@ -214,14 +225,25 @@ def measure(new_repo: Path, out_json: Path | None = None) -> dict:
         res["new"]["emotion_calibration"] = read_meta(new_repo / "emotion" / VERSIONS["emotion"] / "artifact").get("training", {}).get("calibration", {})
     if "intent" in new:
         res["new"]["intent"] = intent_block(new["intent"])
+    if "dissatisfaction" in new:
+        from yujing.training.indomain.train import dissatisfaction_metrics
+        sides = D.dissatisfaction()
+        res["new"]["dissatisfaction"] = {s: dissatisfaction_metrics(new["dissatisfaction"], sides[s])
+                                         for s in ("dev", "test")}
     texts = mix_texts()
     res["throughput_texts_per_s"] = {"setup": f"in-process, one thread (NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}), "
                                               f"batch 256, after warm-up, {len(texts)} interleaved zh/en customer turns, "
                                               "each batch through every model in turn",
                                      "old_sentiment+intent": throughput([old_s, old_i], texts)}
-    if len(new) == 3:
+    if {"sentiment", "emotion", "intent"} <= set(new):
         res["throughput_texts_per_s"]["new_sentiment+emotion+intent"] = throughput(
             [new["sentiment"], new["emotion"], new["intent"]], texts)
+        if "dissatisfaction" in new:
+            four = [new["sentiment"], new["emotion"], new["intent"], new["dissatisfaction"]]
+            res["throughput_texts_per_s"]["new_sentiment+emotion+intent+dissatisfaction"] = throughput(four, texts)
+            # as the service scores them (heads, in-process fallback): featurised once for all
+            res["throughput_texts_per_s"]["new_three_one_pass"] = throughput([_OnePass(four[:3])], texts)
+            res["throughput_texts_per_s"]["new_four_one_pass"] = throughput([_OnePass(four)], texts)
         for k, m in new.items():
             res["throughput_texts_per_s"][f"new_{k}_alone"] = throughput([m], texts, min_seconds=1.5)
     res["old"]["artifact_bytes"] = {"sentiment": size(OLD / "sentiment/1/artifact"), "intent": size(OLD / "intent/1/artifact")}
