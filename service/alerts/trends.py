@@ -574,46 +574,58 @@ class TrendTracker:
         events = []
         for j in range(3):
             for u in np.flatnonzero(fire[:, j]).tolist():
-                tenant, queue, cat = self._keys[int(ur[u])]
-                where_en, where_zh = _where(queue, cat)
                 s = sums[u].tolist()
                 if j == 0:
                     count, cust = s[_k.CUR1][NEGATIVE], s[_k.CUR1][CUSTOMER]
-                    share = _fdiv(count, cust)
-                    bshare = _fdiv(s[_k.BASE1][NEGATIVE], s[_k.BASE1][CUSTOMER])
-                    ratio = _fdiv(share, max(bshare, p.negative_share_floor))
-                    fig = {"value": share, "baseline": bshare, "ratio": ratio, "count": float(count),
-                           "customer_turns": float(cust), "window_s": self.w1 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: negative share {share:.0%} in the last hour, {ratio:.1f}x "
-                          f"the baseline {bshare:.0%} ({count} of {cust} customer turns)")
-                    zh = (f"{where_zh}近 1 小时负面占比 {share:.0%}，为基线 {bshare:.0%} 的 "
-                          f"{ratio:.1f} 倍（{cust} 条客户消息中 {count} 条负面）")
+                    value = _fdiv(count, cust)
+                    base = _fdiv(s[_k.BASE1][NEGATIVE], s[_k.BASE1][CUSTOMER])
+                    ratio = _fdiv(value, max(base, p.negative_share_floor))
                 elif j == 1:
-                    vol = s[_k.CUR3][CUSTOMER]
+                    count = cust = s[_k.CUR3][CUSTOMER]
                     avail = min(max(int(hist[u]) - self.w3, 0), self.span)
-                    bvol = _fdiv(s[_k.BASE3][CUSTOMER], avail) * self.w3
-                    ratio = vol / max(bvol, 1.0)
-                    fig = {"value": float(vol), "baseline": bvol, "ratio": ratio, "count": float(vol),
-                           "window_s": self.w3 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: {vol} customer turns in the last 3 hours, {ratio:.1f}x "
-                          f"the baseline {bvol:.0f}")
-                    zh = f"{where_zh}近 3 小时客户消息 {vol} 条，为基线 {bvol:.0f} 条的 {ratio:.1f} 倍"
+                    value, base = float(count), _fdiv(s[_k.BASE3][CUSTOMER], avail) * self.w3
+                    ratio = count / max(base, 1.0)
                 else:
                     count, cust = s[_k.CUR24][COMPLAINTS], s[_k.CUR24][CUSTOMER]
-                    rate = _fdiv(count, cust)
-                    prate = _fdiv(s[_k.PREV24][COMPLAINTS], s[_k.PREV24][CUSTOMER])
-                    ratio = _fdiv(rate, max(prate, p.complaint_rate_floor))
-                    fig = {"value": rate, "baseline": prate, "ratio": ratio, "count": float(count),
-                           "customer_turns": float(cust), "window_s": self.w24 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: complaint rate {rate:.1%} over the last 24 hours, {ratio:.1f}x "
-                          f"the previous 24 hours ({prate:.1%}; {count} complaints)")
-                    zh = (f"{where_zh}近 24 小时投诉率 {rate:.1%}，为前 24 小时（{prate:.1%}）的 "
-                          f"{ratio:.1f} 倍（投诉 {count} 条）")
-                kind = RULES[j]
-                events.append(AlertEvent(kind=kind, tenant_id=tenant, queue=queue, intent_category=cat,
-                                         level=p.levels[kind], priority=p.priorities[kind],
-                                         event_time_ms=int(now_ms[u]), figures=fig, summary_en=en, summary_zh=zh))
+                    value = _fdiv(count, cust)
+                    base = _fdiv(s[_k.PREV24][COMPLAINTS], s[_k.PREV24][CUSTOMER])
+                    ratio = _fdiv(value, max(base, p.complaint_rate_floor))
+                events.append(self._rate_event(j, int(ur[u]), int(now_ms[u]), value, base, ratio, count, cust))
         return events
+
+    def _rate_event(self, j: int, row: int, now_ms: int, value: float, base: float, ratio: float,
+                    count: int, cust: int) -> AlertEvent:
+        """The event of rate rule ``j`` (NEGATIVE_SURGE, VOLUME_SPIKE, COMPLAINT_RATE_UP) fired
+        for ``row``: its figures and its words, from the window's figures (``value`` against
+        ``base``, ``count`` of ``cust`` customer turns). The one place these alerts are worded
+        (the reference tracker calls it too)."""
+        p = self.policy
+        tenant, queue, cat = self._keys[row]
+        where_en, where_zh = _where(queue, cat)
+        value, base, ratio, count, cust = float(value), float(base), float(ratio), int(count), int(cust)
+        if j == 0:
+            fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count),
+                   "customer_turns": float(cust), "window_s": self.w1 * self.bucket_ms / 1000.0}
+            en = (f"{where_en}: negative share {value:.0%} in the last hour, {ratio:.1f}x "
+                  f"the baseline {base:.0%} ({count} of {cust} customer turns)")
+            zh = (f"{where_zh}近 1 小时负面占比 {value:.0%}，为基线 {base:.0%} 的 "
+                  f"{ratio:.1f} 倍（{cust} 条客户消息中 {count} 条负面）")
+        elif j == 1:
+            fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count),
+                   "window_s": self.w3 * self.bucket_ms / 1000.0}
+            en = f"{where_en}: {count} customer turns in the last 3 hours, {ratio:.1f}x the baseline {base:.0f}"
+            zh = f"{where_zh}近 3 小时客户消息 {count} 条，为基线 {base:.0f} 条的 {ratio:.1f} 倍"
+        else:
+            fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count),
+                   "customer_turns": float(cust), "window_s": self.w24 * self.bucket_ms / 1000.0}
+            en = (f"{where_en}: complaint rate {value:.1%} over the last 24 hours, {ratio:.1f}x "
+                  f"the previous 24 hours ({base:.1%}; {count} complaints)")
+            zh = (f"{where_zh}近 24 小时投诉率 {value:.1%}，为前 24 小时（{base:.1%}）的 "
+                  f"{ratio:.1f} 倍（投诉 {count} 条）")
+        kind = RULES[j]
+        return AlertEvent(kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
+                          priority=p.priorities[kind], event_time_ms=now_ms, figures=fig, summary_en=en,
+                          summary_zh=zh)
 
     # -- figures -----------------------------------------------------------------------
     def _gather(self, rows: np.ndarray, nowb: np.ndarray, kmax: int) -> np.ndarray:

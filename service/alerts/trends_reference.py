@@ -14,7 +14,7 @@ import numpy as np
 
 from yujing.service.alerts.events import AlertEvent
 from yujing.service.alerts.trends import (COMPLAINTS, CUSTOMER, ESCALATIONS, NC, NEGATIVE, NEW_SESSIONS,
-                                          RULES, TURNS, _FAR, _NEVER, _UNSET, TrendTracker, _div, _Recent,
+                                          TURNS, _FAR, _NEVER, _UNSET, TrendTracker, _div, _Recent,
                                           _where)
 
 _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -43,15 +43,8 @@ class ReferenceTrendTracker(TrendTracker):
 
     def observe(self, tenants, queues, categories, ts_ms, customer, negative, complaint,
                 new_session, escalation, session_hash, intent_id, simhash) -> list[AlertEvent]:
-        """Count one micro-batch of turns and return the queue alerts it raises.
-
-        All arguments have one entry per turn (lists or numpy arrays, equal length):
-        ``tenants``, ``queues``, ``categories`` (str; category "" = none, e.g. an agent's
-        turn), ``ts_ms`` (int, the turn's time), ``customer``, ``negative``, ``complaint``,
-        ``new_session``, ``escalation`` (bool; negative and complaint count only on
-        customer turns), ``session_hash`` (int64, tells sessions apart), ``intent_id``
-        (int, -1 = none) and ``simhash`` (uint64, 0 = none): the last three feed
-        REPEATED_COMPLAINT. Alerts come back ordered by event time."""
+        """:meth:`TrendTracker.observe` (same arguments, same alerts) in numpy over the batch:
+        the definition the compiled path is tested against."""
         ts = np.asarray(ts_ms, np.int64).reshape(-1)
         n = ts.shape[0]
         if n == 0:
@@ -153,36 +146,13 @@ class ReferenceTrendTracker(TrendTracker):
         for j, cond in enumerate((neg, spike, comp)):
             fire = self._latch(ur, j, cond, nowb)
             for i in np.flatnonzero(fire).tolist():
-                r = int(ur[i])
-                tenant, queue, cat = self._keys[r]
-                where_en, where_zh = _where(queue, cat)
                 if j == 0:
-                    fig = {"value": float(share[i]), "baseline": float(bshare[i]), "ratio": float(neg_ratio[i]),
-                           "count": float(f.cur1[i, NEGATIVE]), "customer_turns": float(f.cur1[i, CUSTOMER]),
-                           "window_s": self.w1 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: negative share {share[i]:.0%} in the last hour, {neg_ratio[i]:.1f}x "
-                          f"the baseline {bshare[i]:.0%} ({f.cur1[i, NEGATIVE]} of {f.cur1[i, CUSTOMER]} "
-                          f"customer turns)")
-                    zh = (f"{where_zh}近 1 小时负面占比 {share[i]:.0%}，为基线 {bshare[i]:.0%} 的 "
-                          f"{neg_ratio[i]:.1f} 倍（{f.cur1[i, CUSTOMER]} 条客户消息中 {f.cur1[i, NEGATIVE]} 条负面）")
+                    figs = share[i], bshare[i], neg_ratio[i], f.cur1[i, NEGATIVE], f.cur1[i, CUSTOMER]
                 elif j == 1:
-                    fig = {"value": float(vol[i]), "baseline": float(bvol[i]), "ratio": float(vol_ratio[i]),
-                           "count": float(vol[i]), "window_s": self.w3 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: {vol[i]} customer turns in the last 3 hours, {vol_ratio[i]:.1f}x "
-                          f"the baseline {bvol[i]:.0f}")
-                    zh = f"{where_zh}近 3 小时客户消息 {vol[i]} 条，为基线 {bvol[i]:.0f} 条的 {vol_ratio[i]:.1f} 倍"
+                    figs = vol[i], bvol[i], vol_ratio[i], vol[i], vol[i]
                 else:
-                    fig = {"value": float(rate[i]), "baseline": float(prate[i]), "ratio": float(rate_ratio[i]),
-                           "count": float(f.cur24[i, COMPLAINTS]), "customer_turns": float(f.cur24[i, CUSTOMER]),
-                           "window_s": self.w24 * self.bucket_ms / 1000.0}
-                    en = (f"{where_en}: complaint rate {rate[i]:.1%} over the last 24 hours, {rate_ratio[i]:.1f}x "
-                          f"the previous 24 hours ({prate[i]:.1%}; {f.cur24[i, COMPLAINTS]} complaints)")
-                    zh = (f"{where_zh}近 24 小时投诉率 {rate[i]:.1%}，为前 24 小时（{prate[i]:.1%}）的 "
-                          f"{rate_ratio[i]:.1f} 倍（投诉 {f.cur24[i, COMPLAINTS]} 条）")
-                kind = RULES[j]
-                events.append(AlertEvent(kind=kind, tenant_id=tenant, queue=queue, intent_category=cat,
-                                         level=p.levels[kind], priority=p.priorities[kind],
-                                         event_time_ms=int(now_ms[i]), figures=fig, summary_en=en, summary_zh=zh))
+                    figs = rate[i], prate[i], rate_ratio[i], f.cur24[i, COMPLAINTS], f.cur24[i, CUSTOMER]
+                events.append(self._rate_event(j, int(ur[i]), int(now_ms[i]), *figs))
         return events
 
     def _latch(self, ur: np.ndarray, j: int, cond: np.ndarray, nowb: np.ndarray) -> np.ndarray:
