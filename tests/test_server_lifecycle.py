@@ -67,28 +67,17 @@ def test_graceful_shutdown_finishes_calls_in_flight(tmp_path_factory):
         pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{port}")).Score(turn(), timeout=2)
 
 
-def test_the_text_kernel_is_warmed_up_before_serving(tmp_path_factory, monkeypatch):
-    """The server compiles (or loads) the text feature kernel before it reports SERVING,
-    so the first turn does not pay numba's compile."""
-    import yujing.service.featurize as featurize
+@pytest.mark.parametrize("module", ["yujing.service.featurize", "yujing.service.alerts.trends"])
+def test_the_compiled_kernels_are_warmed_up_before_serving(tmp_path_factory, monkeypatch, module):
+    """The server compiles (or loads) each kernel a scored batch runs (the text features,
+    the queue trends) before it reports SERVING, so the first turn does not pay numba's
+    compile."""
+    import importlib
 
+    mod = importlib.import_module(module)
     calls = []
-    real = featurize.warm_up
-    monkeypatch.setattr(featurize, "warm_up", lambda: calls.append(1) or real())
-    svc = start(tmp_path_factory)
-    try:
-        assert calls == [1]
-    finally:
-        svc.stop()
-
-
-def test_the_queue_trend_kernel_is_warmed_up_before_serving(tmp_path_factory, monkeypatch):
-    """Likewise the queue trend kernel (TrendTracker.observe runs on every scored batch)."""
-    from yujing.service.alerts import trends
-
-    calls = []
-    real = trends.warm_up
-    monkeypatch.setattr(trends, "warm_up", lambda: calls.append(1) or real())
+    real = mod.warm_up
+    monkeypatch.setattr(mod, "warm_up", lambda: calls.append(1) or real())
     svc = start(tmp_path_factory)
     try:
         assert calls == [1]
