@@ -10,12 +10,17 @@ answers built with the generated classes are in :mod:`yujing.service.answers_ref
 """
 from __future__ import annotations
 
+import time
+from itertools import chain
+from operator import attrgetter
+
 import numpy as np
 
+from yujing.kernels import answers as K
 from yujing.kernels import layout as L
 from yujing.service import wire as W
 from yujing.service.contract import pb
-from yujing.service.reasons import reason_texts
+from yujing.service.reasons import WORDS_KIND, reason_texts
 
 _ACTIONS = ((L.ACTION_HANDOFF, pb.HANDOFF_TO_HUMAN), (L.ACTION_SUPERVISOR, pb.SUPERVISOR_ALERT))
 # action + actions by the kernel's ACTION_* bits
@@ -189,10 +194,9 @@ class _BatchParts:
                                self.emo_labels)
 
 
-def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
-    """``(bytes, tail_at)`` of the TurnRisk of ``items[positions[c]]`` from column ``c`` of
-    ``of``/``oi``, in order (``tail_at``: :func:`yujing.service.wire.mark_duplicate`);
-    ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words."""
+def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
+    """:func:`build_answers` field by field in Python: the definition the compiled encoder
+    is tested against, and the path for batches too small to repay its fixed cost."""
     n = len(positions)
     if n == 0:
         return []
@@ -227,6 +231,175 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
             varint_field(W.KEY_CUSTOMER_TURNS, irow[L.OI_CUSTOMER]),
             parts.emotion(c, turn.speaker == customer)))
     return answers
+
+
+# -- the compiled encoder (yujing.kernels.answers) ----------------------------------------------
+_COMPILED_MIN = 4                   # from this many turns a batch's answers are written by the kernel
+_WORDS_KINDS = np.array([WORDS_KIND.get(name, K.W_EXACT) for name in L.INDICATORS], np.int64)
+_LAYOUT = np.array([L.N_INDICATORS, L.OF_SCORE, L.OF_REASON_POINTS, L.OF_TOTAL_POINTS, L.OI_LEVEL,
+                    L.OI_PRIORITY, L.OI_ACTIONS, L.OI_REASON_IDX, L.OI_CUSTOMER, L.OI_SESSION_TIME,
+                    L.TOP_REASONS], np.int64)
+_IND_TEMPLATE = _INDICATOR_BLOCK.template
+_IND_AT = _INDICATOR_BLOCK.value_at
+_IDS_SPEAKER = attrgetter("tenant_id", "session_id", "turn_id", "speaker")
+# a reason's words field by its key (yujing.kernels.answers.reason_keys): the same words
+# for the same key in every batch (cleared when full, so it stays small)
+_WORDS: dict = {}
+_WORDS_MAX = 4096
+_INTENT_PARTS: dict = {}            # an intent table's label fields and category + weight fields
+
+
+def _intent_pieces(table) -> tuple[list, list]:
+    k = (table.labels, table.category, np.asarray(table.weight, np.float64).tobytes())
+    got = _INTENT_PARTS.get(k)
+    if got is None:
+        if len(_INTENT_PARTS) >= 64:
+            _INTENT_PARTS.clear()
+        parts = [W.intent_parts(lb, cat, float(w)) for lb, cat, w in zip(table.labels, table.category, table.weight)]
+        got = _INTENT_PARTS[k] = ([p[0] for p in parts], [p[1] for p in parts])
+    return got
+
+
+def _words(keys, of, oi, sla, has_sla: bool) -> list:
+    """The words fields of the batch's distinct reason keys (sorted, ``NO_REASON`` dropped):
+    each from :func:`reason_texts` on the value of one reason that has the key."""
+    n = of.shape[1]
+    uniq, first = np.unique(keys, return_index=True)
+    if len(uniq) and uniq[-1] == K.NO_REASON:
+        uniq, first = uniq[:-1], first[:-1]
+    cache = _WORDS
+    out = []
+    for key, f in zip(uniq.tolist(), first.tolist()):
+        got = cache.get(key) if key >= 0 else None
+        if got is None:
+            r, c = divmod(f, n)
+            j = int(oi[L.OI_REASON_IDX + r, c])
+            got = W.reason_texts_bytes(*reason_texts(L.INDICATORS[j], float(of[j, c]),
+                                                     float(sla[c]) if has_sla else None))
+            if key >= 0:
+                if len(cache) >= _WORDS_MAX:
+                    cache.clear()
+                cache[key] = got
+        out.append(got)
+    return uniq, out
+
+
+def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
+    """:func:`build_answers` by :func:`yujing.kernels.answers.encode_turn_risks`: the same
+    bytes as :func:`build_answers_py`, the whole batch in one compiled call."""
+    n = len(positions)
+    if n == 0:
+        return []
+    pos = positions.tolist()
+    of = np.ascontiguousarray(of, np.float64)
+    oi = np.ascontiguousarray(oi, np.int64)
+    # the ids, UTF-8, tenants then sessions then turn ids
+    tenants, sessions, turn_ids, speakers = zip(*map(_IDS_SPEAKER, [items[k].turn for k in pos]))
+    enc = list(map(str.encode, chain(tenants, sessions, turn_ids)))
+    id_off = np.zeros(3 * n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, enc), np.int64, 3 * n), out=id_off[1:])
+    ids = np.frombuffer(b"".join(enc) or b"\0", np.uint8)
+    # the reasons' words: one call of reason_texts per distinct key
+    has_sla = sla_s is not None
+    sla = np.ascontiguousarray(sla_s, np.float64) if has_sla else np.zeros(n)
+    rkeys = K.reason_keys(of, oi, sla, has_sla, _WORDS_KINDS, L.OI_REASON_IDX, L.TOP_REASONS)
+    ukeys, texts = _words(rkeys, of, oi, sla, has_sla)
+    # pieces: the fields many turns share
+    ti = np.full((K.TI_ROWS, n), -1, np.int64)
+    tf = np.zeros((K.TF_ROWS, n))
+    pieces = list(_ACTION_FIELDS)
+    base = np.zeros(K.B_ROWS, np.int64)
+    base[K.B_MODELS] = len(pieces)
+    pieces.append(W.message_field(W.KEY_MODELS, versions.SerializeToString(deterministic=True))
+                  + (W.DEGRADED_TRUE if degraded else b""))
+    has_sent = outputs.has_sentiment[positions]
+    sprobs = eprobs = None
+    sent_labels = emo_labels = emo_prefix = sent_prefix = b""
+    if outputs.sentiment_probs is not None and has_sent.any():
+        sprobs = np.ascontiguousarray(outputs.sentiment_probs[positions], np.float32)
+        sent_labels = _label_fields("sentiment", outputs.sentiment_labels)
+        if sprobs.shape[1]:
+            sent_prefix = W.SENTIMENT_PROBS + W.varint(4 * sprobs.shape[1])
+        tf[K.TF_SENT_SCORE] = outputs.sentiment[positions]
+        labels_at = outputs.sentiment_label
+        seen: dict = {}
+        lid = [seen.setdefault(labels_at[k], len(seen)) for k in pos]
+        base[K.B_SENT_LABEL] = first = len(pieces) + 4
+        ti[K.T_SENT] = np.where(has_sent, np.asarray(lid, np.int64) + first, -1)
+    else:
+        seen = {}
+        base[K.B_SENT_LABEL] = len(pieces) + 4
+    e_ids = None
+    if outputs.emotion_id is not None:
+        e_ids = np.where(np.asarray(speakers) == pb.CUSTOMER, outputs.emotion_id[positions], -1)
+        if (e_ids >= 0).any():
+            ti[K.T_EMOTION] = e_ids
+            tf[K.TF_EMO_CONF] = outputs.emotion_probs[positions, np.maximum(e_ids, 0)]
+            eprobs = np.ascontiguousarray(outputs.emotion_probs[positions], np.float32)
+            emo_labels = _label_fields("emotion", outputs.emotion_labels)
+            if eprobs.shape[1]:
+                emo_prefix = W.EMOTION_PROBS + W.varint(4 * eprobs.shape[1])
+    base[K.B_SENT_LABELS], base[K.B_SENT_PREFIX] = base[K.B_MODELS] + 1, base[K.B_MODELS] + 2
+    base[K.B_EMO_LABELS], base[K.B_EMO_PREFIX] = base[K.B_MODELS] + 3, base[K.B_MODELS] + 4
+    pieces += (sent_labels, sent_prefix, emo_labels, emo_prefix)
+    pieces += [W.string_field(W.SENTIMENT_LABEL, s) for s in seen]
+    i_ids = outputs.intent_id[positions]
+    i_label, i_rest = [], []
+    if (i_ids >= 0).any():
+        ti[K.T_INTENT] = i_ids
+        tf[K.TF_INTENT_CONF] = outputs.intent_probs[positions, np.maximum(i_ids, 0)]
+        i_label, i_rest = _intent_pieces(outputs.intent_table)
+    base[K.B_INTENT_LABEL] = len(pieces)
+    pieces += i_label
+    base[K.B_INTENT_REST] = len(pieces)
+    pieces += i_rest
+    base[K.B_EMO_LABEL] = len(pieces)
+    if eprobs is not None:
+        pieces += _label_fields("emotion_label", outputs.emotion_labels)
+    base[K.B_REASON_NAME] = len(pieces)
+    pieces += _REASON_NAMES
+    base[K.B_TEXT] = len(pieces)
+    pieces += texts
+    piece = np.zeros(len(pieces) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)), out=piece[1:])
+    blob = np.frombuffer(b"".join(pieces) or b"\0", np.uint8)
+    buf, starts, tails = K.encode_turn_risks(
+        ids, id_off, of, oi, ti, tf, np.zeros((n, 0), np.float32) if sprobs is None else sprobs,
+        np.zeros((n, 0), np.float32) if eprobs is None else eprobs, blob, piece, base, _IND_TEMPLATE,
+        _IND_AT, rkeys, ukeys, _LAYOUT)
+    st = starts.tolist()
+    raw = buf[:st[-1]].tobytes()
+    return [(raw[a:b], t - a) for a, b, t in zip(st, st[1:], tails.tolist())]
+
+
+def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
+    """``(bytes, tail_at)`` of the TurnRisk of ``items[positions[c]]`` from column ``c`` of
+    ``of``/``oi``, in order (``tail_at``: :func:`yujing.service.wire.mark_duplicate`);
+    ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words. A batch of
+    ``_COMPILED_MIN`` turns or more is written by the compiled encoder, a smaller one field
+    by field (:func:`build_answers_py`); the bytes are the same."""
+    if len(positions) >= _COMPILED_MIN:
+        return build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    return build_answers_py(items, positions, of, oi, outputs, versions, degraded, sla_s)
+
+
+def warm_up() -> float:
+    """Compile the answer kernels (or load them from numba's cache) on a small batch; returns
+    the seconds it took. The server calls it before it serves."""
+    from types import SimpleNamespace
+
+    from yujing.service.model_outputs import ModelOutputs
+
+    start = time.perf_counter()
+    n = max(_COMPILED_MIN, 4)
+    items = [SimpleNamespace(turn=pb.Turn(session_id="warm-up", turn_id=str(c), speaker=pb.CUSTOMER))
+             for c in range(n)]
+    of, oi = np.zeros((L.OF_ROWS, n)), np.zeros((L.OI_ROWS, n), np.int64)
+    oi[L.OI_REASON_IDX:L.OI_REASON_IDX + L.TOP_REASONS] = -1
+    oi[L.OI_REASON_IDX] = np.arange(n) % L.N_INDICATORS
+    build_answers_compiled(items, np.arange(n), of, oi, ModelOutputs.empty(n), pb.ModelVersions(), False,
+                           np.full(n, 60.0))
+    return time.perf_counter() - start
 
 
 def session_state(key, snap: dict, pf=None, now_ms: int | None = None) -> "pb.SessionState":

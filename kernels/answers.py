@@ -1,0 +1,334 @@
+"""The answers' wire bytes, compiled: a whole batch of ``TurnRisk`` messages written into
+one byte buffer (``encode_turn_risks``), and the key that decides each reason's words
+(``reason_keys``). What these take and write is :mod:`yujing.service.answers`' business
+(it builds the arguments and slices the buffer into one answer per turn); the bytes are
+those of its Python encoder (``build_answers_py``), which is the definition they are tested
+against (tests/test_answers_compiled.py), and so of the generated classes' deterministic
+serialisation (service/wire.py's docstring says how protobuf writes each field).
+
+Pieces: everything that is the same for many turns (a label's field, the models block, an
+action's fields, a reason's indicator name and its words) is encoded once in Python into
+``blob``; piece ``p`` is ``blob[piece[p]:piece[p + 1]]``. ``base`` says where each kind of
+piece starts (``B_*``). Per turn the kernel writes the ids, the numbers (float32 rounding
+and proto3's zero omission: a field whose bits are all zero is left out, so ``-0.0`` and
+NaN are written) and the sub-messages' lengths, and copies pieces.
+
+Reason words: ``reason_keys`` gives each reason an int64 key such that two reasons with
+the same key have the same words (the indicator, the figures its template prints after
+Python's rounding, the SLA); a reason whose figures it cannot decide exactly (a rounding
+boundary, a value beyond the range, a value that is not finite, an unknown template) gets
+a key of its own, ``-1 - (r * n + c)``, so its words come from its own value. Python
+resolves each distinct key once.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# how an indicator's words depend on its value (yujing.service.reasons.WORDS_KIND)
+W_CONST = 0        # the words do not depend on the value (a finite one)
+W_SIGNED_2F = 1    # f"{v:+.2f}"
+W_PCT = 2          # f"{100 * v:.0f} %"
+W_INT = 3          # int(round(v))
+W_F0 = 4           # f"{v:.0f}"
+W_SLA = 5          # _dur(v * sla) and _dur(sla) with an SLA, else f"{v:.1f}"
+W_DUR60 = 6        # _dur(v * 60)
+W_EXACT = 7        # no key: every reason its own words
+
+NO_REASON = np.iinfo(np.int64).max
+
+# base: the first piece of each kind
+(B_ACTIONS, B_MODELS, B_SENT_LABELS, B_SENT_PREFIX, B_EMO_LABELS, B_EMO_PREFIX, B_SENT_LABEL,
+ B_INTENT_LABEL, B_INTENT_REST, B_EMO_LABEL, B_REASON_NAME, B_TEXT, B_ROWS) = range(13)
+# per-turn ints (ti) and floats (tf)
+T_SENT, T_INTENT, T_EMOTION, TI_ROWS = 0, 1, 2, 3
+TF_SENT_SCORE, TF_INTENT_CONF, TF_EMO_CONF, TF_ROWS = 0, 1, 2, 3
+
+_K_LIMIT = 1 << 30          # the figures a key holds (below 2**30)
+_NEAR_HALF = 2.0 ** -20     # y = x * scale is within |y| * 2**-53 <= 2**-23 of the exact product
+_SLA_MS_LIMIT = 1 << 24
+
+
+@njit(cache=True, nogil=True)
+def _round_safe(y):
+    """The integer the exact product behind ``y`` (>= 0, one rounding away) rounds to, half
+    to even, or -1 when ``y`` is too close to a half to tell (or too large)."""
+    if not y < _K_LIMIT:
+        return -1
+    fl = np.floor(y)
+    d = y - fl
+    if abs(d - 0.5) <= _NEAR_HALF:
+        return -1
+    return np.int64(fl) + (1 if d > 0.5 else 0)
+
+
+@njit(cache=True, nogil=True)
+def _dur_key(s):
+    """(branch, figure) of reasons._dur(s), or (0, -1) when it cannot be told exactly."""
+    if not np.isfinite(s):
+        return 0, -1
+    if s < 60.0:
+        return 1, max(np.int64(0), np.int64(np.rint(s)) if s > -_K_LIMIT else np.int64(0))
+    if s < 5400.0:
+        return 2, np.int64(np.rint(s / 60.0))
+    return 3, _round_safe(s / 3600.0 * 10.0)
+
+
+@njit(cache=True, nogil=True)
+def _signbit(x):
+    return 1 if np.copysign(1.0, x) < 0 else 0
+
+
+@njit(cache=True, nogil=True)
+def reason_keys(of, oi, sla, has_sla, kinds, reason_idx_row, n_top):
+    """int64 [n_top, n]: each reason's words key (see the module docstring); ``NO_REASON``
+    where a turn has fewer reasons. ``of``/``oi`` the kernel's outputs, ``sla`` the turns'
+    SLAs in seconds (read when ``has_sla``), ``kinds[j]`` indicator j's ``W_*``."""
+    n = of.shape[1]
+    keys = np.full((n_top, n), NO_REASON, np.int64)
+    for c in range(n):
+        for r in range(n_top):
+            j = oi[reason_idx_row + r, c]
+            if j < 0:
+                break
+            v = of[j, c]
+            kind = kinds[j] if j < kinds.shape[0] else W_EXACT
+            branch, sign, m, k = 0, 0, 0, np.int64(0)
+            if not np.isfinite(v) or kind == W_EXACT:
+                k = -1
+            elif kind == W_SIGNED_2F:
+                sign, k = _signbit(v), _round_safe(abs(v) * 100.0)
+            elif kind == W_PCT:
+                w = 100.0 * v
+                sign = _signbit(w)
+                k = np.int64(abs(np.rint(w))) if abs(w) < _K_LIMIT else -1
+            elif kind == W_INT:
+                if abs(v) < _K_LIMIT:
+                    q = np.int64(np.rint(v))
+                    sign, k = (1 if q < 0 else 0), abs(q)
+                else:
+                    k = -1
+            elif kind == W_F0:
+                sign = _signbit(v)
+                k = np.int64(abs(np.rint(v))) if abs(v) < _K_LIMIT else -1
+            elif kind == W_SLA:
+                s = sla[c] if has_sla else 0.0
+                if s != 0.0:                    # Python's truth: NaN is an SLA too
+                    ms = np.rint(s * 1000.0) if np.isfinite(s) else -1.0
+                    if s > 0 and 0 < ms < _SLA_MS_LIMIT and ms / 1000.0 == s:
+                        m = np.int64(ms)
+                        branch, k = _dur_key(v * s)
+                    else:
+                        k = -1
+                else:
+                    sign, k = _signbit(v), _round_safe(abs(v) * 10.0)
+            elif kind == W_DUR60:
+                branch, k = _dur_key(v * 60.0)
+            if k < 0:
+                keys[r, c] = -1 - (r * n + c)
+            else:
+                keys[r, c] = j | (branch << 5) | (sign << 7) | (m << 8) | (k << 32)
+    return keys
+
+
+@njit(cache=True, nogil=True)
+def _varint_len(v):
+    u = np.uint64(v)
+    n = 1
+    while u >= np.uint64(128):
+        u >>= np.uint64(7)
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _varint(buf, pos, v):
+    u = np.uint64(v)
+    while u >= np.uint64(128):
+        buf[pos] = np.uint8((u & np.uint64(127)) | np.uint64(128))
+        u >>= np.uint64(7)
+        pos += 1
+    buf[pos] = np.uint8(u)
+    return pos + 1
+
+
+@njit(cache=True, nogil=True)
+def _le(buf, pos, bits, nbytes):
+    u = np.uint64(bits)
+    for i in range(nbytes):
+        buf[pos + i] = np.uint8(u & np.uint64(255))
+        u >>= np.uint64(8)
+    return pos + nbytes
+
+
+@njit(cache=True, nogil=True)
+def _copy(buf, pos, blob, piece, p):
+    a, b = piece[p], piece[p + 1]
+    for i in range(b - a):
+        buf[pos + i] = blob[a + i]
+    return pos + b - a
+
+
+@njit(cache=True, nogil=True)
+def _f32_bits(x, s32, u32):
+    s32[0] = np.float32(x)
+    return u32[0]
+
+
+@njit(cache=True, nogil=True)
+def encode_turn_risks(ids, id_off, of, oi, ti, tf, sprobs, eprobs, blob, piece, base, ind_template,
+                      ind_at, rkeys, ukeys, layout):
+    """All turns' TurnRisk bytes end to end: ``(buf, starts, tails)``, turn c's answer is
+    ``buf[starts[c]:starts[c + 1]]`` and its ``tail_at`` is ``tails[c] - starts[c]``.
+
+    ``ids``/``id_off``: the UTF-8 ids, field f (tenant, session, turn) of turn c at
+    ``id_off[f * n + c]``; ``ti``/``tf``: per-turn ints (label pieces, -1: not set) and
+    floats (``T_*``, ``TF_*``); ``sprobs``/``eprobs``: float32 probability rows (0 wide: no
+    field); ``ind_template``/``ind_at``: one turn's indicators block and where each
+    indicator's 8 value bytes go; ``rkeys`` (``reason_keys``) looked up in the sorted
+    ``ukeys``, whose words are pieces from ``base[B_TEXT]``; ``layout``: the rows of
+    ``of``/``oi`` (n_indicators, score, reason points, total points, level, priority,
+    actions, reason idx, customer, session time, top reasons)."""
+    n = of.shape[1]
+    (n_ind, of_score, of_rpts, of_total, oi_level, oi_prio, oi_act, oi_ridx, oi_cust, oi_time,
+     n_top) = (layout[0], layout[1], layout[2], layout[3], layout[4], layout[5], layout[6], layout[7],
+               layout[8], layout[9], layout[10])
+    s32 = np.empty(1, np.float32)
+    u32 = s32.view(np.uint32)
+    ofb = of.view(np.uint64)
+    sp32 = sprobs.view(np.uint32)
+    ep32 = eprobs.view(np.uint32)
+    ws, we = sprobs.shape[1], eprobs.shape[1]
+
+    def plen(p):
+        return piece[p + 1] - piece[p]
+
+    # an upper bound of the bytes: ids, then every field at its longest
+    max_piece = 0
+    for p in range(piece.shape[0] - 1):
+        max_piece = max(max_piece, plen(p))
+    per_turn = (3 * 11 + (11 + 3 * max_piece + 4 * ws + 5) + (11 + 2 * max_piece + 5)
+                + ind_template.shape[0] + 5 + 22 + n_top * (11 + 2 * max_piece + 19) + max_piece
+                + max_piece + 33 + (11 + 3 * max_piece + 5 + 4 * we))
+    buf = np.empty(id_off[3 * n] + n * per_turn, np.uint8)
+    starts = np.empty(n + 1, np.int64)
+    tails = np.empty(n, np.int64)
+    width = ind_template.shape[0]
+    pos = 0
+    for c in range(n):
+        starts[c] = pos
+        for f in range(3):                                            # tenant, session, turn id
+            a, b = id_off[f * n + c], id_off[f * n + c + 1]
+            if b > a:
+                buf[pos] = (f + 1) << 3 | 2
+                pos = _varint(buf, pos + 1, b - a)
+                for i in range(b - a):
+                    buf[pos + i] = ids[a + i]
+                pos += b - a
+        sl = ti[T_SENT, c]
+        if sl >= 0:                                                   # sentiment (4)
+            sb = _f32_bits(tf[TF_SENT_SCORE, c], s32, u32)
+            body = plen(sl) + plen(base[B_SENT_LABELS]) + (5 if sb != 0 else 0)
+            if ws:
+                body += plen(base[B_SENT_PREFIX]) + 4 * ws
+            buf[pos] = 0x22
+            pos = _varint(buf, pos + 1, body)
+            pos = _copy(buf, pos, blob, piece, sl)
+            if ws:
+                pos = _copy(buf, pos, blob, piece, base[B_SENT_PREFIX])
+                for i in range(ws):
+                    pos = _le(buf, pos, sp32[c, i], 4)
+            pos = _copy(buf, pos, blob, piece, base[B_SENT_LABELS])
+            if sb != 0:
+                buf[pos] = 0x25
+                pos = _le(buf, pos + 1, sb, 4)
+        j = ti[T_INTENT, c]
+        if j >= 0:                                                    # intent (5)
+            cb = _f32_bits(tf[TF_INTENT_CONF, c], s32, u32)
+            lp, rp = base[B_INTENT_LABEL] + j, base[B_INTENT_REST] + j
+            body = plen(lp) + plen(rp) + (5 if cb != 0 else 0)
+            buf[pos] = 0x2a
+            pos = _varint(buf, pos + 1, body)
+            pos = _copy(buf, pos, blob, piece, lp)
+            if cb != 0:
+                buf[pos] = 0x15
+                pos = _le(buf, pos + 1, cb, 4)
+            pos = _copy(buf, pos, blob, piece, rp)
+        for i in range(width):                                        # indicators (6)
+            buf[pos + i] = ind_template[i]
+        for r in range(n_ind):
+            _le(buf, pos + ind_at[r], ofb[r, c], 8)
+        pos += width
+        sb = _f32_bits(of[of_score, c], s32, u32)                     # risk_score (7)
+        if sb != 0:
+            buf[pos] = 0x3d
+            pos = _le(buf, pos + 1, sb, 4)
+        lv = oi[oi_level, c] + 1                                      # level (8), priority (9)
+        if lv != 0:
+            buf[pos] = 0x40
+            pos = _varint(buf, pos + 1, lv)
+        pr = oi[oi_prio, c] + 1
+        if pr != 0:
+            buf[pos] = 0x48
+            pos = _varint(buf, pos + 1, pr)
+        total = of[of_total, c]
+        for r in range(n_top):                                        # reasons (10)
+            j = oi[oi_ridx + r, c]
+            if j < 0:
+                break
+            pts = of[of_rpts + r, c]
+            share = pts / total if total > 0 else 0.0
+            vb = ofb[j, c]
+            pb_ = _f32_bits(pts, s32, u32)
+            shb = _f32_bits(share, s32, u32)
+            tp = base[B_TEXT] + np.searchsorted(ukeys, rkeys[r, c])
+            np_ = base[B_REASON_NAME] + j
+            body = (plen(np_) + plen(tp) + (5 if pb_ != 0 else 0) + (5 if shb != 0 else 0)
+                    + (9 if vb != 0 else 0))
+            buf[pos] = 0x52
+            pos = _varint(buf, pos + 1, body)
+            pos = _copy(buf, pos, blob, piece, np_)
+            if pb_ != 0:
+                buf[pos] = 0x15
+                pos = _le(buf, pos + 1, pb_, 4)
+            if shb != 0:
+                buf[pos] = 0x1d
+                pos = _le(buf, pos + 1, shb, 4)
+            if vb != 0:
+                buf[pos] = 0x21
+                pos = _le(buf, pos + 1, vb, 8)
+            pos = _copy(buf, pos, blob, piece, tp)
+        pos = _copy(buf, pos, blob, piece, base[B_ACTIONS] + (oi[oi_act, c] & 3))   # action(s) (11, 12)
+        pos = _copy(buf, pos, blob, piece, base[B_MODELS])           # models (13), degraded (14)
+        tails[c] = pos
+        t = oi[oi_time, c]                                            # session_time_ms (16)
+        if t != 0:
+            buf[pos] = 0x80
+            buf[pos + 1] = 0x01
+            pos = _varint(buf, pos + 2, t)
+        t = oi[oi_cust, c]                                            # customer_turns (17)
+        if t != 0:
+            buf[pos] = 0x88
+            buf[pos + 1] = 0x01
+            pos = _varint(buf, pos + 2, t)
+        e = ti[T_EMOTION, c]
+        if e >= 0:                                                    # emotion (18)
+            eb = _f32_bits(tf[TF_EMO_CONF, c], s32, u32)
+            lp = base[B_EMO_LABEL] + e
+            body = plen(lp) + plen(base[B_EMO_LABELS]) + (5 if eb != 0 else 0)
+            if we:
+                body += plen(base[B_EMO_PREFIX]) + 4 * we
+            buf[pos] = 0x92
+            buf[pos + 1] = 0x01
+            pos = _varint(buf, pos + 2, body)
+            pos = _copy(buf, pos, blob, piece, lp)
+            if eb != 0:
+                buf[pos] = 0x15
+                pos = _le(buf, pos + 1, eb, 4)
+            if we:
+                pos = _copy(buf, pos, blob, piece, base[B_EMO_PREFIX])
+                for i in range(we):
+                    pos = _le(buf, pos, ep32[c, i], 4)
+            pos = _copy(buf, pos, blob, piece, base[B_EMO_LABELS])
+    starts[n] = pos
+    return buf, starts, tails
