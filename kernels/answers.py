@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from yujing.kernels import layout as L
+
 # how an indicator's words depend on its value (yujing.service.reasons.WORDS_KIND)
 W_CONST = 0        # the words do not depend on the value (a finite one)
 W_SIGNED_2F = 1    # f"{v:+.2f}"
@@ -37,12 +39,10 @@ W_EXACT = 7        # no key: every reason its own words
 
 NO_REASON = np.iinfo(np.int64).max
 
-# base: the first piece of each kind
+# base: the first piece of each kind, and which models' outputs the batch has
 (B_ACTIONS, B_MODELS, B_SENT_LABELS, B_SENT_PREFIX, B_EMO_LABELS, B_EMO_PREFIX, B_SENT_LABEL,
- B_INTENT_LABEL, B_INTENT_REST, B_EMO_LABEL, B_REASON_NAME, B_TEXT, B_ROWS) = range(13)
-# per-turn ints (ti) and floats (tf)
-T_SENT, T_INTENT, T_EMOTION, TI_ROWS = 0, 1, 2, 3
-TF_SENT_SCORE, TF_INTENT_CONF, TF_EMO_CONF, TF_ROWS = 0, 1, 2, 3
+ B_INTENT_LABEL, B_INTENT_REST, B_EMO_LABEL, B_REASON_NAME, B_TEXT, B_HAS_SENTIMENT, B_HAS_INTENT,
+ B_HAS_EMOTION, B_CUSTOMER, B_ROWS) = range(17)
 
 _K_LIMIT = 1 << 30          # the figures a key holds (below 2**30)
 _NEAR_HALF = 2.0 ** -20     # y = x * scale is within |y| * 2**-53 <= 2**-23 of the exact product
@@ -81,8 +81,9 @@ def _signbit(x):
 
 @njit(cache=True, nogil=True)
 def reason_keys(of, oi, sla, has_sla, kinds, reason_idx_row, n_top):
-    """int64 [n_top, n]: each reason's words key (see the module docstring); ``NO_REASON``
-    where a turn has fewer reasons. ``of``/``oi`` the kernel's outputs, ``sla`` the turns'
+    """``(keys, uniq, first)``: int64 [n_top, n] each reason's words key (see the module
+    docstring), ``NO_REASON`` where a turn has fewer reasons; the distinct keys, sorted, and
+    for each the flat index (``r * n + c``) of its first reason. ``of``/``oi`` the kernel's outputs, ``sla`` the turns'
     SLAs in seconds (read when ``has_sla``), ``kinds[j]`` indicator j's ``W_*``."""
     n = of.shape[1]
     keys = np.full((n_top, n), NO_REASON, np.int64)
@@ -128,7 +129,20 @@ def reason_keys(of, oi, sla, has_sla, kinds, reason_idx_row, n_top):
                 keys[r, c] = -1 - (r * n + c)
             else:
                 keys[r, c] = j | (branch << 5) | (sign << 7) | (m << 8) | (k << 32)
-    return keys
+    flat = keys.ravel()
+    order = np.argsort(flat, kind="mergesort")
+    uniq = np.empty(flat.shape[0], np.int64)
+    first = np.empty(flat.shape[0], np.int64)
+    u = 0
+    for i in range(flat.shape[0]):
+        key = flat[order[i]]
+        if key == NO_REASON:
+            break
+        if u == 0 or key != uniq[u - 1]:
+            uniq[u] = key
+            first[u] = order[i]
+            u += 1
+    return keys, uniq[:u], first[:u]
 
 
 @njit(cache=True, nogil=True)
@@ -176,46 +190,63 @@ def _f32_bits(x, s32, u32):
 
 
 @njit(cache=True, nogil=True)
-def encode_turn_risks(ids, id_off, of, oi, ti, tf, sprobs, eprobs, blob, piece, base, ind_template,
-                      ind_at, rkeys, ukeys, layout):
-    """All turns' TurnRisk bytes end to end: ``(buf, starts, tails)``, turn c's answer is
-    ``buf[starts[c]:starts[c + 1]]`` and its ``tail_at`` is ``tails[c] - starts[c]``.
+def _conf_bits(x32, s32, u32):
+    """A float32 probability's bits as protobuf writes it after Python read it as a float
+    (float32 -> float64 -> float32: the same number, a NaN made quiet)."""
+    s32[0] = x32
+    b = u32[0]
+    if x32 != x32:
+        b |= np.uint32(0x00400000)
+    return b
 
-    ``ids``/``id_off``: the UTF-8 ids, field f (tenant, session, turn) of turn c at
-    ``id_off[f * n + c]``; ``ti``/``tf``: per-turn ints (label pieces, -1: not set) and
-    floats (``T_*``, ``TF_*``); ``sprobs``/``eprobs``: float32 probability rows (0 wide: no
-    field); ``ind_template``/``ind_at``: one turn's indicators block and where each
-    indicator's 8 value bytes go; ``rkeys`` (``reason_keys``) looked up in the sorted
-    ``ukeys``, whose words are pieces from ``base[B_TEXT]``; ``layout``: the rows of
-    ``of``/``oi`` (n_indicators, score, reason points, total points, level, priority,
-    actions, reason idx, customer, session time, top reasons)."""
+
+@njit(cache=True, nogil=True)
+def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_sent, sent_score, sprobs, intent_id,
+                      iprobs, emotion_id, eprobs, blob, piece_len, base, ind_template, ind_at, rkeys, ukeys):
+    """All turns' TurnRisk bytes end to end: ``(buf, starts, tails)``, turn c's answer is
+    ``buf[starts[c]:starts[c + 1]]`` and its ``tail_at`` (where ``duplicate`` goes) ``tails[c]``.
+
+    ``ids``/``id_len``: the UTF-8 ids end to end, all tenants, then all sessions, then all
+    turn ids, and their lengths; ``of``/``oi``: the kernel's outputs, column c for turn c;
+    ``speaker``: the turns' speakers (``base[B_CUSTOMER]``: the customer's); ``sent_label``:
+    the piece of each turn's sentiment label; the models' outputs (``has_sent`` ..
+    ``eprobs``) by position, turn c at ``positions[c]`` (``base[B_HAS_*]``: which the batch
+    has); ``blob``/``piece_len``: the pieces end to end and their lengths;
+    ``ind_template``/``ind_at``: one turn's
+    indicators block and where each indicator's 8 value bytes go; ``rkeys``
+    (:func:`reason_keys`) looked up in the sorted ``ukeys``, whose words are the pieces
+    from ``base[B_TEXT]``."""
     n = of.shape[1]
-    (n_ind, of_score, of_rpts, of_total, oi_level, oi_prio, oi_act, oi_ridx, oi_cust, oi_time,
-     n_top) = (layout[0], layout[1], layout[2], layout[3], layout[4], layout[5], layout[6], layout[7],
-               layout[8], layout[9], layout[10])
+    n_top = L.TOP_REASONS
+    id_off = np.zeros(3 * n + 1, np.int64)
+    for i in range(3 * n):
+        id_off[i + 1] = id_off[i] + id_len[i]
+    piece = np.zeros(piece_len.shape[0] + 1, np.int64)
+    for i in range(piece_len.shape[0]):
+        piece[i + 1] = piece[i] + piece_len[i]
+    customer = base[B_CUSTOMER]
     s32 = np.empty(1, np.float32)
     u32 = s32.view(np.uint32)
     ofb = of.view(np.uint64)
     sp32 = sprobs.view(np.uint32)
     ep32 = eprobs.view(np.uint32)
     ws, we = sprobs.shape[1], eprobs.shape[1]
+    has_sentiment, has_intent, has_emotion = base[B_HAS_SENTIMENT], base[B_HAS_INTENT], base[B_HAS_EMOTION]
 
-    def plen(p):
-        return piece[p + 1] - piece[p]
-
-    # an upper bound of the bytes: ids, then every field at its longest
+    # an upper bound of the bytes: the ids, then every field at its longest
     max_piece = 0
     for p in range(piece.shape[0] - 1):
-        max_piece = max(max_piece, plen(p))
+        max_piece = max(max_piece, piece[p + 1] - piece[p])
     per_turn = (3 * 11 + (11 + 3 * max_piece + 4 * ws + 5) + (11 + 2 * max_piece + 5)
-                + ind_template.shape[0] + 5 + 22 + n_top * (11 + 2 * max_piece + 19) + max_piece
-                + max_piece + 33 + (11 + 3 * max_piece + 5 + 4 * we))
+                + ind_template.shape[0] + 5 + 22 + n_top * (11 + 2 * max_piece + 19) + 2 * max_piece
+                + 33 + (11 + 3 * max_piece + 5 + 4 * we))
     buf = np.empty(id_off[3 * n] + n * per_turn, np.uint8)
     starts = np.empty(n + 1, np.int64)
     tails = np.empty(n, np.int64)
     width = ind_template.shape[0]
     pos = 0
     for c in range(n):
+        k = positions[c]
         starts[c] = pos
         for f in range(3):                                            # tenant, session, turn id
             a, b = id_off[f * n + c], id_off[f * n + c + 1]
@@ -225,28 +256,32 @@ def encode_turn_risks(ids, id_off, of, oi, ti, tf, sprobs, eprobs, blob, piece, 
                 for i in range(b - a):
                     buf[pos + i] = ids[a + i]
                 pos += b - a
-        sl = ti[T_SENT, c]
-        if sl >= 0:                                                   # sentiment (4)
-            sb = _f32_bits(tf[TF_SENT_SCORE, c], s32, u32)
-            body = plen(sl) + plen(base[B_SENT_LABELS]) + (5 if sb != 0 else 0)
+        if has_sentiment and has_sent[k]:                             # sentiment (4)
+            sl = sent_label[c]
+            sb = _f32_bits(sent_score[k], s32, u32)
+            body = piece[sl + 1] - piece[sl] + piece[base[B_SENT_LABELS] + 1] - piece[base[B_SENT_LABELS]]
+            if sb != 0:
+                body += 5
             if ws:
-                body += plen(base[B_SENT_PREFIX]) + 4 * ws
+                body += piece[base[B_SENT_PREFIX] + 1] - piece[base[B_SENT_PREFIX]] + 4 * ws
             buf[pos] = 0x22
             pos = _varint(buf, pos + 1, body)
             pos = _copy(buf, pos, blob, piece, sl)
             if ws:
                 pos = _copy(buf, pos, blob, piece, base[B_SENT_PREFIX])
                 for i in range(ws):
-                    pos = _le(buf, pos, sp32[c, i], 4)
+                    pos = _le(buf, pos, sp32[k, i], 4)
             pos = _copy(buf, pos, blob, piece, base[B_SENT_LABELS])
             if sb != 0:
                 buf[pos] = 0x25
                 pos = _le(buf, pos + 1, sb, 4)
-        j = ti[T_INTENT, c]
+        j = intent_id[k] if has_intent else -1
         if j >= 0:                                                    # intent (5)
-            cb = _f32_bits(tf[TF_INTENT_CONF, c], s32, u32)
+            cb = _conf_bits(iprobs[k, j], s32, u32)
             lp, rp = base[B_INTENT_LABEL] + j, base[B_INTENT_REST] + j
-            body = plen(lp) + plen(rp) + (5 if cb != 0 else 0)
+            body = piece[lp + 1] - piece[lp] + piece[rp + 1] - piece[rp]
+            if cb != 0:
+                body += 5
             buf[pos] = 0x2a
             pos = _varint(buf, pos + 1, body)
             pos = _copy(buf, pos, blob, piece, lp)
@@ -256,35 +291,40 @@ def encode_turn_risks(ids, id_off, of, oi, ti, tf, sprobs, eprobs, blob, piece, 
             pos = _copy(buf, pos, blob, piece, rp)
         for i in range(width):                                        # indicators (6)
             buf[pos + i] = ind_template[i]
-        for r in range(n_ind):
+        for r in range(L.N_INDICATORS):
             _le(buf, pos + ind_at[r], ofb[r, c], 8)
         pos += width
-        sb = _f32_bits(of[of_score, c], s32, u32)                     # risk_score (7)
+        sb = _f32_bits(of[L.OF_SCORE, c], s32, u32)                   # risk_score (7)
         if sb != 0:
             buf[pos] = 0x3d
             pos = _le(buf, pos + 1, sb, 4)
-        lv = oi[oi_level, c] + 1                                      # level (8), priority (9)
+        lv = oi[L.OI_LEVEL, c] + 1                                    # level (8), priority (9)
         if lv != 0:
             buf[pos] = 0x40
             pos = _varint(buf, pos + 1, lv)
-        pr = oi[oi_prio, c] + 1
+        pr = oi[L.OI_PRIORITY, c] + 1
         if pr != 0:
             buf[pos] = 0x48
             pos = _varint(buf, pos + 1, pr)
-        total = of[of_total, c]
+        total = of[L.OF_TOTAL_POINTS, c]
         for r in range(n_top):                                        # reasons (10)
-            j = oi[oi_ridx + r, c]
+            j = oi[L.OI_REASON_IDX + r, c]
             if j < 0:
                 break
-            pts = of[of_rpts + r, c]
+            pts = of[L.OF_REASON_POINTS + r, c]
             share = pts / total if total > 0 else 0.0
             vb = ofb[j, c]
             pb_ = _f32_bits(pts, s32, u32)
             shb = _f32_bits(share, s32, u32)
             tp = base[B_TEXT] + np.searchsorted(ukeys, rkeys[r, c])
             np_ = base[B_REASON_NAME] + j
-            body = (plen(np_) + plen(tp) + (5 if pb_ != 0 else 0) + (5 if shb != 0 else 0)
-                    + (9 if vb != 0 else 0))
+            body = piece[np_ + 1] - piece[np_] + piece[tp + 1] - piece[tp]
+            if pb_ != 0:
+                body += 5
+            if shb != 0:
+                body += 5
+            if vb != 0:
+                body += 9
             buf[pos] = 0x52
             pos = _varint(buf, pos + 1, body)
             pos = _copy(buf, pos, blob, piece, np_)
@@ -298,26 +338,28 @@ def encode_turn_risks(ids, id_off, of, oi, ti, tf, sprobs, eprobs, blob, piece, 
                 buf[pos] = 0x21
                 pos = _le(buf, pos + 1, vb, 8)
             pos = _copy(buf, pos, blob, piece, tp)
-        pos = _copy(buf, pos, blob, piece, base[B_ACTIONS] + (oi[oi_act, c] & 3))   # action(s) (11, 12)
+        pos = _copy(buf, pos, blob, piece, base[B_ACTIONS] + (oi[L.OI_ACTIONS, c] & 3))   # action(s) (11, 12)
         pos = _copy(buf, pos, blob, piece, base[B_MODELS])           # models (13), degraded (14)
-        tails[c] = pos
-        t = oi[oi_time, c]                                            # session_time_ms (16)
+        tails[c] = pos - starts[c]
+        t = oi[L.OI_SESSION_TIME, c]                                  # session_time_ms (16)
         if t != 0:
             buf[pos] = 0x80
             buf[pos + 1] = 0x01
             pos = _varint(buf, pos + 2, t)
-        t = oi[oi_cust, c]                                            # customer_turns (17)
+        t = oi[L.OI_CUSTOMER, c]                                      # customer_turns (17)
         if t != 0:
             buf[pos] = 0x88
             buf[pos + 1] = 0x01
             pos = _varint(buf, pos + 2, t)
-        e = ti[T_EMOTION, c]
+        e = emotion_id[k] if has_emotion and speaker[c] == customer else -1
         if e >= 0:                                                    # emotion (18)
-            eb = _f32_bits(tf[TF_EMO_CONF, c], s32, u32)
+            eb = _conf_bits(eprobs[k, e], s32, u32)
             lp = base[B_EMO_LABEL] + e
-            body = plen(lp) + plen(base[B_EMO_LABELS]) + (5 if eb != 0 else 0)
+            body = piece[lp + 1] - piece[lp] + piece[base[B_EMO_LABELS] + 1] - piece[base[B_EMO_LABELS]]
+            if eb != 0:
+                body += 5
             if we:
-                body += plen(base[B_EMO_PREFIX]) + 4 * we
+                body += piece[base[B_EMO_PREFIX] + 1] - piece[base[B_EMO_PREFIX]] + 4 * we
             buf[pos] = 0x92
             buf[pos + 1] = 0x01
             pos = _varint(buf, pos + 2, body)
@@ -328,7 +370,7 @@ def encode_turn_risks(ids, id_off, of, oi, ti, tf, sprobs, eprobs, blob, piece, 
             if we:
                 pos = _copy(buf, pos, blob, piece, base[B_EMO_PREFIX])
                 for i in range(we):
-                    pos = _le(buf, pos, ep32[c, i], 4)
+                    pos = _le(buf, pos, ep32[k, i], 4)
             pos = _copy(buf, pos, blob, piece, base[B_EMO_LABELS])
     starts[n] = pos
     return buf, starts, tails

@@ -11,7 +11,6 @@ answers built with the generated classes are in :mod:`yujing.service.answers_ref
 from __future__ import annotations
 
 import time
-from itertools import chain
 from operator import attrgetter
 
 import numpy as np
@@ -242,6 +241,9 @@ _LAYOUT = np.array([L.N_INDICATORS, L.OF_SCORE, L.OF_REASON_POINTS, L.OF_TOTAL_P
 _IND_TEMPLATE = _INDICATOR_BLOCK.template
 _IND_AT = _INDICATOR_BLOCK.value_at
 _IDS_SPEAKER = attrgetter("tenant_id", "session_id", "turn_id", "speaker")
+_NO_ROWS = np.zeros((0, 0), np.float32)
+_NO_IDS = np.zeros(0, np.int64)
+_NO_SLA = np.zeros(0)
 # a reason's words field by its key (yujing.kernels.answers.reason_keys): the same words
 # for the same key in every batch (cleared when full, so it stays small)
 _WORDS: dict = {}
@@ -260,13 +262,10 @@ def _intent_pieces(table) -> tuple[list, list]:
     return got
 
 
-def _words(keys, of, oi, sla, has_sla: bool) -> list:
-    """The words fields of the batch's distinct reason keys (sorted, ``NO_REASON`` dropped):
-    each from :func:`reason_texts` on the value of one reason that has the key."""
+def _words(uniq, first, of, oi, sla, has_sla: bool) -> list:
+    """The words fields of the batch's distinct reason keys (``uniq``, sorted): each from
+    :func:`reason_texts` on the value of the reason at flat index ``first`` (r * n + c)."""
     n = of.shape[1]
-    uniq, first = np.unique(keys, return_index=True)
-    if len(uniq) and uniq[-1] == K.NO_REASON:
-        uniq, first = uniq[:-1], first[:-1]
     cache = _WORDS
     out = []
     for key, f in zip(uniq.tolist(), first.tolist()):
@@ -281,7 +280,25 @@ def _words(keys, of, oi, sla, has_sla: bool) -> list:
                     cache.clear()
                 cache[key] = got
         out.append(got)
-    return uniq, out
+    return out
+
+
+def _ids(turns, n: int) -> tuple:
+    """(UTF-8 bytes, their lengths [3n], speakers): the tenants, then the sessions, then
+    the turn ids, end to end."""
+    tenants, sessions, turn_ids, speakers = zip(*map(_IDS_SPEAKER, turns))
+    strs = (*tenants, *sessions, *turn_ids)
+    joined = "".join(strs)
+    raw = joined.encode()
+    if len(raw) == len(joined):                # ASCII: a string's bytes are its characters
+        lens = np.fromiter(map(len, strs), np.int64, 3 * n)
+    else:
+        lens = np.fromiter(map(len, map(str.encode, strs)), np.int64, 3 * n)
+    return np.frombuffer(raw or b"\0", np.uint8), lens, speakers
+
+
+def _f32_rows(probs) -> np.ndarray:
+    return _NO_ROWS if probs is None else np.ascontiguousarray(probs, np.float32)
 
 
 def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
@@ -293,83 +310,57 @@ def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded
     pos = positions.tolist()
     of = np.ascontiguousarray(of, np.float64)
     oi = np.ascontiguousarray(oi, np.int64)
-    # the ids, UTF-8, tenants then sessions then turn ids
-    tenants, sessions, turn_ids, speakers = zip(*map(_IDS_SPEAKER, [items[k].turn for k in pos]))
-    enc = list(map(str.encode, chain(tenants, sessions, turn_ids)))
-    id_off = np.zeros(3 * n + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, enc), np.int64, 3 * n), out=id_off[1:])
-    ids = np.frombuffer(b"".join(enc) or b"\0", np.uint8)
+    ids, id_len, speakers = _ids([items[k].turn for k in pos], n)
     # the reasons' words: one call of reason_texts per distinct key
     has_sla = sla_s is not None
-    sla = np.ascontiguousarray(sla_s, np.float64) if has_sla else np.zeros(n)
-    rkeys = K.reason_keys(of, oi, sla, has_sla, _WORDS_KINDS, L.OI_REASON_IDX, L.TOP_REASONS)
-    ukeys, texts = _words(rkeys, of, oi, sla, has_sla)
-    # pieces: the fields many turns share
-    ti = np.full((K.TI_ROWS, n), -1, np.int64)
-    tf = np.zeros((K.TF_ROWS, n))
-    pieces = list(_ACTION_FIELDS)
-    base = np.zeros(K.B_ROWS, np.int64)
-    base[K.B_MODELS] = len(pieces)
-    pieces.append(W.message_field(W.KEY_MODELS, versions.SerializeToString(deterministic=True))
-                  + (W.DEGRADED_TRUE if degraded else b""))
-    has_sent = outputs.has_sentiment[positions]
-    sprobs = eprobs = None
-    sent_labels = emo_labels = emo_prefix = sent_prefix = b""
-    if outputs.sentiment_probs is not None and has_sent.any():
-        sprobs = np.ascontiguousarray(outputs.sentiment_probs[positions], np.float32)
-        sent_labels = _label_fields("sentiment", outputs.sentiment_labels)
-        if sprobs.shape[1]:
-            sent_prefix = W.SENTIMENT_PROBS + W.varint(4 * sprobs.shape[1])
-        tf[K.TF_SENT_SCORE] = outputs.sentiment[positions]
-        labels_at = outputs.sentiment_label
-        seen: dict = {}
-        lid = [seen.setdefault(labels_at[k], len(seen)) for k in pos]
-        base[K.B_SENT_LABEL] = first = len(pieces) + 4
-        ti[K.T_SENT] = np.where(has_sent, np.asarray(lid, np.int64) + first, -1)
+    sla = np.ascontiguousarray(sla_s, np.float64) if has_sla else _NO_SLA
+    rkeys, ukeys, first = K.reason_keys(of, oi, sla, has_sla, _WORDS_KINDS, L.OI_REASON_IDX, L.TOP_REASONS)
+    texts = _words(ukeys, first, of, oi, sla, has_sla)
+    # pieces: the fields many turns share (the order of yujing.kernels.answers.B_*)
+    has_sentiment, has_intent = outputs.sentiment_probs is not None, outputs.intent_probs is not None
+    has_emotion = outputs.emotion_id is not None
+    sprobs, iprobs, eprobs = (_f32_rows(outputs.sentiment_probs), _f32_rows(outputs.intent_probs),
+                              _f32_rows(outputs.emotion_probs))
+    pieces = [*_ACTION_FIELDS, W.message_field(W.KEY_MODELS, versions.SerializeToString(deterministic=True))
+              + (W.DEGRADED_TRUE if degraded else b""),
+              _label_fields("sentiment", outputs.sentiment_labels) if has_sentiment else b"",
+              W.SENTIMENT_PROBS + W.varint(4 * sprobs.shape[1]) if sprobs.shape[1] else b"",
+              _label_fields("emotion", outputs.emotion_labels) if has_emotion else b"",
+              W.EMOTION_PROBS + W.varint(4 * eprobs.shape[1]) if eprobs.shape[1] else b""]
+    if has_sentiment:
+        labels_at, seen = outputs.sentiment_label, {}
+        sent_label = np.fromiter([seen.setdefault(labels_at[k], len(seen)) for k in pos], np.int64, n)
+        sent_label += 9
+        pieces += [W.string_field(W.SENTIMENT_LABEL, s) for s in seen]
     else:
-        seen = {}
-        base[K.B_SENT_LABEL] = len(pieces) + 4
-    e_ids = None
-    if outputs.emotion_id is not None:
-        e_ids = np.where(np.asarray(speakers) == pb.CUSTOMER, outputs.emotion_id[positions], -1)
-        if (e_ids >= 0).any():
-            ti[K.T_EMOTION] = e_ids
-            tf[K.TF_EMO_CONF] = outputs.emotion_probs[positions, np.maximum(e_ids, 0)]
-            eprobs = np.ascontiguousarray(outputs.emotion_probs[positions], np.float32)
-            emo_labels = _label_fields("emotion", outputs.emotion_labels)
-            if eprobs.shape[1]:
-                emo_prefix = W.EMOTION_PROBS + W.varint(4 * eprobs.shape[1])
-    base[K.B_SENT_LABELS], base[K.B_SENT_PREFIX] = base[K.B_MODELS] + 1, base[K.B_MODELS] + 2
-    base[K.B_EMO_LABELS], base[K.B_EMO_PREFIX] = base[K.B_MODELS] + 3, base[K.B_MODELS] + 4
-    pieces += (sent_labels, sent_prefix, emo_labels, emo_prefix)
-    pieces += [W.string_field(W.SENTIMENT_LABEL, s) for s in seen]
-    i_ids = outputs.intent_id[positions]
-    i_label, i_rest = [], []
-    if (i_ids >= 0).any():
-        ti[K.T_INTENT] = i_ids
-        tf[K.TF_INTENT_CONF] = outputs.intent_probs[positions, np.maximum(i_ids, 0)]
+        sent_label = _NO_IDS
+    b_intent_label = len(pieces)
+    if has_intent:
         i_label, i_rest = _intent_pieces(outputs.intent_table)
-    base[K.B_INTENT_LABEL] = len(pieces)
-    pieces += i_label
-    base[K.B_INTENT_REST] = len(pieces)
-    pieces += i_rest
-    base[K.B_EMO_LABEL] = len(pieces)
-    if eprobs is not None:
+        pieces += i_label
+        b_intent_rest = len(pieces)
+        pieces += i_rest
+    else:
+        b_intent_rest = b_intent_label
+    b_emo_label = len(pieces)
+    if has_emotion:
         pieces += _label_fields("emotion_label", outputs.emotion_labels)
-    base[K.B_REASON_NAME] = len(pieces)
+    b_reason_name = len(pieces)
     pieces += _REASON_NAMES
-    base[K.B_TEXT] = len(pieces)
+    b_text = len(pieces)
     pieces += texts
-    piece = np.zeros(len(pieces) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)), out=piece[1:])
-    blob = np.frombuffer(b"".join(pieces) or b"\0", np.uint8)
+    base = np.array((0, 4, 5, 6, 7, 8, 9, b_intent_label, b_intent_rest, b_emo_label, b_reason_name, b_text,
+                     has_sentiment, has_intent, has_emotion, pb.CUSTOMER), np.int64)
     buf, starts, tails = K.encode_turn_risks(
-        ids, id_off, of, oi, ti, tf, np.zeros((n, 0), np.float32) if sprobs is None else sprobs,
-        np.zeros((n, 0), np.float32) if eprobs is None else eprobs, blob, piece, base, _IND_TEMPLATE,
-        _IND_AT, rkeys, ukeys, _LAYOUT)
+        ids, id_len, positions, of, oi, np.fromiter(speakers, np.int64, n), sent_label,
+        np.asarray(outputs.has_sentiment, np.bool_), np.asarray(outputs.sentiment, np.float64), sprobs,
+        np.asarray(outputs.intent_id, np.int64), iprobs,
+        np.asarray(outputs.emotion_id, np.int64) if has_emotion else _NO_IDS, eprobs,
+        np.frombuffer(b"".join(pieces), np.uint8), np.fromiter(map(len, pieces), np.int64, len(pieces)),
+        base, _IND_TEMPLATE, _IND_AT, rkeys, ukeys)
     st = starts.tolist()
     raw = buf[:st[-1]].tobytes()
-    return [(raw[a:b], t - a) for a, b, t in zip(st, st[1:], tails.tolist())]
+    return [(raw[a:b], t) for a, b, t in zip(st, st[1:], tails.tolist())]
 
 
 def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
