@@ -45,7 +45,10 @@ NO_REASON = np.iinfo(np.int64).max
  B_HAS_EMOTION, B_CUSTOMER, B_ROWS) = range(17)
 
 _K_LIMIT = 1 << 30          # the figures a key holds (below 2**30)
-_NEAR_HALF = 2.0 ** -20     # y = x * scale is within |y| * 2**-53 <= 2**-23 of the exact product
+# y = x * scale is the exact product rounded once (within |y| * 2**-53 <= 2**-23 of it), and a
+# half is a double, so y can only sit on the wrong side of a half by being that half; the
+# margin around it is spare
+_NEAR_HALF = 2.0 ** -20
 _SLA_MS_LIMIT = 1 << 24
 
 
