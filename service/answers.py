@@ -351,11 +351,12 @@ def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded
     pieces += texts
     base = np.array((0, 4, 5, 6, 7, 8, 9, b_intent_label, b_intent_rest, b_emo_label, b_reason_name, b_text,
                      has_sentiment, has_intent, has_emotion, pb.CUSTOMER), np.int64)
+    c_array = np.ascontiguousarray            # the types the kernel was compiled for (warm_up)
     buf, starts, tails = K.encode_turn_risks(
-        ids, id_len, positions, of, oi, np.fromiter(speakers, np.int64, n), sent_label,
-        np.asarray(outputs.has_sentiment, np.bool_), np.asarray(outputs.sentiment, np.float64), sprobs,
-        np.asarray(outputs.intent_id, np.int64), iprobs,
-        np.asarray(outputs.emotion_id, np.int64) if has_emotion else _NO_IDS, eprobs,
+        ids, id_len, c_array(positions, np.int64), of, oi, np.fromiter(speakers, np.int64, n), sent_label,
+        c_array(outputs.has_sentiment, np.bool_), c_array(outputs.sentiment, np.float64), sprobs,
+        c_array(outputs.intent_id, np.int64), iprobs,
+        c_array(outputs.emotion_id, np.int64) if has_emotion else _NO_IDS, eprobs,
         np.frombuffer(b"".join(pieces), np.uint8), np.fromiter(map(len, pieces), np.int64, len(pieces)),
         base, _IND_TEMPLATE, _IND_AT, rkeys, ukeys)
     st = starts.tolist()

@@ -36,6 +36,7 @@ from yujing.service.batcher import MicroBatcher
 from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service import featurize
+from yujing.service.answers import warm_up as warm_up_answers
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
 from yujing.service.admission import Admission, loop_deadline
@@ -720,10 +721,13 @@ class YujingServer:
 
     async def _warm_up(self) -> None:
         """Compile (or load from cache) the kernels on a scratch table before SERVING.
-        The text kernel first, off the event loop (a cold compile takes seconds, during
-        which health checks are still answered NOT_SERVING)."""
-        seconds = await asyncio.get_running_loop().run_in_executor(None, featurize.warm_up)
+        The text and answer kernels first, off the event loop (a cold compile takes
+        seconds, during which health checks are still answered NOT_SERVING)."""
+        loop = asyncio.get_running_loop()
+        seconds = await loop.run_in_executor(None, featurize.warm_up)
         log.info("text feature kernel ready in %.2f s (compiled, or loaded from numba's cache)", seconds)
+        seconds = await loop.run_in_executor(None, warm_up_answers)
+        log.info("answer kernel ready in %.2f s (compiled, or loaded from numba's cache)", seconds)
         scratch = SessionTable(capacity=2, agent_capacity=2, backend=self.config.backend)
         eng = Engine(self.policy, scratch, self.router, 0)
         eng.detector = AlertDetector(self.policy, 2, 2)
