@@ -23,7 +23,9 @@ resolves each distinct key once.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from yujing.kernels import layout as L
 
@@ -178,11 +180,29 @@ def _le(buf, pos, bits, nbytes):
     return pos + nbytes
 
 
+@intrinsic
+def _memcpy(typingctx, dst, dst_at, src, src_at, nbytes):
+    """``nbytes`` bytes from byte ``src_at`` of array ``src`` to byte ``dst_at`` of ``dst``
+    (C-contiguous arrays; the caller keeps within them): llvm.memcpy, which a byte loop
+    does not become, and one load and store when ``nbytes`` is a constant 4 or 8."""
+    sig = types.void(dst, dst_at, src, src_at, nbytes)
+
+    def codegen(context, builder, signature, args):
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[2])(context, builder, args[2])
+        i8 = cgutils.voidptr_t
+        dp = builder.gep(builder.bitcast(d.data, i8), [args[1]])
+        sp = builder.gep(builder.bitcast(s.data, i8), [args[3]])
+        cgutils.raw_memcpy(builder, dp, sp, args[4], 1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def _copy(buf, pos, blob, piece, p):
     a, b = piece[p], piece[p + 1]
-    for i in range(b - a):
-        buf[pos + i] = blob[a + i]
+    _memcpy(buf, pos, blob, a, b - a)
     return pos + b - a
 
 
@@ -231,8 +251,6 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
     s32 = np.empty(1, np.float32)
     u32 = s32.view(np.uint32)
     ofb = of.view(np.uint64)
-    sp32 = sprobs.view(np.uint32)
-    ep32 = eprobs.view(np.uint32)
     ws, we = sprobs.shape[1], eprobs.shape[1]
     has_sentiment, has_intent, has_emotion = base[B_HAS_SENTIMENT], base[B_HAS_INTENT], base[B_HAS_EMOTION]
 
@@ -256,8 +274,7 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
             if b > a:
                 buf[pos] = (f + 1) << 3 | 2
                 pos = _varint(buf, pos + 1, b - a)
-                for i in range(b - a):
-                    buf[pos + i] = ids[a + i]
+                _memcpy(buf, pos, ids, a, b - a)
                 pos += b - a
         if has_sentiment and has_sent[k]:                             # sentiment (4)
             sl = sent_label[c]
@@ -272,8 +289,8 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
             pos = _copy(buf, pos, blob, piece, sl)
             if ws:
                 pos = _copy(buf, pos, blob, piece, base[B_SENT_PREFIX])
-                for i in range(ws):
-                    pos = _le(buf, pos, sp32[k, i], 4)
+                _memcpy(buf, pos, sprobs, 4 * ws * k, 4 * ws)
+                pos += 4 * ws
             pos = _copy(buf, pos, blob, piece, base[B_SENT_LABELS])
             if sb != 0:
                 buf[pos] = 0x25
@@ -292,10 +309,9 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
                 buf[pos] = 0x15
                 pos = _le(buf, pos + 1, cb, 4)
             pos = _copy(buf, pos, blob, piece, rp)
-        for i in range(width):                                        # indicators (6)
-            buf[pos + i] = ind_template[i]
+        _memcpy(buf, pos, ind_template, 0, width)                     # indicators (6)
         for r in range(L.N_INDICATORS):
-            _le(buf, pos + ind_at[r], ofb[r, c], 8)
+            _memcpy(buf, pos + ind_at[r], of, 8 * (r * n + c), 8)
         pos += width
         sb = _f32_bits(of[L.OF_SCORE, c], s32, u32)                   # risk_score (7)
         if sb != 0:
@@ -372,8 +388,8 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
                 pos = _le(buf, pos + 1, eb, 4)
             if we:
                 pos = _copy(buf, pos, blob, piece, base[B_EMO_PREFIX])
-                for i in range(we):
-                    pos = _le(buf, pos, ep32[k, i], 4)
+                _memcpy(buf, pos, eprobs, 4 * we * k, 4 * we)
+                pos += 4 * we
             pos = _copy(buf, pos, blob, piece, base[B_EMO_LABELS])
     starts[n] = pos
     return buf, starts, tails
