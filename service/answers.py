@@ -233,7 +233,9 @@ def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool
 
 
 # -- the compiled encoder (yujing.kernels.answers) ----------------------------------------------
-_COMPILED_MIN = 4                   # from this many turns a batch's answers are written by the kernel
+# from this many turns a batch's answers are written by the kernel (one turn is cheaper in
+# Python: yujing bench answers --sizes 1,2,3,4)
+_COMPILED_MIN = 2
 _WORDS_KINDS = np.array([WORDS_KIND.get(name, K.W_EXACT) for name in L.INDICATORS], np.int64)
 _LAYOUT = np.array([L.N_INDICATORS, L.OF_SCORE, L.OF_REASON_POINTS, L.OF_TOTAL_POINTS, L.OI_LEVEL,
                     L.OI_PRIORITY, L.OI_ACTIONS, L.OI_REASON_IDX, L.OI_CUSTOMER, L.OI_SESSION_TIME,
@@ -301,6 +303,55 @@ def _f32_rows(probs) -> np.ndarray:
     return _NO_ROWS if probs is None else np.ascontiguousarray(probs, np.float32)
 
 
+_STATIC: dict = {}                 # the pieces of a batch's models, by what they are made of
+_SENT_LABEL_FIELDS: dict = {}      # a sentiment label's field, by the label
+
+
+def _sentiment_label_field(label: str) -> bytes:
+    got = _SENT_LABEL_FIELDS.get(label)
+    if got is None:
+        if len(_SENT_LABEL_FIELDS) >= 256:
+            _SENT_LABEL_FIELDS.clear()
+        got = _SENT_LABEL_FIELDS[label] = W.string_field(W.SENTIMENT_LABEL, label)
+    return got
+
+
+def _static_pieces(models: bytes, degraded: bool, outputs, ws: int, we: int) -> tuple:
+    """The pieces that are the same while the models are (yujing.kernels.answers.B_*: the
+    actions, the models block, the label sets and probability prefixes, the intent labels'
+    fields, the emotion labels' fields, the reasons' indicator names), end to end, their
+    lengths, and where the intent labels, their rests, the emotion labels and the names
+    start."""
+    table = outputs.intent_table if outputs.intent_probs is not None else None
+    has_sentiment, has_emotion = outputs.sentiment_probs is not None, outputs.emotion_id is not None
+    k = (models, degraded, outputs.sentiment_labels if has_sentiment else None, ws,
+         outputs.emotion_labels if has_emotion else None, we, id(table))
+    got = _STATIC.get(k)
+    if got is not None and got[0] is table:
+        return got[1]
+    pieces = [*_ACTION_FIELDS, W.message_field(W.KEY_MODELS, models) + (W.DEGRADED_TRUE if degraded else b""),
+              _label_fields("sentiment", outputs.sentiment_labels) if has_sentiment else b"",
+              W.SENTIMENT_PROBS + W.varint(4 * ws) if ws else b"",
+              _label_fields("emotion", outputs.emotion_labels) if has_emotion else b"",
+              W.EMOTION_PROBS + W.varint(4 * we) if we else b""]
+    b_intent_label = len(pieces)
+    i_label, i_rest = _intent_pieces(table) if table is not None else ([], [])
+    pieces += i_label
+    b_intent_rest = len(pieces)
+    pieces += i_rest
+    b_emo_label = len(pieces)
+    if has_emotion:
+        pieces += _label_fields("emotion_label", outputs.emotion_labels)
+    b_reason_name = len(pieces)
+    pieces += _REASON_NAMES
+    out = (b"".join(pieces), np.array([len(p) for p in pieces], np.int64), b_intent_label, b_intent_rest,
+           b_emo_label, b_reason_name)
+    if len(_STATIC) >= 64:
+        _STATIC.clear()
+    _STATIC[k] = (table, out)
+    return out
+
+
 def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
     """:func:`build_answers` by :func:`yujing.kernels.answers.encode_turn_risks`: the same
     bytes as :func:`build_answers_py`, the whole batch in one compiled call."""
@@ -316,40 +367,24 @@ def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded
     sla = np.ascontiguousarray(sla_s, np.float64) if has_sla else _NO_SLA
     rkeys, ukeys, first = K.reason_keys(of, oi, sla, has_sla, _WORDS_KINDS, L.OI_REASON_IDX, L.TOP_REASONS)
     texts = _words(ukeys, first, of, oi, sla, has_sla)
-    # pieces: the fields many turns share (the order of yujing.kernels.answers.B_*)
+    # pieces: the fields many turns share, those of the batch's models first (kept from
+    # batch to batch), then the sentiment labels and the reasons' words
     has_sentiment, has_intent = outputs.sentiment_probs is not None, outputs.intent_probs is not None
     has_emotion = outputs.emotion_id is not None
     sprobs, iprobs, eprobs = (_f32_rows(outputs.sentiment_probs), _f32_rows(outputs.intent_probs),
                               _f32_rows(outputs.emotion_probs))
-    pieces = [*_ACTION_FIELDS, W.message_field(W.KEY_MODELS, versions.SerializeToString(deterministic=True))
-              + (W.DEGRADED_TRUE if degraded else b""),
-              _label_fields("sentiment", outputs.sentiment_labels) if has_sentiment else b"",
-              W.SENTIMENT_PROBS + W.varint(4 * sprobs.shape[1]) if sprobs.shape[1] else b"",
-              _label_fields("emotion", outputs.emotion_labels) if has_emotion else b"",
-              W.EMOTION_PROBS + W.varint(4 * eprobs.shape[1]) if eprobs.shape[1] else b""]
+    static, static_len, b_intent_label, b_intent_rest, b_emo_label, b_reason_name = _static_pieces(
+        versions.SerializeToString(deterministic=True), degraded, outputs, sprobs.shape[1], eprobs.shape[1])
+    n_static = len(static_len)
     if has_sentiment:
         labels_at, seen = outputs.sentiment_label, {}
-        sent_label = np.fromiter([seen.setdefault(labels_at[k], len(seen)) for k in pos], np.int64, n)
-        sent_label += 9
-        pieces += [W.string_field(W.SENTIMENT_LABEL, s) for s in seen]
+        sent_label = np.fromiter([seen.setdefault(labels_at[k], n_static + len(seen)) for k in pos], np.int64, n)
+        dynamic = [_sentiment_label_field(s) for s in seen]
     else:
-        sent_label = _NO_IDS
-    b_intent_label = len(pieces)
-    if has_intent:
-        i_label, i_rest = _intent_pieces(outputs.intent_table)
-        pieces += i_label
-        b_intent_rest = len(pieces)
-        pieces += i_rest
-    else:
-        b_intent_rest = b_intent_label
-    b_emo_label = len(pieces)
-    if has_emotion:
-        pieces += _label_fields("emotion_label", outputs.emotion_labels)
-    b_reason_name = len(pieces)
-    pieces += _REASON_NAMES
-    b_text = len(pieces)
-    pieces += texts
-    base = np.array((0, 4, 5, 6, 7, 8, 9, b_intent_label, b_intent_rest, b_emo_label, b_reason_name, b_text,
+        sent_label, dynamic = _NO_IDS, []
+    b_text = n_static + len(dynamic)
+    dynamic += texts
+    base = np.array((0, 4, 5, 6, 7, 8, n_static, b_intent_label, b_intent_rest, b_emo_label, b_reason_name, b_text,
                      has_sentiment, has_intent, has_emotion, pb.CUSTOMER), np.int64)
     c_array = np.ascontiguousarray            # the types the kernel was compiled for (warm_up)
     buf, starts, tails = K.encode_turn_risks(
@@ -357,8 +392,8 @@ def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded
         c_array(outputs.has_sentiment, np.bool_), c_array(outputs.sentiment, np.float64), sprobs,
         c_array(outputs.intent_id, np.int64), iprobs,
         c_array(outputs.emotion_id, np.int64) if has_emotion else _NO_IDS, eprobs,
-        np.frombuffer(b"".join(pieces), np.uint8), np.fromiter(map(len, pieces), np.int64, len(pieces)),
-        base, _IND_TEMPLATE, _IND_AT, rkeys, ukeys)
+        np.frombuffer(static + b"".join(dynamic), np.uint8),
+        np.concatenate((static_len, np.fromiter(map(len, dynamic), np.int64, len(dynamic)))), base, _IND_TEMPLATE, _IND_AT, rkeys, ukeys)
     st = starts.tolist()
     raw = buf[:st[-1]].tobytes()
     return [(raw[a:b], t) for a, b, t in zip(st, st[1:], tails.tolist())]
@@ -383,7 +418,7 @@ def warm_up() -> float:
     from yujing.service.model_outputs import ModelOutputs
 
     start = time.perf_counter()
-    n = max(_COMPILED_MIN, 4)
+    n = 4
     items = [SimpleNamespace(turn=pb.Turn(session_id="warm-up", turn_id=str(c), speaker=pb.CUSTOMER))
              for c in range(n)]
     of, oi = np.zeros((L.OF_ROWS, n)), np.zeros((L.OI_ROWS, n), np.int64)

@@ -14,7 +14,7 @@ the in-process router (as ``yujing bench alerts`` does), so no model runs while 
    ``pb.TurnRisk`` per turn), ``reference_serialized`` (the same plus ``SerializeToString``,
    which the answer cache did for every answer before), ``wire_py`` (bytes and ``tail_at``
    field by field in Python, ``build_answers_py``) and ``wire`` (``build_answers``: the
-   compiled encoder, yujing.kernels.answers, from 4 turns a batch). us per turn (wall and
+   compiled encoder, yujing.kernels.answers, from 2 turns a batch). us per turn (wall and
    this process's CPU time), best of ``--repeats``.
 1b. ``by_batch``: the same recorded calls cut into batches of ``--sizes`` turns (1, 16, 64,
    256: each call's columns in order, the items and model outputs as they were), the
