@@ -97,8 +97,11 @@ def reason_keys(of, oi, sla, has_sla, kinds, reason_idx_row, n_top):
             j = oi[reason_idx_row + r, c]
             if j < 0:
                 break
+            if j >= kinds.shape[0]:                 # not an indicator: worded (and refused) in Python
+                keys[r, c] = -1 - (r * n + c)
+                continue
             v = of[j, c]
-            kind = kinds[j] if j < kinds.shape[0] else W_EXACT
+            kind = kinds[j]
             branch, sign, m, k = 0, 0, 0, np.int64(0)
             if not np.isfinite(v) or kind == W_EXACT:
                 k = -1
@@ -297,6 +300,8 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
                 pos = _le(buf, pos + 1, sb, 4)
         j = intent_id[k] if has_intent else -1
         if j >= 0:                                                    # intent (5)
+            if j >= base[B_INTENT_REST] - base[B_INTENT_LABEL] or j >= iprobs.shape[1]:
+                raise IndexError("an intent id beyond the intent model's labels")
             cb = _conf_bits(iprobs[k, j], s32, u32)
             lp, rp = base[B_INTENT_LABEL] + j, base[B_INTENT_REST] + j
             body = piece[lp + 1] - piece[lp] + piece[rp + 1] - piece[rp]
@@ -372,6 +377,8 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
             pos = _varint(buf, pos + 2, t)
         e = emotion_id[k] if has_emotion and speaker[c] == customer else -1
         if e >= 0:                                                    # emotion (18)
+            if e >= base[B_REASON_NAME] - base[B_EMO_LABEL] or e >= eprobs.shape[1]:
+                raise IndexError("an emotion id beyond the emotion model's labels")
             eb = _conf_bits(eprobs[k, e], s32, u32)
             lp = base[B_EMO_LABEL] + e
             body = piece[lp + 1] - piece[lp] + piece[base[B_EMO_LABELS] + 1] - piece[base[B_EMO_LABELS]]

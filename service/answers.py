@@ -236,6 +236,7 @@ def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool
 # from this many turns a batch's answers are written by the kernel (one turn is cheaper in
 # Python: yujing bench answers --sizes 1,2,3,4)
 _COMPILED_MIN = 2
+assert L.N_INDICATORS <= 32, "yujing.kernels.answers.reason_keys keeps an indicator in 5 bits"
 _WORDS_KINDS = np.array([WORDS_KIND.get(name, K.W_EXACT) for name in L.INDICATORS], np.int64)
 _LAYOUT = np.array([L.N_INDICATORS, L.OF_SCORE, L.OF_REASON_POINTS, L.OF_TOTAL_POINTS, L.OI_LEVEL,
                     L.OI_PRIORITY, L.OI_ACTIONS, L.OI_REASON_IDX, L.OI_CUSTOMER, L.OI_SESSION_TIME,

@@ -13,6 +13,7 @@ from tests.test_wire import STRINGS, _pick, random_batch
 from yujing.kernels import answers as K
 from yujing.kernels import layout as L
 from yujing.service import answers as A
+from yujing.service.contract import pb
 from yujing.service.model_outputs import ModelOutputs
 from yujing.service.reasons import WORDS_KIND, reason_texts
 
@@ -154,3 +155,33 @@ def test_one_key_one_wording(name):
 
 def test_every_indicator_has_a_words_kind():
     assert set(L.INDICATORS) <= set(WORDS_KIND)
+
+
+def test_ids_beyond_the_labels_fail_as_the_python_encoder_does():
+    """An intent or emotion id past its model's labels, a reason index past the indicators:
+    IndexError from both encoders, nothing read past an array."""
+    rng = np.random.default_rng(6)
+    while True:
+        items, positions, of, oi, outputs, versions, degraded, sla_s = compiled_batch(rng, 12)
+        if outputs.intent_probs is not None and outputs.emotion_id is not None and len(positions) >= 2:
+            break
+    outputs.intent_id[positions[0]] = outputs.intent_probs.shape[1] + 3
+    with pytest.raises(IndexError):
+        A.build_answers_py(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    with pytest.raises(IndexError):
+        A.build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    outputs.intent_id[:] = -1
+    for it in items:
+        it.turn.speaker = pb.CUSTOMER
+    outputs.emotion_id[positions[1]] = len(outputs.emotion_labels)
+    oi[L.OI_REASON_IDX:L.OI_REASON_IDX + 3] = -1
+    with pytest.raises(IndexError):
+        A.build_answers_py(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    with pytest.raises(IndexError):
+        A.build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    outputs.emotion_id[:] = -1
+    oi[L.OI_REASON_IDX, 0] = L.N_INDICATORS
+    with pytest.raises(IndexError):
+        A.build_answers_py(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    with pytest.raises(IndexError):
+        A.build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
