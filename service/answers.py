@@ -3,10 +3,17 @@ kernel's outputs (``of``/``oi``, rows named in :mod:`yujing.kernels.layout`) and
 outputs, and ``SessionState`` messages from a session snapshot. The kernel's level and
 priority numbers become proto enums here only (:func:`level_enum`, :func:`priority_enum`).
 
-What is the same for a whole batch (the models' versions, the label sets, the indicator
-map's keys, each intent label's fields) is encoded once per batch; per turn only the ids,
-the numbers, the reasons and the models' outputs for that turn are written. The same
-answers built with the generated classes are in :mod:`yujing.service.answers_reference`.
+What is the same for many turns (the models' versions, the label sets, the indicator
+map's keys, each intent label's fields, a reason's words) is encoded once, in Python; the
+turns' fields are written by one compiled call per batch
+(:func:`yujing.kernels.answers.encode_turn_risks`: the ids, the numbers, the models'
+outputs, those pieces) into one buffer, cut here into one ``bytes`` per turn. A reason's
+words come from :func:`yujing.service.reasons.reason_texts`, called once per distinct key
+(:func:`yujing.kernels.answers.reason_keys`: the figures its template prints) and kept.
+
+:func:`build_answers_py` writes the same bytes field by field in Python: the definition
+the compiled encoder is tested against. The same answers built with the generated classes
+are in :mod:`yujing.service.answers_reference`.
 """
 from __future__ import annotations
 
@@ -195,7 +202,8 @@ class _BatchParts:
 
 def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
     """:func:`build_answers` field by field in Python: the definition the compiled encoder
-    is tested against, and the path for batches too small to repay its fixed cost."""
+    is tested against (tests/test_answers_compiled.py), and the baseline of ``yujing bench
+    answers``."""
     n = len(positions)
     if n == 0:
         return []
@@ -233,9 +241,6 @@ def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool
 
 
 # -- the compiled encoder (yujing.kernels.answers) ----------------------------------------------
-# from this many turns a batch's answers are written by the kernel (one turn is cheaper in
-# Python: yujing bench answers --sizes 1,2,3,4)
-_COMPILED_MIN = 2
 assert L.N_INDICATORS <= 32, "yujing.kernels.answers.reason_keys keeps an indicator in 5 bits"
 _WORDS_KINDS = np.array([WORDS_KIND.get(name, K.W_EXACT) for name in L.INDICATORS], np.int64)
 _LAYOUT = np.array([L.N_INDICATORS, L.OF_SCORE, L.OF_REASON_POINTS, L.OF_TOTAL_POINTS, L.OI_LEVEL,
@@ -403,12 +408,11 @@ def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded
 def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
     """``(bytes, tail_at)`` of the TurnRisk of ``items[positions[c]]`` from column ``c`` of
     ``of``/``oi``, in order (``tail_at``: :func:`yujing.service.wire.mark_duplicate`);
-    ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words. A batch of
-    ``_COMPILED_MIN`` turns or more is written by the compiled encoder, a smaller one field
-    by field (:func:`build_answers_py`); the bytes are the same."""
-    if len(positions) >= _COMPILED_MIN:
-        return build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
-    return build_answers_py(items, positions, of, oi, outputs, versions, degraded, sla_s)
+    ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words. Written by
+    the compiled encoder (:func:`build_answers_compiled`), a batch of one turn included
+    (``yujing bench answers``: cheaper than :func:`build_answers_py` from one turn on);
+    the bytes are :func:`build_answers_py`'s."""
+    return build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
 
 
 def warm_up() -> float:

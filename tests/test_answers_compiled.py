@@ -108,7 +108,7 @@ def test_non_finite_reason_values_fail_as_the_python_encoder_does():
         _assert_same(tuple(batch))
 
 
-def test_build_answers_dispatch_and_empty():
+def test_build_answers_is_the_compiled_encoder_and_empty():
     rng = np.random.default_rng(5)
     for n_items in (1, 2, 3, 4, 5, 40):
         batch = compiled_batch(rng, n_items)

@@ -14,11 +14,11 @@ the in-process router (as ``yujing bench alerts`` does), so no model runs while 
    ``pb.TurnRisk`` per turn), ``reference_serialized`` (the same plus ``SerializeToString``,
    which the answer cache did for every answer before), ``wire_py`` (bytes and ``tail_at``
    field by field in Python, ``build_answers_py``) and ``wire`` (``build_answers``: the
-   compiled encoder, yujing.kernels.answers, from 2 turns a batch). us per turn (wall and
-   this process's CPU time), best of ``--repeats``.
+   compiled encoder, yujing.kernels.answers). us per turn (wall and this process's CPU
+   time), best of ``--repeats``.
 1b. ``by_batch``: the same recorded calls cut into batches of ``--sizes`` turns (1, 16, 64,
    256: each call's columns in order, the items and model outputs as they were), the
-   Python encoder against ``build_answers`` and the compiled encoder alone, interleaved.
+   Python encoder against ``build_answers``, interleaved.
 2. ``duplicates``: a retried turn's answer from the cache: ``FromString``, ``duplicate =
    True`` and ``SerializeToString`` (what the cache and gRPC did) against
    ``wire.mark_duplicate``.
@@ -144,11 +144,11 @@ def _cut(calls, size: int) -> list:
 
 
 def bench_by_batch(calls, sizes, repeats: int, turns_per_size: int = 20_000) -> dict:
-    """Per batch size: the Python encoder, ``build_answers`` and the compiled encoder alone,
-    us per turn (CPU of this process, and wall), best of ``repeats``, interleaved."""
+    """Per batch size: the Python encoder and ``build_answers`` (compiled), us per turn (CPU
+    of this process, and wall), best of ``repeats``, interleaved."""
     from yujing.service import answers as A
 
-    builders = {"wire_py": A.build_answers_py, "wire": A.build_answers, "compiled": A.build_answers_compiled}
+    builders = {"wire_py": A.build_answers_py, "wire": A.build_answers}
     out = {}
     for size in sizes:
         cut = _cut(calls, size)
@@ -263,10 +263,9 @@ def table(r: dict) -> str:
         f"  wire bytes, Python (build_answers_py) {a['wire_py']:6.2f} {c['wire_py']:7.2f}",
         f"  wire bytes (build_answers, compiled) {a['wire']:7.2f} {c['wire']:7.2f}",
         "build_answers by batch size, us per turn (CPU; wall in brackets):",
-        "  batch   Python encoder   build_answers   compiled alone   speedup (CPU)",
+        "  batch   Python encoder   build_answers   speedup (CPU)",
         *(f"  {size:>5}  {b['cpu_us_per_turn']['wire_py']:7.2f} ({b['us_per_turn']['wire_py']:5.2f})"
           f"  {b['cpu_us_per_turn']['wire']:7.2f} ({b['us_per_turn']['wire']:5.2f})"
-          f"  {b['cpu_us_per_turn']['compiled']:7.2f} ({b['us_per_turn']['compiled']:5.2f})"
           f"  {b['cpu_speedup']:6.2f}x" for size, b in r["by_batch"].items()),
         "a repeat's answer from the cache, us:",
         f"  FromString + duplicate + serialize   {d['generated_parse_mark_serialize']:7.2f}",
