@@ -7,9 +7,9 @@ against (tests/test_answers_compiled.py), and so of the generated classes' deter
 serialisation (service/wire.py's docstring says how protobuf writes each field).
 
 Pieces: everything that is the same for many turns (a label's field, the models block, an
-action's fields, a reason's indicator name and its words) is encoded once in Python into
-``blob``; piece ``p`` is ``blob[piece[p]:piece[p + 1]]``. ``base`` says where each kind of
-piece starts (``B_*``). Per turn the kernel writes the ids, the numbers (float32 rounding
+action's fields, a reason's indicator name and its words) is encoded once in Python; the
+pieces lie end to end in ``blob``, ``piece_len`` their lengths. ``base`` says where each
+kind of piece starts (``B_*``). Per turn the kernel writes the ids, the numbers (float32 rounding
 and proto3's zero omission: a field whose bits are all zero is left out, so ``-0.0`` and
 NaN are written) and the sub-messages' lengths, and copies pieces.
 
@@ -18,7 +18,16 @@ the same key have the same words (the indicator, the figures its template prints
 Python's rounding, the SLA); a reason whose figures it cannot decide exactly (a rounding
 boundary, a value beyond the range, a value that is not finite, an unknown template) gets
 a key of its own, ``-1 - (r * n + c)``, so its words come from its own value. Python
-resolves each distinct key once.
+resolves each distinct key once. A key's bits: the indicator (0-4), the template's branch
+(5-6: for an SLA-relative or duration figure, seconds / minutes / hours), the figure's sign
+(7), the SLA in ms (8-31, 0 without one), the figure (32-61: the rounded value in the
+template's unit, e.g. hundredths for ``+.2f``).
+
+The figures: ``round``/``int(round(v))``, ``:.0f`` and ``round(x, 1)`` round the exact
+binary value half to even; ``np.rint`` does the same for a number it holds exactly (``v``,
+``100 * v``: computed as Python computes them), and for a scaled value ``y = x * 10**d``
+(one rounding from the exact product) the integer is that of the exact product unless ``y``
+lies on a half, where the key is not used (``_round_safe``).
 """
 from __future__ import annotations
 

@@ -243,9 +243,6 @@ def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool
 # -- the compiled encoder (yujing.kernels.answers) ----------------------------------------------
 assert L.N_INDICATORS <= 32, "yujing.kernels.answers.reason_keys keeps an indicator in 5 bits"
 _WORDS_KINDS = np.array([WORDS_KIND.get(name, K.W_EXACT) for name in L.INDICATORS], np.int64)
-_LAYOUT = np.array([L.N_INDICATORS, L.OF_SCORE, L.OF_REASON_POINTS, L.OF_TOTAL_POINTS, L.OI_LEVEL,
-                    L.OI_PRIORITY, L.OI_ACTIONS, L.OI_REASON_IDX, L.OI_CUSTOMER, L.OI_SESSION_TIME,
-                    L.TOP_REASONS], np.int64)
 _IND_TEMPLATE = _INDICATOR_BLOCK.template
 _IND_AT = _INDICATOR_BLOCK.value_at
 _IDS_SPEAKER = attrgetter("tenant_id", "session_id", "turn_id", "speaker")
@@ -330,8 +327,8 @@ def _static_pieces(models: bytes, degraded: bool, outputs, ws: int, we: int) -> 
     start."""
     table = outputs.intent_table if outputs.intent_probs is not None else None
     has_sentiment, has_emotion = outputs.sentiment_probs is not None, outputs.emotion_id is not None
-    k = (models, degraded, outputs.sentiment_labels if has_sentiment else None, ws,
-         outputs.emotion_labels if has_emotion else None, we, id(table))
+    k = (models, degraded, tuple(outputs.sentiment_labels) if has_sentiment else None, ws,
+         tuple(outputs.emotion_labels) if has_emotion else None, we, id(table))
     got = _STATIC.get(k)
     if got is not None and got[0] is table:
         return got[1]
