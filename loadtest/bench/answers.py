@@ -24,8 +24,9 @@ the in-process router (as ``yujing bench alerts`` does), so no model runs while 
    ``wire.mark_duplicate``.
 3. ``engine_score``: ``Engine.score`` over the stream on a fresh table, with the alert
    detector and an in-memory alert hub as the server has them, answers built by the wire
-   path (``wire``) or by the generated classes and serialised into the cache (``reference``,
-   the engine as it was); us per turn, best of ``--repeats``, the two interleaved.
+   path (``wire``: compiled; ``wire_py``: the Python encoder) or by the generated classes and
+   serialised into the cache (``reference``, the engine as it was); us per turn, best of
+   ``--repeats``, the three interleaved.
 """
 from __future__ import annotations
 
@@ -228,7 +229,7 @@ def _score_pass(builder, batches, results, cfg, capacity) -> tuple[float, int]:
 def bench_engine_score(batches, results, cfg, capacity: int, repeats: int) -> dict:
     from yujing.service import answers as A
 
-    builders = {"reference": _reference_builder, "wire": A.build_answers}
+    builders = {"reference": _reference_builder, "wire_py": A.build_answers_py, "wire": A.build_answers}
     best = {}
     for _ in range(repeats):
         for name, fn in builders.items():
@@ -272,7 +273,8 @@ def table(r: dict) -> str:
         f"  wire.mark_duplicate                  {d['wire_mark_duplicate']:7.2f}",
         "Engine.score (detector + memory hub), us per turn:",
         f"  reference answers                    {e['reference']:7.2f}",
-        f"  wire answers                         {e['wire']:7.2f}",
+        f"  wire answers, Python encoder         {e['wire_py']:7.2f}",
+        f"  wire answers (compiled)              {e['wire']:7.2f}",
     ])
 
 
