@@ -3,19 +3,30 @@ kernel's outputs (``of``/``oi``, rows named in :mod:`yujing.kernels.layout`) and
 outputs, and ``SessionState`` messages from a session snapshot. The kernel's level and
 priority numbers become proto enums here only (:func:`level_enum`, :func:`priority_enum`).
 
-What is the same for a whole batch (the models' versions, the label sets, the indicator
-map's keys, each intent label's fields) is encoded once per batch; per turn only the ids,
-the numbers, the reasons and the models' outputs for that turn are written. The same
-answers built with the generated classes are in :mod:`yujing.service.answers_reference`.
+What is the same for many turns (the models' versions, the label sets, the indicator
+map's keys, each intent label's fields, a reason's words) is encoded once, in Python; the
+turns' fields are written by one compiled call per batch
+(:func:`yujing.kernels.answers.encode_turn_risks`: the ids, the numbers, the models'
+outputs, those pieces) into one buffer, cut here into one ``bytes`` per turn. A reason's
+words come from :func:`yujing.service.reasons.reason_texts`, called once per distinct key
+(:func:`yujing.kernels.answers.reason_keys`: the figures its template prints) and kept.
+
+:func:`build_answers_py` writes the same bytes field by field in Python: the definition
+the compiled encoder is tested against. The same answers built with the generated classes
+are in :mod:`yujing.service.answers_reference`.
 """
 from __future__ import annotations
 
+import time
+from operator import attrgetter
+
 import numpy as np
 
+from yujing.kernels import answers as K
 from yujing.kernels import layout as L
 from yujing.service import wire as W
 from yujing.service.contract import pb
-from yujing.service.reasons import reason_texts
+from yujing.service.reasons import WORDS_KIND, reason_texts
 
 _ACTIONS = ((L.ACTION_HANDOFF, pb.HANDOFF_TO_HUMAN), (L.ACTION_SUPERVISOR, pb.SUPERVISOR_ALERT))
 # action + actions by the kernel's ACTION_* bits
@@ -193,10 +204,10 @@ class _BatchParts:
                                self.emo_labels)
 
 
-def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
-    """``(bytes, tail_at)`` of the TurnRisk of ``items[positions[c]]`` from column ``c`` of
-    ``of``/``oi``, in order (``tail_at``: :func:`yujing.service.wire.mark_duplicate`);
-    ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words."""
+def build_answers_py(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
+    """:func:`build_answers` field by field in Python: the definition the compiled encoder
+    is tested against (tests/test_answers_compiled.py), and the baseline of ``yujing bench
+    answers``."""
     n = len(positions)
     if n == 0:
         return []
@@ -231,6 +242,197 @@ def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, s
             varint_field(W.KEY_CUSTOMER_TURNS, irow[L.OI_CUSTOMER]),
             parts.emotion(c, turn.speaker == customer)))
     return answers
+
+
+# -- the compiled encoder (yujing.kernels.answers) ----------------------------------------------
+assert L.N_INDICATORS <= 32, "yujing.kernels.answers.reason_keys keeps an indicator in 5 bits"
+_WORDS_KINDS = np.array([WORDS_KIND.get(name, K.W_EXACT) for name in L.INDICATORS], np.int64)
+_IND_TEMPLATE = _INDICATOR_BLOCK.template
+_IND_AT = _INDICATOR_BLOCK.value_at
+_IDS_SPEAKER = attrgetter("tenant_id", "session_id", "turn_id", "speaker")
+_NO_ROWS = np.zeros((0, 0), np.float32)
+_NO_IDS = np.zeros(0, np.int64)
+_NO_SLA = np.zeros(0)
+# a reason's words field by its key (yujing.kernels.answers.reason_keys): the same words
+# for the same key in every batch (cleared when full, so it stays small)
+_WORDS: dict = {}
+_WORDS_MAX = 4096
+_INTENT_PARTS: dict = {}            # an intent table's label fields and category + weight fields
+
+
+def _intent_pieces(table) -> tuple[list, list]:
+    k = (table.labels, table.category, np.asarray(table.weight, np.float64).tobytes())
+    got = _INTENT_PARTS.get(k)
+    if got is None:
+        if len(_INTENT_PARTS) >= 64:
+            _INTENT_PARTS.clear()
+        parts = [W.intent_parts(lb, cat, float(w)) for lb, cat, w in zip(table.labels, table.category, table.weight)]
+        got = _INTENT_PARTS[k] = ([p[0] for p in parts], [p[1] for p in parts])
+    return got
+
+
+def _words(uniq, first, of, oi, sla, has_sla: bool) -> list:
+    """The words fields of the batch's distinct reason keys (``uniq``, sorted): each from
+    :func:`reason_texts` on the value of the reason at flat index ``first`` (r * n + c)."""
+    n = of.shape[1]
+    cache = _WORDS
+    out = []
+    for key, f in zip(uniq.tolist(), first.tolist()):
+        got = cache.get(key) if key >= 0 else None
+        if got is None:
+            r, c = divmod(f, n)
+            j = int(oi[L.OI_REASON_IDX + r, c])
+            got = W.reason_texts_bytes(*reason_texts(L.INDICATORS[j], float(of[j, c]),
+                                                     float(sla[c]) if has_sla else None))
+            if key >= 0:
+                if len(cache) >= _WORDS_MAX:
+                    cache.clear()
+                cache[key] = got
+        out.append(got)
+    return out
+
+
+def _ids(turns, n: int) -> tuple:
+    """(UTF-8 bytes, their lengths [3n], speakers): the tenants, then the sessions, then
+    the turn ids, end to end."""
+    tenants, sessions, turn_ids, speakers = zip(*map(_IDS_SPEAKER, turns))
+    strs = (*tenants, *sessions, *turn_ids)
+    joined = "".join(strs)
+    raw = joined.encode()
+    if len(raw) == len(joined):                # ASCII: a string's bytes are its characters
+        lens = np.fromiter(map(len, strs), np.int64, 3 * n)
+    else:
+        lens = np.fromiter(map(len, map(str.encode, strs)), np.int64, 3 * n)
+    return np.frombuffer(raw or b"\0", np.uint8), lens, speakers
+
+
+def _f32_rows(probs) -> np.ndarray:
+    return _NO_ROWS if probs is None else np.ascontiguousarray(probs, np.float32)
+
+
+_STATIC: dict = {}                 # the pieces of a batch's models, by what they are made of
+_SENT_LABEL_FIELDS: dict = {}      # a sentiment label's field, by the label
+
+
+def _sentiment_label_field(label: str) -> bytes:
+    got = _SENT_LABEL_FIELDS.get(label)
+    if got is None:
+        if len(_SENT_LABEL_FIELDS) >= 256:
+            _SENT_LABEL_FIELDS.clear()
+        got = _SENT_LABEL_FIELDS[label] = W.string_field(W.SENTIMENT_LABEL, label)
+    return got
+
+
+def _static_pieces(models: bytes, degraded: bool, outputs, ws: int, we: int) -> tuple:
+    """The pieces that are the same while the models are (yujing.kernels.answers.B_*: the
+    actions, the models block, the label sets and probability prefixes, the intent labels'
+    fields, the emotion labels' fields, the reasons' indicator names), end to end, their
+    lengths, and where the intent labels, their rests, the emotion labels and the names
+    start."""
+    table = outputs.intent_table if outputs.intent_probs is not None else None
+    has_sentiment, has_emotion = outputs.sentiment_probs is not None, outputs.emotion_id is not None
+    k = (models, degraded, tuple(outputs.sentiment_labels) if has_sentiment else None, ws,
+         tuple(outputs.emotion_labels) if has_emotion else None, we, id(table))
+    got = _STATIC.get(k)
+    if got is not None and got[0] is table:
+        return got[1]
+    pieces = [*_ACTION_FIELDS, W.message_field(W.KEY_MODELS, models) + (W.DEGRADED_TRUE if degraded else b""),
+              _label_fields("sentiment", outputs.sentiment_labels) if has_sentiment else b"",
+              W.SENTIMENT_PROBS + W.varint(4 * ws) if ws else b"",
+              _label_fields("emotion", outputs.emotion_labels) if has_emotion else b"",
+              W.EMOTION_PROBS + W.varint(4 * we) if we else b""]
+    b_intent_label = len(pieces)
+    i_label, i_rest = _intent_pieces(table) if table is not None else ([], [])
+    pieces += i_label
+    b_intent_rest = len(pieces)
+    pieces += i_rest
+    b_emo_label = len(pieces)
+    if has_emotion:
+        pieces += _label_fields("emotion_label", outputs.emotion_labels)
+    b_reason_name = len(pieces)
+    pieces += _REASON_NAMES
+    out = (b"".join(pieces), np.array([len(p) for p in pieces], np.int64), b_intent_label, b_intent_rest,
+           b_emo_label, b_reason_name)
+    if len(_STATIC) >= 64:
+        _STATIC.clear()
+    _STATIC[k] = (table, out)
+    return out
+
+
+def build_answers_compiled(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
+    """:func:`build_answers` by :func:`yujing.kernels.answers.encode_turn_risks`: the same
+    bytes as :func:`build_answers_py`, the whole batch in one compiled call."""
+    n = len(positions)
+    if n == 0:
+        return []
+    pos = positions.tolist()
+    of = np.ascontiguousarray(of, np.float64)
+    oi = np.ascontiguousarray(oi, np.int64)
+    ids, id_len, speakers = _ids([items[k].turn for k in pos], n)
+    # the reasons' words: one call of reason_texts per distinct key
+    has_sla = sla_s is not None
+    sla = np.ascontiguousarray(sla_s, np.float64) if has_sla else _NO_SLA
+    rkeys, ukeys, first = K.reason_keys(of, oi, sla, has_sla, _WORDS_KINDS, L.OI_REASON_IDX, L.TOP_REASONS)
+    texts = _words(ukeys, first, of, oi, sla, has_sla)
+    # pieces: the fields many turns share, those of the batch's models first (kept from
+    # batch to batch), then the sentiment labels and the reasons' words
+    has_sentiment, has_intent = outputs.sentiment_probs is not None, outputs.intent_probs is not None
+    has_emotion = outputs.emotion_id is not None
+    sprobs, iprobs, eprobs = (_f32_rows(outputs.sentiment_probs), _f32_rows(outputs.intent_probs),
+                              _f32_rows(outputs.emotion_probs))
+    static, static_len, b_intent_label, b_intent_rest, b_emo_label, b_reason_name = _static_pieces(
+        versions.SerializeToString(deterministic=True), degraded, outputs, sprobs.shape[1], eprobs.shape[1])
+    n_static = len(static_len)
+    if has_sentiment:
+        labels_at, seen = outputs.sentiment_label, {}
+        sent_label = np.fromiter([seen.setdefault(labels_at[k], n_static + len(seen)) for k in pos], np.int64, n)
+        dynamic = [_sentiment_label_field(s) for s in seen]
+    else:
+        sent_label, dynamic = _NO_IDS, []
+    b_text = n_static + len(dynamic)
+    dynamic += texts
+    base = np.array((0, 4, 5, 6, 7, 8, n_static, b_intent_label, b_intent_rest, b_emo_label, b_reason_name, b_text,
+                     has_sentiment, has_intent, has_emotion, pb.CUSTOMER), np.int64)
+    c_array = np.ascontiguousarray            # the types the kernel was compiled for (warm_up)
+    buf, starts, tails = K.encode_turn_risks(
+        ids, id_len, c_array(positions, np.int64), of, oi, np.fromiter(speakers, np.int64, n), sent_label,
+        c_array(outputs.has_sentiment, np.bool_), c_array(outputs.sentiment, np.float64), sprobs,
+        c_array(outputs.intent_id, np.int64), iprobs,
+        c_array(outputs.emotion_id, np.int64) if has_emotion else _NO_IDS, eprobs,
+        np.frombuffer(static + b"".join(dynamic), np.uint8),
+        np.concatenate((static_len, np.fromiter(map(len, dynamic), np.int64, len(dynamic)))), base, _IND_TEMPLATE, _IND_AT, rkeys, ukeys)
+    st = starts.tolist()
+    raw = buf[:st[-1]].tobytes()
+    return [(raw[a:b], t) for a, b, t in zip(st, st[1:], tails.tolist())]
+
+
+def build_answers(items, positions, of, oi, outputs, versions, degraded: bool, sla_s=None) -> list:
+    """``(bytes, tail_at)`` of the TurnRisk of ``items[positions[c]]`` from column ``c`` of
+    ``of``/``oi``, in order (``tail_at``: :func:`yujing.service.wire.mark_duplicate`);
+    ``sla_s[c]`` is that turn's response SLA (seconds), for the reasons' words. Written by
+    the compiled encoder (:func:`build_answers_compiled`), a batch of one turn included
+    (``yujing bench answers``: cheaper than :func:`build_answers_py` from one turn on);
+    the bytes are :func:`build_answers_py`'s."""
+    return build_answers_compiled(items, positions, of, oi, outputs, versions, degraded, sla_s)
+
+
+def warm_up() -> float:
+    """Compile the answer kernels (or load them from numba's cache) on a small batch; returns
+    the seconds it took. The server calls it before it serves."""
+    from types import SimpleNamespace
+
+    from yujing.service.model_outputs import ModelOutputs
+
+    start = time.perf_counter()
+    n = 4
+    items = [SimpleNamespace(turn=pb.Turn(session_id="warm-up", turn_id=str(c), speaker=pb.CUSTOMER))
+             for c in range(n)]
+    of, oi = np.zeros((L.OF_ROWS, n)), np.zeros((L.OI_ROWS, n), np.int64)
+    oi[L.OI_REASON_IDX:L.OI_REASON_IDX + L.TOP_REASONS] = -1
+    oi[L.OI_REASON_IDX] = np.arange(n) % L.N_INDICATORS
+    build_answers_compiled(items, np.arange(n), of, oi, ModelOutputs.empty(n), pb.ModelVersions(), False,
+                           np.full(n, 60.0))
+    return time.perf_counter() - start
 
 
 def session_state(key, snap: dict, pf=None, now_ms: int | None = None) -> "pb.SessionState":

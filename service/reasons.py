@@ -11,6 +11,25 @@ ones, the session's SLA in seconds). Used by the answers and by ``GetSession``.
 """
 from __future__ import annotations
 
+from yujing.kernels import answers as _K
+
+# Which figures each template prints (yujing.kernels.answers.reason_keys): two values with
+# the same figures get the same words, so the answers compute the figures in compiled code
+# and call reason_texts once per distinct figure. Change a template, change its entry; a
+# name missing here is worded value by value (W_EXACT). tests/test_answers_compiled.py
+# checks every entry against reason_texts.
+WORDS_KIND = {
+    "sentiment_ewma": _K.W_SIGNED_2F,
+    "neg_share_turns": _K.W_PCT, "neg_share_window": _K.W_PCT, "dissatisfaction": _K.W_PCT,
+    "consecutive_negative": _K.W_INT, "repeat_complaints": _K.W_INT, "transfers": _K.W_INT,
+    "bot_turns_unhandled": _K.W_INT, "agent_fatigue": _K.W_INT,
+    "message_rate": _K.W_F0,
+    "response_delay_sla": _K.W_SLA, "unanswered_wait_sla": _K.W_SLA,
+    "session_minutes": _K.W_DUR60,
+    "sentiment_trend": _K.W_CONST, "peak_negativity": _K.W_CONST, "negation_share": _K.W_CONST,
+    "intensity": _K.W_CONST, "escalation": _K.W_CONST, "intent_exposure": _K.W_CONST, "anger": _K.W_CONST,
+}
+
 
 def _dur(seconds: float) -> tuple[str, str]:
     if seconds < 60:

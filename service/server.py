@@ -37,6 +37,7 @@ from yujing.service.batcher import MicroBatcher
 from yujing.service.config import Config
 from yujing.service.contract import SERVICE_NAME, pb, pb_grpc
 from yujing.service import featurize
+from yujing.service import answers as A
 from yujing.service.engine import Engine
 from yujing.service.metrics import Metrics, MetricsInterceptor
 from yujing.service.admission import Admission, loop_deadline
@@ -722,12 +723,13 @@ class YujingServer:
 
     async def _warm_up(self) -> None:
         """Compile (or load from cache) the kernels on a scratch table before SERVING.
-        The text and queue trend kernels first, off the event loop (a cold compile takes
-        seconds, during which health checks are still answered NOT_SERVING)."""
-        seconds = await asyncio.get_running_loop().run_in_executor(None, featurize.warm_up)
-        log.info("text feature kernel ready in %.2f s (compiled, or loaded from numba's cache)", seconds)
-        seconds = await asyncio.get_running_loop().run_in_executor(None, trends.warm_up)
-        log.info("queue trend kernel ready in %.2f s (compiled, or loaded from numba's cache)", seconds)
+        The text, answer and queue trend kernels first, off the event loop (a cold compile
+        takes seconds, during which health checks are still answered NOT_SERVING)."""
+        loop = asyncio.get_running_loop()
+        for what, warm_up in (("text feature", featurize.warm_up), ("answer", A.warm_up),
+                              ("queue trend", trends.warm_up)):
+            seconds = await loop.run_in_executor(None, warm_up)
+            log.info("%s kernel ready in %.2f s (compiled, or loaded from numba's cache)", what, seconds)
         scratch = SessionTable(capacity=2, agent_capacity=2, backend=self.config.backend)
         eng = Engine(self.policy, scratch, self.router, 0)
         eng.detector = AlertDetector(self.policy, 2, 2)

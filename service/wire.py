@@ -228,7 +228,8 @@ class IndicatorBlock:
             pos += len(head) + 8
         self.template = np.frombuffer(b"".join(parts), np.uint8)
         self.width = pos
-        self._cols = np.asarray(offsets)[:, None] + np.arange(8)      # [names, 8] byte columns
+        self.value_at = np.asarray(offsets, np.int64)                  # by row: its value's first byte
+        self._cols = self.value_at[:, None] + np.arange(8)             # [names, 8] byte columns
         # one turn's block in one pack: each entry's fixed bytes, then its value
         order = sorted(range(len(self.names)), key=lambda j: self.names[j].encode())
         heads = [p[:-8] for p in parts]

@@ -67,10 +67,11 @@ def test_graceful_shutdown_finishes_calls_in_flight(tmp_path_factory):
         pb_grpc.RiskScorerStub(grpc.insecure_channel(f"127.0.0.1:{port}")).Score(turn(), timeout=2)
 
 
-@pytest.mark.parametrize("module", ["yujing.service.featurize", "yujing.service.alerts.trends"])
+@pytest.mark.parametrize("module", ["yujing.service.featurize", "yujing.service.answers",
+                                    "yujing.service.alerts.trends"])
 def test_the_compiled_kernels_are_warmed_up_before_serving(tmp_path_factory, monkeypatch, module):
     """The server compiles (or loads) each kernel a scored batch runs (the text features,
-    the queue trends) before it reports SERVING, so the first turn does not pay numba's
+    the answers, the queue trends) before it reports SERVING, so the first turn does not pay numba's
     compile."""
     import importlib
 

@@ -401,7 +401,8 @@ def test_the_answers_bench_runs(tmp_path):
     assert bench.main(["--turns", "600", "--repeats", "1", "--json", str(tmp_path / "a.json")]) == 0
     r = json.loads((tmp_path / "a.json").read_text())
     assert r["answers"]["turns"] == 600 and r["engine_score"]["turns"] == 600
-    assert set(r["answers"]["cpu_us_per_turn"]) == {"reference", "reference_serialized", "wire"}
+    assert set(r["answers"]["cpu_us_per_turn"]) == {"reference", "reference_serialized", "wire_py", "wire"}
+    assert set(r["by_batch"]) == {"1", "16", "64", "256"}
     assert r["duplicates"]["answers"] > 0
 
 

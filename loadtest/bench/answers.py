@@ -2,7 +2,7 @@
 (service/answers_reference.py) against the wire bytes written directly (service/answers.py,
 service/wire.py), and ``Engine.score`` with each, side by side in one run.
 
-    python -m yujing.loadtest.bench.answers [--turns 40000] [--repeats 3] [--json FILE]
+    python -m yujing.loadtest.bench.answers [--turns 40000] [--repeats 3] [--sizes 1,16,64,256] [--json FILE]
     yujing bench answers [--out FILE]           (default bench_results/answers.json)
 
 The turns: loadtest/traffic.py's conversations (customer, agent and bot turns, ~30 %
@@ -12,15 +12,21 @@ the in-process router (as ``yujing bench alerts`` does), so no model runs while 
 1. ``answers``: the arguments of every ``build_answers`` call of one pass of the engine over
    the stream are recorded, then each builder is timed over all of them: ``reference`` (a
    ``pb.TurnRisk`` per turn), ``reference_serialized`` (the same plus ``SerializeToString``,
-   which the answer cache did for every answer before) and ``wire`` (bytes and ``tail_at``).
-   us per turn (wall and this process's CPU time), best of ``--repeats``.
+   which the answer cache did for every answer before), ``wire_py`` (bytes and ``tail_at``
+   field by field in Python, ``build_answers_py``) and ``wire`` (``build_answers``: the
+   compiled encoder, yujing.kernels.answers). us per turn (wall and this process's CPU
+   time), best of ``--repeats``.
+1b. ``by_batch``: the same recorded calls cut into batches of ``--sizes`` turns (1, 16, 64,
+   256: each call's columns in order, the items and model outputs as they were), the
+   Python encoder against ``build_answers``, interleaved.
 2. ``duplicates``: a retried turn's answer from the cache: ``FromString``, ``duplicate =
    True`` and ``SerializeToString`` (what the cache and gRPC did) against
    ``wire.mark_duplicate``.
 3. ``engine_score``: ``Engine.score`` over the stream on a fresh table, with the alert
    detector and an in-memory alert hub as the server has them, answers built by the wire
-   path (``wire``) or by the generated classes and serialised into the cache (``reference``,
-   the engine as it was); us per turn, best of ``--repeats``, the two interleaved.
+   path (``wire``: compiled; ``wire_py``: the Python encoder) or by the generated classes and
+   serialised into the cache (``reference``, the engine as it was); us per turn, best of
+   ``--repeats``, the three interleaved.
 """
 from __future__ import annotations
 
@@ -111,7 +117,8 @@ def bench_builders(calls, repeats: int) -> dict:
     from yujing.service import answers as A
     from yujing.service import answers_reference as R
 
-    builders = {"reference": R.build_answers, "reference_serialized": _reference_builder, "wire": A.build_answers}
+    builders = {"reference": R.build_answers, "reference_serialized": _reference_builder,
+                "wire_py": A.build_answers_py, "wire": A.build_answers}
     best, cpu = {}, {}
     for _ in range(repeats):
         for name, fn in builders.items():
@@ -121,7 +128,46 @@ def bench_builders(calls, repeats: int) -> dict:
             cpu[name] = min(cpu.get(name, us_cpu), us_cpu)
     return {"us_per_turn": best, "cpu_us_per_turn": cpu, "turns": turns, "batches": len(calls),
             "speedup_vs_reference_serialized": best["reference_serialized"] / best["wire"],
-            "cpu_speedup_vs_reference_serialized": cpu["reference_serialized"] / cpu["wire"]}
+            "cpu_speedup_vs_reference_serialized": cpu["reference_serialized"] / cpu["wire"],
+            "cpu_speedup_vs_wire_py": cpu["wire_py"] / cpu["wire"]}
+
+
+def _cut(calls, size: int) -> list:
+    """The recorded calls in batches of ``size`` turns: each call's columns in order."""
+    out = []
+    for (items, positions, of, oi, outputs, versions, degraded), kw in calls:
+        sla = kw.get("sla_s")
+        for lo in range(0, len(positions), size):
+            hi = lo + size
+            out.append(((items, positions[lo:hi], of[:, lo:hi], oi[:, lo:hi], outputs, versions, degraded),
+                        {"sla_s": None if sla is None else sla[lo:hi]}))
+    return out
+
+
+def bench_by_batch(calls, sizes, repeats: int, turns_per_size: int = 20_000) -> dict:
+    """Per batch size: the Python encoder and ``build_answers`` (compiled), us per turn (CPU
+    of this process, and wall), best of ``repeats``, interleaved."""
+    from yujing.service import answers as A
+
+    builders = {"wire_py": A.build_answers_py, "wire": A.build_answers}
+    out = {}
+    for size in sizes:
+        cut = _cut(calls, size)
+        keep, n = [], 0
+        for args, kw in cut:                      # about turns_per_size turns for every size
+            keep.append((args, kw))
+            n += len(args[1])
+            if n >= turns_per_size:
+                break
+        best, cpu = {}, {}
+        for _ in range(repeats):
+            for name, fn in builders.items():
+                el, el_cpu, turns = _time_builder(fn, keep)
+                best[name] = min(best.get(name, 1e9), 1e6 * el / turns)
+                cpu[name] = min(cpu.get(name, 1e9), 1e6 * el_cpu / turns)
+        out[str(size)] = {"us_per_turn": best, "cpu_us_per_turn": cpu, "turns": turns, "batches": len(keep),
+                          "cpu_speedup": cpu["wire_py"] / cpu["wire"]}
+    return out
 
 
 def bench_duplicates(calls, repeats: int, n: int = 20_000) -> dict:
@@ -183,7 +229,7 @@ def _score_pass(builder, batches, results, cfg, capacity) -> tuple[float, int]:
 def bench_engine_score(batches, results, cfg, capacity: int, repeats: int) -> dict:
     from yujing.service import answers as A
 
-    builders = {"reference": _reference_builder, "wire": A.build_answers}
+    builders = {"reference": _reference_builder, "wire_py": A.build_answers_py, "wire": A.build_answers}
     best = {}
     for _ in range(repeats):
         for name, fn in builders.items():
@@ -193,12 +239,18 @@ def bench_engine_score(batches, results, cfg, capacity: int, repeats: int) -> di
     return {"us_per_turn": best, "turns": turns, "capacity": capacity}
 
 
-def run(turns=40_000, sessions=10_000, batch=256, capacity=1 << 16, repeats=3, seed=3) -> dict:
+def run(turns=40_000, sessions=10_000, batch=256, capacity=1 << 16, repeats=3, seed=3,
+        sizes=(1, 16, 64, 256)) -> dict:
     model_repo = Path(__file__).resolve().parents[2] / "model_repo"
     batches, results, with_text, mix, cfg = _recorded_batches(turns, sessions, batch, seed, model_repo)
     _score_pass(_reference_builder, batches[:2], results[:2], cfg, 4096)      # compile, warm
     calls = _record_calls(batches, results, with_text, cfg, capacity)
-    return {"mix": mix, "answers": bench_builders(calls, repeats), "duplicates": bench_duplicates(calls, repeats),
+    from yujing.service import answers as A
+
+    A.warm_up()
+    return {"mix": mix, "answers": bench_builders(calls, repeats),
+            "by_batch": bench_by_batch(calls, sizes, repeats, min(turns, 20_000)),
+            "duplicates": bench_duplicates(calls, repeats),
             "engine_score": bench_engine_score(batches, results, cfg, capacity, repeats)}
 
 
@@ -209,13 +261,20 @@ def table(r: dict) -> str:
         f"answers, batches of {r['mix']['batch']} ({r['answers']['turns']:,} turns), us per turn (wall, CPU):",
         f"  reference (pb.TurnRisk)              {a['reference']:7.2f} {c['reference']:7.2f}",
         f"  reference + SerializeToString        {a['reference_serialized']:7.2f} {c['reference_serialized']:7.2f}",
-        f"  wire bytes                           {a['wire']:7.2f} {c['wire']:7.2f}",
+        f"  wire bytes, Python (build_answers_py) {a['wire_py']:6.2f} {c['wire_py']:7.2f}",
+        f"  wire bytes (build_answers, compiled) {a['wire']:7.2f} {c['wire']:7.2f}",
+        "build_answers by batch size, us per turn (CPU; wall in brackets):",
+        "  batch   Python encoder   build_answers   speedup (CPU)",
+        *(f"  {size:>5}  {b['cpu_us_per_turn']['wire_py']:7.2f} ({b['us_per_turn']['wire_py']:5.2f})"
+          f"  {b['cpu_us_per_turn']['wire']:7.2f} ({b['us_per_turn']['wire']:5.2f})"
+          f"  {b['cpu_speedup']:6.2f}x" for size, b in r["by_batch"].items()),
         "a repeat's answer from the cache, us:",
         f"  FromString + duplicate + serialize   {d['generated_parse_mark_serialize']:7.2f}",
         f"  wire.mark_duplicate                  {d['wire_mark_duplicate']:7.2f}",
         "Engine.score (detector + memory hub), us per turn:",
         f"  reference answers                    {e['reference']:7.2f}",
-        f"  wire answers                         {e['wire']:7.2f}",
+        f"  wire answers, Python encoder         {e['wire_py']:7.2f}",
+        f"  wire answers (compiled)              {e['wire']:7.2f}",
     ])
 
 
@@ -223,12 +282,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--turns", type=int, default=40_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sizes", default="1,16,64,256", help="batch sizes of the by_batch table")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     a = ap.parse_args(argv)
     import os
 
     load_before = [round(x, 2) for x in os.getloadavg()]
-    r = run(turns=a.turns, repeats=a.repeats)
+    r = run(turns=a.turns, repeats=a.repeats, sizes=tuple(int(x) for x in a.sizes.split(",")))
     r["loadavg_1_5_15"] = {"start": load_before, "end": [round(x, 2) for x in os.getloadavg()]}
     r["command"] = "python -m yujing.loadtest.bench.answers " + " ".join(argv if argv is not None else sys.argv[1:])
     a.json.parent.mkdir(parents=True, exist_ok=True)
