@@ -84,19 +84,6 @@ def _add_reason(msg, j: int, pts: float, total: float, value: float, sla_s: floa
                     value=value, text_en=en, text_zh=zh)
 
 
-def reasons(row, irow, sla_s: float | None = None) -> list:
-    """The ``pb.Reason`` list of one answer, from its column of ``of``/``oi`` (the alerts'
-    reasons: only for the few turns that raise one)."""
-    holder = pb.TurnRisk()
-    total = row[L.OF_TOTAL_POINTS]
-    for r in range(L.TOP_REASONS):
-        j = int(irow[L.OI_REASON_IDX + r])
-        if j < 0:
-            break
-        _add_reason(holder, j, float(row[L.OF_REASON_POINTS + r]), float(total), float(row[j]), sla_s)
-    return list(holder.reasons)
-
-
 # the text fields of recent reasons by their words: the words are rounded figures, so few
 # distinct ones recur (cleared when full, so it stays small)
 _TEXT_FIELDS: dict = {}

@@ -165,8 +165,10 @@ class Engine:
         t3 = time.perf_counter()
         if self.detector is not None:
             kept = [items[k] for k in slots.keep]
+            # an alert's reasons are its answer's, read back from the answer's bytes (a parse
+            # in C, only for the turns that raise an alert)
             events = self.detector.from_batch(kept, slots, ti, of, oi,
-                                              lambda i: A.reasons(of[:, i], oi[:, i], sla_s[i]),
+                                              lambda i: list(pb.TurnRisk.FromString(built[i][0]).reasons),
                                               outputs, lookups, feats)
             if self._replay_seen is not None:
                 events = [e for e in events if replay_key(e) not in self._replay_seen]
