@@ -18,9 +18,12 @@ Triton children are reported apart) divided by the turns answered: the service's
 per turn. The echo server answers with a TurnRisk captured from the service in this run.
 
 ``--baseline DIR``: also the service of another checkout (``DIR``, with its own
-``.venv``; e.g. the main branch's), both services up at once and measured mode by mode,
-the baseline first, so the two are compared under the same load:
-``ratios_service_over_baseline``.
+``.venv``; e.g. the main branch's), both services up at once and measured mode by mode
+under the same load: ``ratios_service_over_baseline``. With ``--rounds N`` each mode is
+measured N times on each, the order alternating (baseline first in even rounds), every
+round with fresh session and turn ids (a repeated id would be answered from the
+idempotency window); the ratio is of the medians, and every round is kept. On a shared
+machine one round apart can differ by 10-20 %: a ratio from one round is not a figure.
 """
 from __future__ import annotations
 
@@ -158,6 +161,11 @@ def _measure(target: str, pid: int, duration: float, tag: str, modes=MODES) -> d
     return res
 
 
+def _median_round(rounds: list[dict]) -> dict:
+    """The round with the median throughput (the lower middle one for an even count)."""
+    return sorted(rounds, key=lambda r: r["turns_per_s"])[(len(rounds) - 1) // 2]
+
+
 def _serve(py: str, cwd=None):
     from yujing.loadtest.bench.e2e import Child
 
@@ -185,10 +193,19 @@ def bench_closed(args) -> dict:
             root = Path(baseline).resolve()
             base = _serve(str(root / ".venv" / "bin" / "python"), cwd=root)
             out["baseline_checkout"] = str(root)
+            rounds = max(1, int(getattr(args, "rounds", 1) or 1))
+            out["rounds"] = rounds
             out["baseline"], out["service"] = {}, {}
-            for mode in MODES:         # mode by mode, the baseline first, both servers up
-                out["baseline"].update(_measure(f"127.0.0.1:{base.port}", base.proc.pid, duration, "base", (mode,)))
-                out["service"].update(_measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc", (mode,)))
+            out["baseline_rounds"], out["service_rounds"] = {m: [] for m in MODES}, {m: [] for m in MODES}
+            sides = {"baseline": base, "service": svc}
+            for mode in MODES:         # mode by mode, both servers up, the order alternating by round
+                for r in range(rounds):
+                    for side in (("baseline", "service") if r % 2 == 0 else ("service", "baseline")):
+                        s = sides[side]
+                        got = _measure(f"127.0.0.1:{s.port}", s.proc.pid, duration, f"{side[:4]}-r{r}", (mode,))
+                        out[f"{side}_rounds"][mode].append(got[mode])
+                for side in ("baseline", "service"):
+                    out[side][mode] = _median_round(out[f"{side}_rounds"][mode])
             out["ratios_service_over_baseline"] = {
                 m: round(out["service"][m]["turns_per_s"] / out["baseline"][m]["turns_per_s"], 3) for m in MODES}
     finally:
