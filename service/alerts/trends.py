@@ -710,21 +710,29 @@ class TrendTracker:
                 continue
             rec.clusters.append([it, sh, t])
             del rec.clusters[:-64]
-            tenant, queue, _ = self._keys[r]
-            where_en, where_zh = _where(queue, "")
-            mins = p.repeated_window_minutes
-            kind = "REPEATED_COMPLAINT"
-            events.append(AlertEvent(
-                kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
-                priority=p.priorities[kind], event_time_ms=t,
-                figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
-                         "ratio": n_sessions / p.repeated_complaints, "count": float(n_similar),
-                         "window_s": win / 1000.0, "intent_id": float(it)},
-                summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
-                           f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),
-                summary_zh=f"{where_zh}{mins:g} 分钟内有 {n_sessions} 个不同会话提出相似投诉"
-                           + (f"（类别 {cat}）" if cat else "")))
+            events.append(self._repeated_event(r, cat, t, it, n_sessions, n_similar))
         return events
+
+    def _repeated_event(self, row: int, cat: str, t: int, intent: int, n_sessions: int,
+                        n_similar: int) -> AlertEvent:
+        """The REPEATED_COMPLAINT event of queue row ``row``: ``n_sessions`` different sessions
+        among ``n_similar`` similar complaints in the window, up to the one at ``t``. The one
+        place it is worded (the reference tracker calls it too)."""
+        p = self.policy
+        tenant, queue, _ = self._keys[row]
+        where_en, where_zh = _where(queue, "")
+        mins = p.repeated_window_minutes
+        kind = "REPEATED_COMPLAINT"
+        return AlertEvent(
+            kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
+            priority=p.priorities[kind], event_time_ms=t,
+            figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
+                     "ratio": n_sessions / p.repeated_complaints, "count": float(n_similar),
+                     "window_s": self.repeat_ms / 1000.0, "intent_id": float(intent)},
+            summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
+                       f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),
+            summary_zh=f"{where_zh}{mins:g} 分钟内有 {n_sessions} 个不同会话提出相似投诉"
+                       + (f"（类别 {cat}）" if cat else ""))
 
     # -- GetQueueHealth ----------------------------------------------------------------
     def health(self, tenant: str, queue: str, now_ms: int | None = None) -> dict | None:

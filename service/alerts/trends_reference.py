@@ -14,8 +14,7 @@ import numpy as np
 
 from yujing.service.alerts.events import AlertEvent
 from yujing.service.alerts.trends import (COMPLAINTS, CUSTOMER, ESCALATIONS, NC, NEGATIVE, NEW_SESSIONS,
-                                          TURNS, _FAR, _NEVER, _UNSET, TrendTracker, _div, _Recent,
-                                          _where)
+                                          TURNS, _FAR, _NEVER, _UNSET, TrendTracker, _div, _Recent)
 
 _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
@@ -205,18 +204,5 @@ class ReferenceTrendTracker(TrendTracker):
                 continue
             rec.clusters.append([it, int(sh), t])
             del rec.clusters[:-64]
-            tenant, queue, _ = self._keys[r]
-            where_en, where_zh = _where(queue, "")
-            mins = p.repeated_window_minutes
-            kind = "REPEATED_COMPLAINT"
-            events.append(AlertEvent(
-                kind=kind, tenant_id=tenant, queue=queue, intent_category=cat, level=p.levels[kind],
-                priority=p.priorities[kind], event_time_ms=t,
-                figures={"value": float(n_sessions), "baseline": float(p.repeated_complaints),
-                         "ratio": n_sessions / p.repeated_complaints, "count": float(similar.sum()),
-                         "window_s": win / 1000.0, "intent_id": float(it)},
-                summary_en=f"{where_en}: {n_sessions} different sessions sent similar complaints within "
-                           f"{mins:g} minutes" + (f" (category {cat})" if cat else ""),
-                summary_zh=f"{where_zh}{mins:g} 分钟内有 {n_sessions} 个不同会话提出相似投诉"
-                           + (f"（类别 {cat}）" if cat else "")))
+            events.append(self._repeated_event(r, cat, t, it, n_sessions, int(similar.sum())))
         return events
