@@ -192,6 +192,23 @@ def _le(buf, pos, bits, nbytes):
     return pos + nbytes
 
 
+@njit(cache=True, nogil=True)
+def _fixed_field(buf, pos, key, bits, nbytes):
+    """A fixed-width scalar field (``key`` its tag, ``bits`` its little-endian bytes), left
+    out when its bits are zero, as proto3 writes a float or double."""
+    if bits == 0:
+        return pos
+    return _le(buf, _varint(buf, pos, key), bits, nbytes)
+
+
+@njit(cache=True, nogil=True)
+def _varint_field(buf, pos, key, v):
+    """A varint scalar field, left out when it is zero (proto3's default)."""
+    if v == 0:
+        return pos
+    return _varint(buf, _varint(buf, pos, key), v)
+
+
 @intrinsic
 def _memcpy(typingctx, dst, dst_at, src, src_at, nbytes):
     """``nbytes`` bytes from byte ``src_at`` of array ``src`` to byte ``dst_at`` of ``dst``
@@ -304,9 +321,7 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
                 _memcpy(buf, pos, sprobs, 4 * ws * k, 4 * ws)
                 pos += 4 * ws
             pos = _copy(buf, pos, blob, piece, base[B_SENT_LABELS])
-            if sb != 0:
-                buf[pos] = 0x25
-                pos = _le(buf, pos + 1, sb, 4)
+            pos = _fixed_field(buf, pos, 0x25, sb, 4)
         j = intent_id[k] if has_intent else -1
         if j >= 0:                                                    # intent (5)
             if j >= base[B_INTENT_REST] - base[B_INTENT_LABEL] or j >= iprobs.shape[1]:
@@ -319,26 +334,15 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
             buf[pos] = 0x2a
             pos = _varint(buf, pos + 1, body)
             pos = _copy(buf, pos, blob, piece, lp)
-            if cb != 0:
-                buf[pos] = 0x15
-                pos = _le(buf, pos + 1, cb, 4)
+            pos = _fixed_field(buf, pos, 0x15, cb, 4)
             pos = _copy(buf, pos, blob, piece, rp)
         _memcpy(buf, pos, ind_template, 0, width)                     # indicators (6)
         for r in range(L.N_INDICATORS):
             _memcpy(buf, pos + ind_at[r], of, 8 * (r * n + c), 8)
         pos += width
-        sb = _f32_bits(of[L.OF_SCORE, c], s32, u32)                   # risk_score (7)
-        if sb != 0:
-            buf[pos] = 0x3d
-            pos = _le(buf, pos + 1, sb, 4)
-        lv = oi[L.OI_LEVEL, c] + 1                                    # level (8), priority (9)
-        if lv != 0:
-            buf[pos] = 0x40
-            pos = _varint(buf, pos + 1, lv)
-        pr = oi[L.OI_PRIORITY, c] + 1
-        if pr != 0:
-            buf[pos] = 0x48
-            pos = _varint(buf, pos + 1, pr)
+        pos = _fixed_field(buf, pos, 0x3d, _f32_bits(of[L.OF_SCORE, c], s32, u32), 4)   # risk_score (7)
+        pos = _varint_field(buf, pos, 0x40, oi[L.OI_LEVEL, c] + 1)    # level (8)
+        pos = _varint_field(buf, pos, 0x48, oi[L.OI_PRIORITY, c] + 1)  # priority (9)
         total = of[L.OF_TOTAL_POINTS, c]
         for r in range(n_top):                                        # reasons (10)
             j = oi[L.OI_REASON_IDX + r, c]
@@ -361,29 +365,15 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
             buf[pos] = 0x52
             pos = _varint(buf, pos + 1, body)
             pos = _copy(buf, pos, blob, piece, np_)
-            if pb_ != 0:
-                buf[pos] = 0x15
-                pos = _le(buf, pos + 1, pb_, 4)
-            if shb != 0:
-                buf[pos] = 0x1d
-                pos = _le(buf, pos + 1, shb, 4)
-            if vb != 0:
-                buf[pos] = 0x21
-                pos = _le(buf, pos + 1, vb, 8)
+            pos = _fixed_field(buf, pos, 0x15, pb_, 4)
+            pos = _fixed_field(buf, pos, 0x1d, shb, 4)
+            pos = _fixed_field(buf, pos, 0x21, vb, 8)
             pos = _copy(buf, pos, blob, piece, tp)
         pos = _copy(buf, pos, blob, piece, base[B_ACTIONS] + (oi[L.OI_ACTIONS, c] & 3))   # action(s) (11, 12)
         pos = _copy(buf, pos, blob, piece, base[B_MODELS])           # models (13), degraded (14)
         tails[c] = pos - starts[c]
-        t = oi[L.OI_SESSION_TIME, c]                                  # session_time_ms (16)
-        if t != 0:
-            buf[pos] = 0x80
-            buf[pos + 1] = 0x01
-            pos = _varint(buf, pos + 2, t)
-        t = oi[L.OI_CUSTOMER, c]                                      # customer_turns (17)
-        if t != 0:
-            buf[pos] = 0x88
-            buf[pos + 1] = 0x01
-            pos = _varint(buf, pos + 2, t)
+        pos = _varint_field(buf, pos, 16 << 3, oi[L.OI_SESSION_TIME, c])   # session_time_ms (16)
+        pos = _varint_field(buf, pos, 17 << 3, oi[L.OI_CUSTOMER, c])       # customer_turns (17)
         e = emotion_id[k] if has_emotion and speaker[c] == customer else -1
         if e >= 0:                                                    # emotion (18)
             if e >= base[B_REASON_NAME] - base[B_EMO_LABEL] or e >= eprobs.shape[1]:
@@ -395,13 +385,9 @@ def encode_turn_risks(ids, id_len, positions, of, oi, speaker, sent_label, has_s
                 body += 5
             if we:
                 body += piece[base[B_EMO_PREFIX] + 1] - piece[base[B_EMO_PREFIX]] + 4 * we
-            buf[pos] = 0x92
-            buf[pos + 1] = 0x01
-            pos = _varint(buf, pos + 2, body)
+            pos = _varint(buf, _varint(buf, pos, 18 << 3 | 2), body)   # key 0x92 0x01
             pos = _copy(buf, pos, blob, piece, lp)
-            if eb != 0:
-                buf[pos] = 0x15
-                pos = _le(buf, pos + 1, eb, 4)
+            pos = _fixed_field(buf, pos, 0x15, eb, 4)
             if we:
                 pos = _copy(buf, pos, blob, piece, base[B_EMO_PREFIX])
                 _memcpy(buf, pos, eprobs, 4 * we * k, 4 * we)
