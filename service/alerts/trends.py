@@ -603,21 +603,19 @@ class TrendTracker:
         tenant, queue, cat = self._keys[row]
         where_en, where_zh = _where(queue, cat)
         value, base, ratio, count, cust = float(value), float(base), float(ratio), int(count), int(cust)
+        fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count)}
+        if j != 1:                     # a share or a rate: of how many customer turns
+            fig["customer_turns"] = float(cust)
+        fig["window_s"] = (self.w1, self.w3, self.w24)[j] * self.bucket_ms / 1000.0
         if j == 0:
-            fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count),
-                   "customer_turns": float(cust), "window_s": self.w1 * self.bucket_ms / 1000.0}
             en = (f"{where_en}: negative share {value:.0%} in the last hour, {ratio:.1f}x "
                   f"the baseline {base:.0%} ({count} of {cust} customer turns)")
             zh = (f"{where_zh}近 1 小时负面占比 {value:.0%}，为基线 {base:.0%} 的 "
                   f"{ratio:.1f} 倍（{cust} 条客户消息中 {count} 条负面）")
         elif j == 1:
-            fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count),
-                   "window_s": self.w3 * self.bucket_ms / 1000.0}
             en = f"{where_en}: {count} customer turns in the last 3 hours, {ratio:.1f}x the baseline {base:.0f}"
             zh = f"{where_zh}近 3 小时客户消息 {count} 条，为基线 {base:.0f} 条的 {ratio:.1f} 倍"
         else:
-            fig = {"value": value, "baseline": base, "ratio": ratio, "count": float(count),
-                   "customer_turns": float(cust), "window_s": self.w24 * self.bucket_ms / 1000.0}
             en = (f"{where_en}: complaint rate {value:.1%} over the last 24 hours, {ratio:.1f}x "
                   f"the previous 24 hours ({base:.1%}; {count} complaints)")
             zh = (f"{where_zh}近 24 小时投诉率 {value:.1%}，为前 24 小时（{base:.1%}）的 "
