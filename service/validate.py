@@ -20,9 +20,9 @@ _ENUMS = tuple((name, enum, frozenset(enum.values()), zero_ok) for name, enum, z
     ("customer_tier", pb.CustomerTier, True),
     ("event", pb.Event, True),
 ))
-# the values a valid turn may carry, for the one combined test (speaker 0 is "not set": refused)
-_SPEAKERS = frozenset(pb.Speaker.values()) - {0}
-_CHANNELS, _TIERS, _EVENTS = (frozenset(e.values()) for e in (pb.Channel, pb.CustomerTier, pb.Event))
+# the values a valid turn may carry, for the one combined test: the same sets, without 0
+# where 0 ("not set") is refused
+_SPEAKERS, _CHANNELS, _TIERS, _EVENTS = (valid if zero_ok else valid - {0} for _, _, valid, zero_ok in _ENUMS)
 
 
 def check_id(value: str, name: str, limit: int, required: bool) -> None:
