@@ -50,7 +50,6 @@ one process (tests) never share or collide on metrics.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
@@ -443,6 +442,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self._log_after = 0.0       # monotonic time before which undecodable requests are not logged
         self._suppressed = 0
+        self._wrapped: dict[str, tuple] = {}    # method path -> (its handler, the wrapped handler)
 
     def _undecodable(self, method: str, err: UndecodableRequest) -> None:
         """Count one undecodable request and log it, rate limited."""
@@ -482,7 +482,17 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = _method_name(handler_call_details.method)
+        # one wrapped handler per method, built on its first call: what the wrapper needs
+        # is the method's (its name, its handler), never the call's
+        known = self._wrapped.get(handler_call_details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, _method_name(handler_call_details.method))
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler, method: str):
+        """``handler`` timed and counted by its final status, its requests decoded strictly."""
         m = self.metrics
         interceptor = self
         deserializer = self._strict(handler.request_deserializer)
@@ -529,23 +539,6 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     yield req
             return gen()
 
-        @contextlib.contextmanager
-        def observed(context):
-            """Time the call and count it by its final status (the exception it ends with).
-            An undecodable request the handler let through ends the call INVALID_ARGUMENT."""
-            t0 = time.perf_counter()
-            m.calls_seen += 1     # the handler runs: the service saw the call
-            exc = None
-            try:
-                yield
-            except UndecodableRequest as e:
-                interceptor._refuse(context, e)
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                finish(context, t0, exc)
-
         def call(fn, request_or_iter, context):
             if handler.request_streaming:
                 request_or_iter = counted_requests(request_or_iter)
@@ -558,11 +551,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             fn = handler.unary_unary if not handler.request_streaming else handler.stream_unary
 
             async def unary_resp(request_or_iter, context):
-                with observed(context):
+                # timed and counted by its final status (the exception it ends with); an
+                # undecodable request the handler let through ends it INVALID_ARGUMENT
+                t0 = time.perf_counter()
+                m.calls_seen += 1     # the handler runs: the service saw the call
+                exc = None
+                try:
                     r = call(fn, request_or_iter, context)
                     if inspect.isawaitable(r):
                         r = await r
                     return r
+                except UndecodableRequest as e:
+                    interceptor._refuse(context, e)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(context, t0, exc)
 
             make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                     else grpc.unary_unary_rpc_method_handler)
@@ -572,7 +577,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         fn = handler.unary_stream if not handler.request_streaming else handler.stream_stream
 
         async def stream_resp(request_or_iter, context):
-            with observed(context):
+            t0 = time.perf_counter()       # as unary_resp
+            m.calls_seen += 1
+            exc = None
+            try:
                 r = call(fn, request_or_iter, context)
                 if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
                     r = await r
@@ -584,6 +592,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     for item in r:
                         m.observe_stream_message(method, "sent")
                         yield item
+            except UndecodableRequest as e:
+                interceptor._refuse(context, e)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                finish(context, t0, exc)
 
         make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
                 else grpc.unary_stream_rpc_method_handler)

@@ -47,6 +47,34 @@ _CHANNEL_ARGS = [
 ]
 
 
+def _first_row_of_strings(result, name: str, rows: int) -> list[bytes] | None:
+    """Row 0 of the BYTES output ``name`` of shape [rows, k] (None when absent or of another
+    shape), read from the response's raw bytes: each element is a 4-byte little-endian
+    length and the bytes. Every row of ``MODELS`` is the same (one request, one set of
+    versions), so reading one row instead of ``as_numpy``'s ``rows * k`` elements (a
+    Python loop in the client library) saves that loop on every call."""
+    response = result.get_response()
+    for index, output in enumerate(response.outputs):
+        if output.name != name:
+            continue
+        shape = list(output.shape)
+        if output.datatype != "BYTES" or len(shape) != 2 or shape[0] != rows:
+            return None
+        if index >= len(response.raw_output_contents):      # sent as contents, not raw: the slow way
+            whole = result.as_numpy(name)
+            return [x if isinstance(x, bytes) else str(x).encode() for x in whole[0]]
+        raw = response.raw_output_contents[index]
+        out, at = [], 0
+        for _ in range(shape[1]):
+            if at + 4 > len(raw):
+                return None
+            size = int.from_bytes(raw[at:at + 4], "little")
+            out.append(bytes(raw[at + 4:at + 4 + size]))
+            at += 4 + size
+        return out
+    return None
+
+
 class TritonClientError(RuntimeError):
     """A Triton call failed: unreachable, deadline exceeded, an error response, or an
     answer that breaks the tensor contract. ``status`` is the gRPC status name when
@@ -255,13 +283,13 @@ class TritonModelClient:
             f"infer {model_name}",
             self._grpc().infer(model_name, [tensor], outputs=outputs, headers=self.headers,
                                parameters={m: v for m, v in heads.items() if v}, client_timeout=timeout))
-        served = result.as_numpy(MODELS_OUTPUT)
-        if served is None or served.ndim != 2 or served.shape[0] != len(texts):
-            raise TritonClientError(f"{model_name}: output {MODELS_OUTPUT} has shape "
-                                    f"{None if served is None else served.shape}, expected ({len(texts)}, heads)")
+        served = _first_row_of_strings(result, MODELS_OUTPUT, len(texts))
+        if served is None:
+            raise TritonClientError(f"{model_name}: output {MODELS_OUTPUT} is missing or not of shape "
+                                    f"({len(texts)}, heads)")
         versions = {}
-        for item in served[0]:
-            member, _, version = (item.decode() if isinstance(item, bytes) else str(item)).partition(VERSION_SEP)
+        for item in served:
+            member, _, version = item.decode().partition(VERSION_SEP)
             versions[member] = version
         answers = {}
         for member in heads:
