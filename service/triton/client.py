@@ -259,8 +259,11 @@ class TritonModelClient:
         if n == 0:
             return {m: (np.zeros((0, 0), dtype=np.float32), v) for m, v in heads.items()}
         step = await self._max_batch(model_name, timeout)
-        chunks = [texts[i:i + step] for i in range(0, n, step)]
-        parts = await asyncio.gather(*(self._infer_heads_chunk(model_name, c, heads, timeout) for c in chunks))
+        if n <= step:      # one request: awaited here, without a task of its own
+            parts = [await self._infer_heads_chunk(model_name, texts, heads, timeout)]
+        else:
+            chunks = [texts[i:i + step] for i in range(0, n, step)]
+            parts = await asyncio.gather(*(self._infer_heads_chunk(model_name, c, heads, timeout) for c in chunks))
         out = {}
         for member in heads:
             versions = {p[member][1] for p in parts}

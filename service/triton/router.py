@@ -292,9 +292,8 @@ class ModelRouter:
             return self._empty(versions, TRITON, degraded=False)
         if self._combined_usable:
             try:
-                heads = await asyncio.wait_for(
-                    self.client.infer_heads(self.combined_model, texts, versions, timeout_s=deadline),
-                    timeout=deadline)
+                async with asyncio.timeout(deadline):     # no task of its own, as wait_for makes
+                    heads = await self.client.infer_heads(self.combined_model, texts, versions, timeout_s=deadline)
             except TritonClientError as exc:
                 if exc.status != "NOT_FOUND":
                     raise
