@@ -223,8 +223,9 @@ class MicroBatcher:
                         break
                     self._wakeup.clear()
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), left)
-                    except asyncio.TimeoutError:
+                        async with asyncio.timeout(left):      # no task per wait, as wait_for makes
+                            await self._wakeup.wait()
+                    except TimeoutError:
                         break
             batch = self._take(loop.time())
             n = len(batch)

@@ -568,6 +568,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     finish(context, t0, exc)
+                    exc = None       # no frame <-> traceback cycle left for the collector
 
             make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                     else grpc.unary_unary_rpc_method_handler)
@@ -579,7 +580,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         async def stream_resp(request_or_iter, context):
             t0 = time.perf_counter()       # as unary_resp
             m.calls_seen += 1
-            exc = None
+            exc = r = None
             try:
                 r = call(fn, request_or_iter, context)
                 if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
@@ -599,6 +600,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 finish(context, t0, exc)
+                exc = None
+                # the handler's own clean-up (a stream's budget, its reader) runs now, not
+                # whenever the garbage collector finds the generator: closing this one at
+                # a yield (the client left) leaves the handler's generator suspended
+                if r is not None and hasattr(r, "aclose"):
+                    await r.aclose()
 
         make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
                 else grpc.unary_stream_rpc_method_handler)
