@@ -44,12 +44,18 @@ Metric names (all prefixed ``yujing_``):
     scan_seconds, scan_sessions                histogram, gauge  the scheduler's pass over the session table
     auth_refusals_total{code}                  counter   calls (batch turns) refused UNAUTHENTICATED / PERMISSION_DENIED
     quota_refusals_total{quota}                counter   turns refused by a tenant quota (max_sessions, turns_per_s)
+    gc_pause_seconds{generation}               histogram the Python garbage collector's pauses (2: a full
+                                                         collection), folded in on each scheduler pass
+    gc_frozen_objects                          gauge     objects frozen out of its scans (``yujing serve``
+                                                         freezes what start-up left alive)
 
 A dedicated :class:`prometheus_client.CollectorRegistry` is used, so several services in
 one process (tests) never share or collide on metrics.
 """
 from __future__ import annotations
 
+import collections
+import gc
 import inspect
 import logging
 import time
@@ -254,6 +260,16 @@ class Metrics:
         self.scan_seconds = Histogram("yujing_scan_seconds", "One scheduler pass over the session table",
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.scan_sessions = Gauge("yujing_scan_sessions", "Sessions the last scheduler pass scanned", registry=r)
+        self.gc_pause = Histogram("yujing_gc_pause_seconds", "Pauses of Python's garbage collector in this "
+                                  "process, by generation (2: a full collection)", ["generation"],
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.gc_frozen = Gauge("yujing_gc_frozen_objects", "Objects frozen out of the garbage collector's "
+                               "scans (yujing serve freezes what start-up left alive)", registry=r)
+        self.gc_frozen.set_function(gc.get_freeze_count)
+        # (generation, seconds) of each collection, appended by the collector's callback (no
+        # lock there: a collection may start inside any code, a lock holder's included)
+        self._gc_pauses: collections.deque = collections.deque(maxlen=65_536)
+        self._gc_started = 0.0
         self._hub = self._webhook = self._trends = None
         self._stream_children: dict = {}
         self._rpc_children: dict = {}
@@ -275,6 +291,29 @@ class Metrics:
         self._http = None
         self._http_thread = None
         self.port: int | None = None
+
+    # ---- the garbage collector --------------------------------------------------------
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    def watch_gc(self) -> None:
+        """Time every collection of this process from now on (:meth:`unwatch_gc` stops)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def fold_gc_pauses(self) -> None:
+        """Move the pauses timed so far into ``gc_pause_seconds`` (the scheduler's pass)."""
+        q = self._gc_pauses
+        while q:
+            generation, seconds = q.popleft()
+            self.gc_pause.labels(str(generation)).observe(seconds)
 
     # ---- HTTP -------------------------------------------------------------------------
     def start_http(self, host: str = "127.0.0.1", port: int = 0, **tls) -> int:

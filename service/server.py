@@ -572,6 +572,7 @@ class YujingServer:
         while True:
             await asyncio.sleep(period)
             try:
+                self.metrics.fold_gc_pauses()
                 self.scan_once()
                 if self.turn_log is not None and self.turn_log.durability == "none":
                     self.turn_log.flush()        # bounds what a crash loses in 'none' mode
@@ -714,6 +715,7 @@ class YujingServer:
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.start_http(cfg.host, cfg.metrics_port, **tls.metrics_tls(cfg))
         await self._warm_up()
+        self.metrics.watch_gc()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="yujing-ttl-sweeper")
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="yujing-scheduler")
         if cfg.data_dir is not None and cfg.snapshot_interval_s > 0:
@@ -801,6 +803,7 @@ class YujingServer:
             await self.router.close()
         if self.triton is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.triton.close)
+        self.metrics.unwatch_gc()
         self.metrics.stop_http()
 
     async def wait(self) -> None:
@@ -818,8 +821,22 @@ async def create_server(config: Config) -> tuple[YujingServer, int]:
     return srv, srv.port
 
 
+def _freeze_startup_heap() -> None:
+    """Move what start-up left alive (modules, models, compiled kernels, the restored state)
+    out of the garbage collector's scans: a full collection then walks only what serving
+    made since. Under ScoreBatch load a full collection paused the loop 86-115 ms with the
+    start-up heap in it, 3-7 ms without (BENCHMARKS.md section 8). Done by the process
+    that serves (not by create_server, which tests call many times in one process: a
+    service stopped later would stay frozen in memory)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(config: Config) -> None:
     srv, port = await create_server(config)
+    _freeze_startup_heap()
     c = config
     models = {"embedded": f"embedded Triton at {srv.triton.grpc_url}" if srv.triton else "",
               "external": f"Triton at {c.triton_url}", "in-process": "in-process models"}[c.models]

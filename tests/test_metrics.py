@@ -187,3 +187,73 @@ def test_real_service_metrics(tmp_path_factory):
         assert val(s, "yujing_model_calls_per_batch") == 1  # sentiment, emotion, intent, dissatisfaction in one pass
     finally:
         svc.stop()
+
+
+def test_garbage_collector_pauses_are_timed_and_folded_in_by_generation():
+    import gc
+
+    m = Metrics()
+    m.watch_gc()
+    try:
+        gc.collect()             # a full collection
+        gc.collect(0)
+    finally:
+        m.unwatch_gc()
+    m.fold_gc_pauses()
+    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
+         for f in text_string_to_metric_families(m.render().decode()) for x in f.samples}
+    full = s[("yujing_gc_pause_seconds_count", (("generation", "2"),))]
+    young = s[("yujing_gc_pause_seconds_count", (("generation", "0"),))]
+    assert full >= 1 and young >= 1
+    assert s[("yujing_gc_pause_seconds_sum", (("generation", "2"),))] > 0
+    gc.collect()                 # not watched any more: not counted
+    m.fold_gc_pauses()
+    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
+         for f in text_string_to_metric_families(m.render().decode()) for x in f.samples}
+    assert s[("yujing_gc_pause_seconds_count", (("generation", "2"),))] == full
+    assert m._on_gc not in gc.callbacks
+
+
+def test_the_serving_process_freezes_its_start_up_heap_and_a_test_service_does_not(tmp_path_factory):
+    """``yujing serve`` freezes what start-up left alive (its metrics show the frozen count
+    and the pauses); a service started with create_server in a process that hosts others
+    (the tests) leaves the collector as it was."""
+    import gc
+    import re
+    import time
+
+    from tests.service_harness import ServeProcess, ServiceThread, turn
+    from tests.service_models import in_process_repo
+    from yujing.service.config import Config
+
+    before = gc.get_freeze_count()
+    svc = ServiceThread(Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
+                               capacity=1024, agent_capacity=64, drain_s=0.5)).start()
+    try:
+        svc.stub().Score(turn(session="g1", turn_id="1", text="hello"))
+        assert gc.get_freeze_count() == before
+    finally:
+        svc.stop()
+    assert svc.srv.metrics._on_gc not in gc.callbacks      # stopped: no longer timing this process
+
+    p = ServeProcess("--models", "in-process", "--capacity", "1024", "--agent-capacity", "64",
+                     "--metrics-port", "0", "--scan-period-s", "0.2", timeout_s=120)
+    try:
+        port = None
+        for _ in range(100):
+            m = re.search(r"yujing metrics on http://[\d.]+:(\d+)/metrics", p.output())
+            if m:
+                port = int(m.group(1))
+                break
+            time.sleep(0.1)
+        assert port is not None, p.output()[-2000:]
+        deadline = time.monotonic() + 30
+        while True:       # the freeze's own full collection, folded in by a scheduler pass
+            s = scrape(port)
+            if val(s, "yujing_gc_pause_seconds_count", generation="2") >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert val(s, "yujing_gc_frozen_objects") > 10_000       # modules, models, kernels at least
+        assert val(s, "yujing_gc_pause_seconds_count", generation="2") >= 1
+    finally:
+        p.stop()
