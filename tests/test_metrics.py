@@ -257,3 +257,52 @@ def test_the_serving_process_freezes_its_start_up_heap_and_a_test_service_does_n
         assert val(s, "yujing_gc_pause_seconds_count", generation="2") >= 1
     finally:
         p.stop()
+
+
+def test_the_interceptor_wraps_each_method_once_not_each_call(tmp_path_factory, monkeypatch):
+    """What the interceptor adds to a call is a look-up and the counting: the wrapped
+    handler of a method is built on its first call and reused (issue 13: the interceptor
+    costs no more than a counter per call)."""
+    from collections import Counter as Count
+
+    from tests.service_harness import ServiceThread, turn
+    from tests.service_models import in_process_repo
+    from yujing.service.config import Config
+
+    built = Count()
+    original = MetricsInterceptor._wrap
+
+    def counting(self, handler, method):
+        built[method] += 1
+        return original(self, handler, method)
+
+    monkeypatch.setattr(MetricsInterceptor, "_wrap", counting)
+    svc = ServiceThread(Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory),
+                               capacity=1024, agent_capacity=64, drain_s=0.5)).start()
+    try:
+        stub = svc.stub()
+        for i in range(20):
+            stub.Score(turn(session="w1", turn_id=str(i), text="hello"))
+        for i in range(3):
+            stub.ScoreBatch(pb.TurnBatch(turns=[turn(session="w2", turn_id=f"b{i}", text="hi")]))
+        answers = list(stub.ScoreStream(iter([turn(session="w3", turn_id=str(i), text="ok") for i in range(5)])))
+        assert len(answers) == 5
+        with pytest.raises(grpc.RpcError) as refused:       # a refused call goes through the same handler
+            stub.Score(pb.Turn(session_id="", turn_id="x", speaker=pb.CUSTOMER))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert built["Score"] == built["ScoreBatch"] == built["ScoreStream"] == 1, built
+        s = scrape_samples(svc.srv.metrics)
+        assert val(s, "yujing_rpc_requests_total", method="Score", code="OK") == 20
+        assert val(s, "yujing_rpc_requests_total", method="Score", code="INVALID_ARGUMENT") == 1
+        assert val(s, "yujing_rpc_requests_total", method="ScoreBatch", code="OK") == 3
+        assert val(s, "yujing_stream_messages_total", method="ScoreStream", direction="sent") == 5
+    finally:
+        svc.stop()
+
+
+def scrape_samples(metrics) -> dict:
+    out = {}
+    for fam in text_string_to_metric_families(metrics.render().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
