@@ -644,7 +644,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 # whenever the garbage collector finds the generator: closing this one at
                 # a yield (the client left) leaves the handler's generator suspended
                 if r is not None and hasattr(r, "aclose"):
-                    await r.aclose()
+                    try:
+                        await r.aclose()
+                    except Exception:      # the call has ended: its status is already decided
+                        log.debug("closing the %s handler's generator failed", method, exc_info=True)
 
         make = (grpc.stream_stream_rpc_method_handler if handler.request_streaming
                 else grpc.unary_stream_rpc_method_handler)
