@@ -462,6 +462,30 @@ class Metrics:
         self._router = router
 
 
+class _Observed:
+    """One call, timed and counted by its final status (the exception it ends with) when
+    it leaves the ``with``; an undecodable request the handler let through ends it
+    INVALID_ARGUMENT (swallowed here). A small object per call rather than a generator-based
+    context manager, and the exception is not kept (no frame-traceback cycle)."""
+
+    __slots__ = ("finish", "refuse", "context", "t0")
+
+    def __init__(self, finish, refuse, context):
+        self.finish, self.refuse, self.context = finish, refuse, context
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> "_Observed":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, UndecodableRequest):
+            self.refuse(self.context, exc)
+            self.finish(self.context, self.t0, None)
+            return True
+        self.finish(self.context, self.t0, exc)
+        return False
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Times every RPC (unary and streaming) and records its final status code.
 
@@ -590,24 +614,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             fn = handler.unary_unary if not handler.request_streaming else handler.stream_unary
 
             async def unary_resp(request_or_iter, context):
-                # timed and counted by its final status (the exception it ends with); an
-                # undecodable request the handler let through ends it INVALID_ARGUMENT
-                t0 = time.perf_counter()
                 m.calls_seen += 1     # the handler runs: the service saw the call
-                exc = None
-                try:
+                with _Observed(finish, interceptor._refuse, context):
                     r = call(fn, request_or_iter, context)
                     if inspect.isawaitable(r):
                         r = await r
                     return r
-                except UndecodableRequest as e:
-                    interceptor._refuse(context, e)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    finish(context, t0, exc)
-                    exc = None       # no frame <-> traceback cycle left for the collector
 
             make = (grpc.stream_unary_rpc_method_handler if handler.request_streaming
                     else grpc.unary_unary_rpc_method_handler)
@@ -617,29 +629,22 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         fn = handler.unary_stream if not handler.request_streaming else handler.stream_stream
 
         async def stream_resp(request_or_iter, context):
-            t0 = time.perf_counter()       # as unary_resp
             m.calls_seen += 1
-            exc = r = None
+            r = None
             try:
-                r = call(fn, request_or_iter, context)
-                if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
-                    r = await r
-                if r is not None and hasattr(r, "__aiter__"):
-                    async for item in r:
-                        m.observe_stream_message(method, "sent")
-                        yield item
-                elif r is not None:
-                    for item in r:
-                        m.observe_stream_message(method, "sent")
-                        yield item
-            except UndecodableRequest as e:
-                interceptor._refuse(context, e)
-            except BaseException as e:
-                exc = e
-                raise
+                with _Observed(finish, interceptor._refuse, context):
+                    r = call(fn, request_or_iter, context)
+                    if inspect.isawaitable(r) and not hasattr(r, "__aiter__"):
+                        r = await r
+                    if r is not None and hasattr(r, "__aiter__"):
+                        async for item in r:
+                            m.observe_stream_message(method, "sent")
+                            yield item
+                    elif r is not None:
+                        for item in r:
+                            m.observe_stream_message(method, "sent")
+                            yield item
             finally:
-                finish(context, t0, exc)
-                exc = None
                 # the handler's own clean-up (a stream's budget, its reader) runs now, not
                 # whenever the garbage collector finds the generator: closing this one at
                 # a yield (the client left) leaves the handler's generator suspended
