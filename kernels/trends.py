@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from yujing.kernels.bits import popcount64 as popcount64_py
+
 # the counters, in the order of yujing.service.alerts.trends.COUNTERS
 TURNS, CUSTOMER, NEGATIVE, COMPLAINTS, NEW_SESSIONS, ESCALATIONS = range(6)
 NC = 6
@@ -224,17 +226,9 @@ def observe_batch(counts, last, first, clock, parent, active, false_since, seg, 
     return ur, fire, sums, hist, now_ms, n_fired, late, ts_max, n_complaints
 
 
-_M1, _M2, _M4 = np.uint64(0x5555555555555555), np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F)
-_H01 = np.uint64(0x0101010101010101)
-_S1, _S2, _S4, _S56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
-
-
-@njit(cache=True, nogil=True)
-def _popcount(x):
-    x = x - ((x >> _S1) & _M1)
-    x = (x & _M2) + ((x >> _S2) & _M2)
-    x = (x + (x >> _S4)) & _M4
-    return (x * _H01) >> _S56
+# inlined into similar_complaints (cached with it): no cache entry of its own beside the
+# session kernel's compilation of the same function
+_popcount = njit(nogil=True, inline="always")(popcount64_py)
 
 
 @njit(cache=True, nogil=True)

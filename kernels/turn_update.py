@@ -31,18 +31,11 @@ from collections import namedtuple
 
 import numpy as np
 
+from yujing.kernels.bits import popcount64 as popcount64_py
 from yujing.kernels import layout as L
 
 LN2 = math.log(2.0)
 PREFETCH_AHEAD = 6   # turns between a session's prefetch and its update
-_M1 = np.uint64(0x5555555555555555)
-_M2 = np.uint64(0x3333333333333333)
-_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
-_H01 = np.uint64(0x0101010101010101)
-_S1 = np.uint64(1)
-_S2 = np.uint64(2)
-_S4 = np.uint64(4)
-_S56 = np.uint64(56)
 
 Helpers = namedtuple("Helpers", "popcount64 decay ring_advance ring_add ring_sums push_bit")
 
@@ -74,12 +67,7 @@ def build(jit, prefetch_row):
 def _build_helpers(jit):
     """Bit counting, half-life decay, bucket rings and shift registers."""
 
-    @jit
-    def popcount64(x):
-        x = x - ((x >> _S1) & _M1)
-        x = (x & _M2) + ((x >> _S2) & _M2)
-        x = (x + (x >> _S4)) & _M4
-        return (x * _H01) >> _S56
+    popcount64 = jit(popcount64_py)
 
     @jit
     def decay(dt_ms, half_life_ms):
