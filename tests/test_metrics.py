@@ -13,14 +13,18 @@ from yujing.service.contract import pb, pb_grpc
 from yujing.service.metrics import Metrics, MetricsInterceptor
 
 
-def scrape(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+def samples(text: str) -> dict:
+    """The exposition ``text`` as {(name, sorted labels): value}."""
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def scrape(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return samples(r.read().decode())
 
 
 def val(samples: dict, name: str, **labels) -> float:
@@ -154,8 +158,7 @@ def test_watch_reads_table_and_router_at_scrape():
     m.instrument_router(router)
     m.watch(table=Table(), router=router)
     asyncio.run(router.classify(["hi"]))
-    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
-         for fam in text_string_to_metric_families(m.render().decode()) for x in fam.samples}
+    s = samples(m.render().decode())
     assert val(s, "yujing_live_sessions") == 11
     assert val(s, "yujing_session_evictions_total") == 5
     assert val(s, "yujing_session_expirations_total") == 9
@@ -200,17 +203,15 @@ def test_garbage_collector_pauses_are_timed_and_folded_in_by_generation():
     finally:
         m.unwatch_gc()
     m.fold_gc_pauses()
-    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
-         for f in text_string_to_metric_families(m.render().decode()) for x in f.samples}
-    full = s[("yujing_gc_pause_seconds_count", (("generation", "2"),))]
-    young = s[("yujing_gc_pause_seconds_count", (("generation", "0"),))]
+    s = samples(m.render().decode())
+    full = val(s, "yujing_gc_pause_seconds_count", generation="2")
+    young = val(s, "yujing_gc_pause_seconds_count", generation="0")
     assert full >= 1 and young >= 1
-    assert s[("yujing_gc_pause_seconds_sum", (("generation", "2"),))] > 0
+    assert val(s, "yujing_gc_pause_seconds_sum", generation="2") > 0
     gc.collect()                 # not watched any more: not counted
     m.fold_gc_pauses()
-    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
-         for f in text_string_to_metric_families(m.render().decode()) for x in f.samples}
-    assert s[("yujing_gc_pause_seconds_count", (("generation", "2"),))] == full
+    s = samples(m.render().decode())
+    assert val(s, "yujing_gc_pause_seconds_count", generation="2") == full
     assert m._on_gc not in gc.callbacks
 
 
@@ -291,18 +292,10 @@ def test_the_interceptor_wraps_each_method_once_not_each_call(tmp_path_factory, 
             stub.Score(pb.Turn(session_id="", turn_id="x", speaker=pb.CUSTOMER))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert built["Score"] == built["ScoreBatch"] == built["ScoreStream"] == 1, built
-        s = scrape_samples(svc.srv.metrics)
+        s = samples(svc.srv.metrics.render().decode())
         assert val(s, "yujing_rpc_requests_total", method="Score", code="OK") == 20
         assert val(s, "yujing_rpc_requests_total", method="Score", code="INVALID_ARGUMENT") == 1
         assert val(s, "yujing_rpc_requests_total", method="ScoreBatch", code="OK") == 3
         assert val(s, "yujing_stream_messages_total", method="ScoreStream", direction="sent") == 5
     finally:
         svc.stop()
-
-
-def scrape_samples(metrics) -> dict:
-    out = {}
-    for fam in text_string_to_metric_families(metrics.render().decode()):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
