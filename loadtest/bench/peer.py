@@ -307,7 +307,7 @@ def bench_peer(turns: int = 1_000_000, sessions: int = 20_000, batch: int = 4096
     bad = {k: v for k, v in diffs.items() if not v <= tol}
     assert not bad, f"kernel and polars disagree: {bad}"
 
-    # the reference on a small sample of the same generator: kernel == reference on all
+    # the reference on a small sample of the same generator: kernel == reference on
     # every indicator, polars == reference on its 16
     from yujing.kernels.reference import reference
 

@@ -54,11 +54,16 @@ def nll(probs, y, sample_weight=None):
     return float(-np.average(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)), weights=sample_weight))
 
 
-def balanced_weights(y, n_classes):
-    """Per-row weights giving every class the same total (sklearn's class_weight="balanced")."""
+def class_balance(y, n_classes):
+    """Per-class weights giving every class the same total (sklearn's class_weight="balanced")."""
     y = np.asarray(y)
     counts = np.bincount(y, minlength=n_classes).astype(float)
-    return len(y) / (n_classes * np.maximum(counts, 1))[y]
+    return len(y) / (n_classes * np.maximum(counts, 1))
+
+
+def balanced_weights(y, n_classes):
+    """Per-row weights of :func:`class_balance`."""
+    return class_balance(y, n_classes)[np.asarray(y)]
 
 
 def softmax(z):

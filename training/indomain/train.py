@@ -249,8 +249,7 @@ def train_dissatisfaction(out: Path):
     parts = [(src, "zh", [x for x in d["train"] if x.extra["source"] == src]) for src in ("stc3", "jddc")]
     L.log("dissatisfaction parts: " + ", ".join(f"{n}={len(it)}" for n, _, it in parts))
     y = np.array([labels.index(x.label) for _, _, it in parts for x in it])
-    counts = np.bincount(y, minlength=2)
-    class_weight = {labels[k]: float(len(y) / (2 * counts[k])) for k in range(2)}
+    class_weight = dict(zip(labels, L.class_balance(y, 2).tolist()))
     clf, ds, info = L.train("dissatisfaction", labels, parts, DIS_WEIGHTS, DIS_HEAD, min_df=2,
                             class_weight=class_weight)
     t, yd = L.items_xy(d["dev"], labels)
