@@ -1,6 +1,12 @@
 """The micro-batcher: gathers turns from concurrent calls into one batch (up to
 ``max_batch`` turns, or whatever has arrived ``max_delay_ms`` after the first), and
-hands each batch to the engine. Batches run one after another, in arrival order.
+hands each batch to the engine, in arrival order.
+
+Up to ``in_flight_batches`` batches are out at once: while one waits for its model call, the
+next is started only when a full batch is already queued (so under light load batching is
+as it was, and under heavy load the models and the kernel work at the same time). Answers
+are delivered batch by batch in order; the process function must apply overlapping calls in
+the order it was called (:meth:`yujing.service.engine.Engine.score` does).
 
 The gathering delay applies when traffic is concurrent, that is when the previous batch
 carried more than one turn: a lone caller is not held back for companions that are not
@@ -26,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import deque
 
 from yujing.service.errors import DeadlinePassed
@@ -78,8 +83,11 @@ class MicroBatcher:
     LEARN_BATCHES = 16    # batches seen before the estimate is used
 
     def __init__(self, process, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None, on_drop=None,
-                 on_stage=None):
+                 on_stage=None, in_flight_batches: int = 1):
         self._process = process               # async (items) -> answers
+        self.in_flight_batches = in_flight_batches
+        self._out: deque = deque()            # batches started: (entries, task, loop time started)
+        self._last_done = 0.0                 # loop time the last batch was answered
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self._queue: deque = deque()          # (item, future or _Member, deadline: loop time or NO_DEADLINE, loop time queued)
@@ -208,25 +216,18 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._out and (len(self._out) >= self.in_flight_batches or len(self._queue) < self.max_batch):
+                await self._finish_oldest(loop)
+                continue
             if not self._queue:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if (len(self._queue) < self.max_batch and self.max_delay_s > 0 and not self._closing
-                    and self.last_batch_size > 1):
-                deadline = loop.time() + self.max_delay_s
-                while len(self._queue) < self.max_batch and not self._closing:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    self._wakeup.clear()
-                    try:
-                        async with asyncio.timeout(left):      # no task per wait, as wait_for makes
-                            await self._wakeup.wait()
-                    except TimeoutError:
-                        break
+            if (not self._out and len(self._queue) < self.max_batch and self.max_delay_s > 0
+                    and not self._closing and self.last_batch_size > 1):
+                await self._gather(loop)
             batch = self._take(loop.time())
             n = len(batch)
             if n == 0:
@@ -234,30 +235,57 @@ class MicroBatcher:
             self.last_batch_size = n
             if self._on_stage is not None:
                 self._on_stage("queue", loop.time() - batch[0][3])
-            items = [b[0] for b in batch]
-            t0 = time.perf_counter()
+            now = loop.time()
             if self.batch_s is not None:
-                self._busy_until = loop.time() + self.batch_s + n * self.turn_s
-            failure = None
+                self._busy_until = max(now, self._busy_until) + self.batch_s + n * self.turn_s
+            # tasks take their first step in the order they are made: the engine sees its
+            # score() calls in batch order
+            self._out.append((batch, asyncio.ensure_future(self._process([b[0] for b in batch])), now))
+
+    async def _gather(self, loop) -> None:
+        """Wait up to ``max_delay_s`` for a full batch."""
+        deadline = loop.time() + self.max_delay_s
+        while len(self._queue) < self.max_batch and not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wakeup.clear()
             try:
-                answers = await self._process(items)
-            except Exception as exc:  # a bug, not a client error: fail this batch, keep serving
-                log.exception("batch of %d turns failed", n)
-                failure, answers = exc, [None] * n
-            seconds = time.perf_counter() - t0
-            self.in_flight -= n
+                async with asyncio.timeout(left):      # no task per wait, as wait_for makes
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    async def _finish_oldest(self, loop) -> None:
+        """Wait for the oldest batch started and deliver its answers."""
+        batch, task, started = self._out[0]
+        n = len(batch)
+        failure = None
+        try:
+            answers = await task
+        except Exception as exc:  # a bug, not a client error: fail this batch, keep serving
+            log.exception("batch of %d turns failed", n)
+            failure, answers = exc, [None] * n
+        self._out.popleft()
+        now = loop.time()
+        # the time this batch held the pipeline: from its start, or from the answer of the
+        # batch before it when the two overlapped
+        seconds = now - max(started, self._last_done)
+        self._last_done = now
+        self.in_flight -= n
+        if not self._out:
             self._busy_until = 0.0
-            self._learn(n, seconds)
-            if self._on_batch is not None:
-                self._on_batch(n, seconds)
-            # An answer may be a refusal (a YujingError value): it is a result, not a failure.
-            undelivered = 0
-            for (_, fut, _, _), ans in zip(batch, answers):
-                if fut.done():
-                    undelivered += 1
-                elif failure is not None:
-                    fut.set_exception(failure)
-                else:
-                    fut.set_result(ans)
-            if undelivered and self._on_drop is not None:
-                self._on_drop("undelivered", undelivered)
+        self._learn(n, seconds)
+        if self._on_batch is not None:
+            self._on_batch(n, seconds)
+        # An answer may be a refusal (a YujingError value): it is a result, not a failure.
+        undelivered = 0
+        for (_, fut, _, _), ans in zip(batch, answers):
+            if fut.done():
+                undelivered += 1
+            elif failure is not None:
+                fut.set_exception(failure)
+            else:
+                fut.set_result(ans)
+        if undelivered and self._on_drop is not None:
+            self._on_drop("undelivered", undelivered)

@@ -43,6 +43,9 @@ class Config:
     max_batch: int = setting(256, "turns per micro-batch (one model call and one kernel launch)")
     max_delay_ms: float = setting(2.0, "how long a batch waits for more turns while traffic is concurrent; "
                                        "a lone sequential caller is not held back")
+    batches_in_flight: int = setting(2, "micro-batches out at once: while one waits for the models, the next "
+                                        "(when a full one is queued) has its model call started; batches are "
+                                        "still applied in order (1: one batch at a time)")
     # admission control: unary and batch calls are refused (RESOURCE_EXHAUSTED) while this
     # many turns are accepted and not yet answered; streams are bounded by their window
     max_pending_turns: int = setting(32_768, "admission control: refuse Score/ScoreBatch (RESOURCE_EXHAUSTED) "
@@ -139,6 +142,7 @@ class Config:
         need(self.ttl_s > 0, "ttl_s", "must be > 0")
         need(self.evict_min_idle_s >= 0, "evict_min_idle_s", "must be >= 0")
         need(1 <= self.max_batch <= 65536, "max_batch", f"{self.max_batch}: expected 1 .. 65,536")
+        need(1 <= self.batches_in_flight <= 8, "batches_in_flight", f"{self.batches_in_flight}: expected 1 .. 8")
         need(0 <= self.max_delay_ms <= 1000, "max_delay_ms", f"{self.max_delay_ms}: expected 0 .. 1000")
         need(1 <= self.max_pending_turns <= 1 << 24, "max_pending_turns", "expected 1 .. 16,777,216")
         need(1 <= self.max_pending_rpcs <= 1 << 24, "max_pending_rpcs", "expected 1 .. 16,777,216")

@@ -11,12 +11,15 @@
       -> alerts the batch raises (alerts/detect.py), logged before the answers go out
 
 The model call is the only awaited step; everything after it runs synchronously on
-the event loop, one batch at a time, so batches are applied strictly in order and a
-turn's state change is visible to the next batch. A turn refused here (table full)
-changes nothing; every other refusal happens earlier, in :mod:`yujing.service.validate`.
+the event loop. Batches may overlap in the model call (the batcher starts the next batch's
+call while one is out: ``--batches-in-flight``), but they are applied strictly in the order
+:meth:`Engine.score` was called, so a turn's state change is visible to the next batch. A
+turn refused here (table full) changes nothing; every other refusal happens earlier, in
+:mod:`yujing.service.validate`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -73,6 +76,8 @@ class Engine:
         self._replay_seen: set | None = None
         self.batches = 0
         self.turns = 0
+        # the apply order: each score() call waits for the one called before it to be applied
+        self._last_applied = None
         # callback(stage, seconds) for each stage of a batch (metrics: yujing_batch_stage_seconds)
         self.on_stage = None
 
@@ -83,22 +88,54 @@ class Engine:
         Only the turns that will change state go to the models and the kernel: a retry
         already in the answer cache, or a repeat of an earlier turn of the same batch, is
         answered from the first one (``duplicate = True``) without being scored again.
+
+        Calls may overlap: their model calls run at the same time, and each is applied only
+        after the call made before it (in call order, whatever order the models answer in).
+        A batch planned while an earlier one was still unapplied looks its turns up again
+        once that one is applied: a retry of a turn of that batch is its duplicate, not a
+        second application.
         """
+        prev, done = self._last_applied, asyncio.get_running_loop().create_future()
+        self._last_applied = done
+        try:
+            return await self._score_after(items, prev)
+        finally:
+            done.set_result(None)
+
+    async def _score_after(self, items, prev) -> list:
+        """:meth:`score` once the batch before it (``prev``: its future, or None) is applied."""
         answers, run = plan(items, self.cached)
+        planned_at = self.batches
         fresh = [items[k] for k in run]
-        with_text = [j for j, it in enumerate(fresh) if it.turn.text]
-        t0 = time.perf_counter()
-        result = await self.router.classify([fresh[j].turn.text for j in with_text]) if with_text else None
+        result, models_s = await self._classify(fresh)
+        if prev is not None and not prev.done():
+            await prev
+        if self.batches != planned_at and fresh:      # applied since the plan: look again
+            answers, rerun = plan(items, self.cached)
+            if rerun != run:                          # a retry of a turn just applied (rare)
+                run, fresh = rerun, [items[k] for k in rerun]
+                result, models_s = await self._classify(fresh)
         if fresh:
             t1 = time.perf_counter()
             logged = self._log_batch(fresh, result)
             if self.on_stage is not None:
-                self.on_stage("models", t1 - t0)
+                self.on_stage("models", models_s)
                 self.on_stage("turn_log", time.perf_counter() - t1)
+            with_text = [j for j, it in enumerate(fresh) if it.turn.text]
             for k, a in zip(run, self._apply_kernel(fresh, with_text, result) if logged is None
                             else [logged] * len(fresh)):
                 answers[k] = a
         return resolve_repeats(answers)
+
+    async def _classify(self, fresh) -> tuple:
+        """The models' answer for the texts of ``fresh`` (None when none has text) and the
+        seconds it took."""
+        texts = [it.turn.text for it in fresh if it.turn.text]
+        if not texts:
+            return None, 0.0
+        t0 = time.perf_counter()
+        result = await self.router.classify(texts)
+        return result, time.perf_counter() - t0
 
     def _log_batch(self, fresh, result):
         """Write ``fresh`` ahead to the turn log; None when written (or no log is kept),

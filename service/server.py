@@ -681,7 +681,7 @@ class YujingServer:
         self._recover_state()
         self.batcher = MicroBatcher(self.engine.score, cfg.max_batch, cfg.max_delay_ms,
                                     on_batch=self.metrics.observe_batch, on_drop=self.metrics.observe_drop,
-                                    on_stage=self.metrics.observe_stage)
+                                    on_stage=self.metrics.observe_stage, in_flight_batches=cfg.batches_in_flight)
         self.batcher.start()
         self.admission = Admission(self.batcher, cfg.max_pending_turns, cfg.max_queue_ms / 1000.0,
                                    on_refuse=self.metrics.observe_refusal)

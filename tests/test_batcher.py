@@ -105,3 +105,69 @@ def test_a_cancelled_group_drops_its_turns_not_yet_scored_and_others_go_on():
     assert seen == [0, 1, 10, 11]                       # 2..5 never reached the engine
     # 0, 1 were being scored when the call went: applied, undelivered; 2..5 dropped unscored
     assert dropped == [("undelivered", 2), ("cancelled", 4)] and in_flight == 0
+
+
+def test_with_two_in_flight_the_next_full_batch_starts_while_one_waits_and_answers_keep_order():
+    started, running, most = [], [], [0]
+    first_may_end = None
+
+    async def process(items):
+        started.append(list(items))
+        running.append(1)
+        most[0] = max(most[0], len(running))
+        if items[0] == 0:
+            await first_may_end.wait()             # the first batch's models are slow
+        running.pop()
+        return [x * 10 for x in items]
+
+    async def main():
+        nonlocal first_may_end
+        first_may_end = asyncio.Event()
+        b = MicroBatcher(process, max_batch=2, max_delay_ms=0, in_flight_batches=2)
+        b.start()
+        group = b.submit_group(list(range(5)))     # two full batches queued behind the first
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if len(started) == 2:
+                break
+        out_at_once = len(started)
+        assert not group.done()
+        first_may_end.set()
+        answers = await group
+        await b.close()
+        return answers, out_at_once, b.in_flight
+
+    answers, out_at_once, in_flight = asyncio.run(main())
+    assert out_at_once == 2 and most[0] == 2       # never more than two out
+    assert answers == [0, 10, 20, 30, 40] and in_flight == 0
+    assert started == [[0, 1], [2, 3], [4]]
+
+
+def test_with_two_in_flight_a_partial_batch_waits_for_the_one_out():
+    started = []
+    first_may_end = None
+
+    async def process(items):
+        started.append(list(items))
+        if items[0] == 0:
+            await first_may_end.wait()
+        return items
+
+    async def main():
+        nonlocal first_may_end
+        first_may_end = asyncio.Event()
+        b = MicroBatcher(process, max_batch=4, max_delay_ms=0, in_flight_batches=2)
+        b.start()
+        g1 = b.submit_group([0, 1, 2, 3])
+        await asyncio.sleep(0.005)
+        g2 = b.submit_group([4, 5])               # less than a batch: not started beside the first
+        await asyncio.sleep(0.02)
+        seen_while_out = [list(x) for x in started]
+        first_may_end.set()
+        got = await g1, await g2
+        await b.close()
+        return seen_while_out, got
+
+    seen_while_out, got = asyncio.run(main())
+    assert seen_while_out == [[0, 1, 2, 3]]
+    assert got == ([0, 1, 2, 3], [4, 5])
