@@ -71,6 +71,8 @@ class Policy:
     alerts: AlertPolicy = field(default_factory=AlertPolicy)  # [alerts]: deadlines, chain, thresholds
     trend: TrendPolicy = field(default_factory=TrendPolicy)   # [trend]: queue windows, baselines, rules
     _warned: set = field(default_factory=set)
+    # escalation_from_masks' tables, built on first use
+    _esc_tables: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def emotion_weights(self, labels) -> np.ndarray:
         """The intensity each of an emotion model's labels stands for (0 for a label the
@@ -102,7 +104,17 @@ class Policy:
                            np.asarray(raises, np.int64), np.asarray(complaint, bool))
 
     def escalation_from_masks(self, masks: np.ndarray):
-        """Per-turn (level, raise, floor) of the strongest cues in each mask."""
+        """Per-turn (level, raise, floor) of the strongest cues in each mask: looked up in
+        tables of every mask value (:meth:`escalation_by_mask`, built once)."""
+        tables = self._esc_tables
+        if tables is None:
+            tables = self._esc_tables = self.escalation_by_mask(np.arange(1 << self.esc_level.shape[0]))
+        level, raise_, floor = tables
+        return level[masks], raise_[masks], floor[masks]
+
+    def escalation_by_mask(self, masks: np.ndarray):
+        """The definition: per mask, the largest level, raise and floor of its cue
+        categories (bit i = category i; 0 without a cue)."""
         n = masks.shape[0]
         level = np.zeros(n, np.float64)
         raise_ = np.zeros(n, np.int64)

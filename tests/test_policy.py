@@ -73,3 +73,22 @@ def test_emotion_weights_follow_the_models_labels():
     pol = load_policy()
     w = pol.emotion_weights(("neutral", "angry", "anxious", "unknown"))
     assert w.tolist() == [0.0, 1.0, 0.5, 0.0]     # anger weighs more than worry; unknown: 0
+
+
+def test_escalation_lookup_tables_equal_the_per_cue_definition():
+    """The per-turn (level, raise, floor) come from tables of every mask value; they equal
+    the strongest-cue definition on random masks, and a policy copied with other cue
+    levels gets its own tables."""
+    import dataclasses
+
+    import numpy as np
+
+    pol = load_policy()
+    k = pol.esc_level.shape[0]
+    masks = np.random.default_rng(3).integers(0, 1 << k, 2000)
+    masks[:k] = 1 << np.arange(k)
+    for got, want in zip(pol.escalation_from_masks(masks), pol.escalation_by_mask(masks)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert pol.escalation_from_masks(np.array([0]))[0][0] == 0.0
+    other = dataclasses.replace(pol, esc_level=pol.esc_level * 0.5)
+    assert np.allclose(other.escalation_from_masks(masks)[0], pol.escalation_from_masks(masks)[0] * 0.5)
