@@ -94,7 +94,7 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._on_batch = on_batch             # callback(size, seconds)
+        self._on_batch = on_batch             # callback(size, seconds from the batch's start to its answers)
         self._on_drop = on_drop               # callback(reason, n): "cancelled", "deadline", "undelivered"
         self._on_stage = on_stage             # callback("queue", the oldest turn's wait in seconds)
         self.in_flight = 0
@@ -277,7 +277,7 @@ class MicroBatcher:
             self._busy_until = 0.0
         self._learn(n, seconds)
         if self._on_batch is not None:
-            self._on_batch(n, seconds)
+            self._on_batch(n, now - started)       # the batch's own time, start to answers
         # An answer may be a refusal (a YujingError value): it is a result, not a failure.
         undelivered = 0
         for (_, fut, _, _), ans in zip(batch, answers):

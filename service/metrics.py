@@ -23,7 +23,7 @@ Metric names (all prefixed ``yujing_``):
     stream_messages_total{method,direction}    counter   messages on streaming RPCs
     undecodable_requests_total{method}         counter   requests whose bytes are not the method's message
     batch_size                                 histogram turns per micro-batch
-    batch_latency_seconds                      histogram engine time per micro-batch
+    batch_latency_seconds                      histogram engine time per micro-batch, start to answers
     model_call_latency_seconds{served_by}      histogram one router.classify (Triton or in-process)
     model_call_errors_total{kind}              counter   failed model calls / Triton trips
     triton_model_reloads_total{model}          counter   models the embedded Triton had unloaded, reloaded
