@@ -8,9 +8,13 @@ as it was, and under heavy load the models and the kernel work at the same time)
 are delivered batch by batch in order; the process function must apply overlapping calls in
 the order it was called (:meth:`yujing.service.engine.Engine.score` does).
 
-The gathering delay applies when traffic is concurrent, that is when the previous batch
-carried more than one turn: a lone caller is not held back for companions that are not
-coming (a sequential client sees the pipeline's own latency, not ``max_delay_ms`` on top).
+The gathering delay applies when traffic is concurrent and fast enough for the wait to
+pay: the previous batch carried more than one turn, and at the recent arrival rate at least
+``GATHER_MIN_TURNS`` more turns are expected within ``max_delay_ms``. A lone caller is not
+held back for companions that are not coming (a sequential client sees the pipeline's own
+latency, not ``max_delay_ms`` on top), and neither is moderate traffic, whose turns would
+mostly wait the whole delay for one or two companions (at 335 turns/s, p50 6.3 ms with the
+wait against 4.4 ms without, BENCHMARKS.md §8).
 Under load, turns also gather by themselves while the previous batch is being scored.
 
 A ScoreBatch request is submitted as one group, so its turns stay contiguous and in
@@ -81,6 +85,8 @@ class MicroBatcher:
     # the estimate's memory: each batch moves the averages this much towards itself (~20 batches)
     EWMA = 0.05
     LEARN_BATCHES = 16    # batches seen before the estimate is used
+    GATHER_MIN_TURNS = 2  # the turns a gathering wait must be expected to bring
+    RATE_WINDOW_S = 0.05  # the arrival rate: turns over windows of at least this long, averaged
 
     def __init__(self, process, max_batch: int = 256, max_delay_ms: float = 2.0, on_batch=None, on_drop=None,
                  on_stage=None, in_flight_batches: int = 1):
@@ -99,6 +105,10 @@ class MicroBatcher:
         self._on_stage = on_stage             # callback("queue", the oldest turn's wait in seconds)
         self.in_flight = 0
         self.last_batch_size = 0
+        self.arrivals = 0                     # turns submitted since start
+        self.arrival_rate = 0.0               # turns/s, recent (:meth:`_rate`)
+        self._rate_at = None                  # (loop time, arrivals) where the current window began
+        self._rate_windows = 0
         # the recent cost of scoring: seconds per batch and per turn (None until a batch ran)
         self.batch_s: float | None = None
         self.turn_s: float | None = None
@@ -132,6 +142,7 @@ class MicroBatcher:
         now = asyncio.get_running_loop().time()
         self._queue.extend((item, target, deadline, now) for item, target in pairs)
         self.in_flight += len(pairs)
+        self.arrivals += len(pairs)
         self._wakeup.set()
 
     def expected_wait_s(self, n: int = 1) -> float:
@@ -225,8 +236,7 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if (not self._out and len(self._queue) < self.max_batch and self.max_delay_s > 0
-                    and not self._closing and self.last_batch_size > 1):
+            if not self._out and self._should_gather(loop.time()):
                 await self._gather(loop)
             batch = self._take(loop.time())
             n = len(batch)
@@ -241,6 +251,26 @@ class MicroBatcher:
             # tasks take their first step in the order they are made: the engine sees its
             # score() calls in batch order
             self._out.append((batch, asyncio.ensure_future(self._process([b[0] for b in batch])), now))
+
+    def _should_gather(self, now: float) -> bool:
+        """Wait ``max_delay_s`` for companions before taking a batch? (The module docstring.)"""
+        return (len(self._queue) < self.max_batch and self.max_delay_s > 0 and not self._closing
+                and self.last_batch_size > 1 and self._rate(now) * self.max_delay_s >= self.GATHER_MIN_TURNS)
+
+    def _rate(self, now: float) -> float:
+        """The recent arrival rate (turns/s): the turns submitted over each window of at
+        least ``RATE_WINDOW_S``, averaged half and half with the estimate before it."""
+        if self._rate_at is None:
+            self._rate_at = (now, self.arrivals)
+            return self.arrival_rate
+        t0, n0 = self._rate_at
+        dt = now - t0
+        if dt >= self.RATE_WINDOW_S:
+            sample = (self.arrivals - n0) / dt
+            self.arrival_rate = sample if self._rate_windows == 0 else 0.5 * (self.arrival_rate + sample)
+            self._rate_windows += 1
+            self._rate_at = (now, self.arrivals)
+        return self.arrival_rate
 
     async def _gather(self, loop) -> None:
         """Wait up to ``max_delay_s`` for a full batch."""

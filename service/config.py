@@ -41,8 +41,9 @@ class Config:
               "(else the turn is refused RESOURCE_EXHAUSTED)")
     # micro-batcher
     max_batch: int = setting(256, "turns per micro-batch (one model call and one kernel launch)")
-    max_delay_ms: float = setting(2.0, "how long a batch waits for more turns while traffic is concurrent; "
-                                       "a lone sequential caller is not held back")
+    max_delay_ms: float = setting(2.0, "how long a batch waits for more turns while traffic is concurrent and "
+                                       "at least two more are expected in that time; a lone sequential caller "
+                                       "is not held back")
     batches_in_flight: int = setting(2, "micro-batches out at once: while one waits for the models, the next "
                                         "(when a full one is queued) has its model call started; batches are "
                                         "still applied in order (1: one batch at a time)")

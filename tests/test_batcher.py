@@ -3,6 +3,8 @@ in order), a concurrent burst is gathered into batches, a crash fails only its o
 batch, and close() drains what is queued."""
 import asyncio
 
+import pytest
+
 from yujing.service.batcher import MicroBatcher
 
 
@@ -171,3 +173,36 @@ def test_with_two_in_flight_a_partial_batch_waits_for_the_one_out():
     seen_while_out, got = asyncio.run(main())
     assert seen_while_out == [[0, 1, 2, 3]]
     assert got == ([0, 1, 2, 3], [4, 5])
+
+
+def test_the_arrival_rate_is_counted_over_windows():
+    async def main():
+        b = MicroBatcher(lambda items: asyncio.sleep(0, result=items), max_batch=256, max_delay_ms=2)
+        assert b._rate(100.0) == 0.0                    # the first window begins
+        b.submit_group(list(range(50)))
+        assert b._rate(100.01) == 0.0                   # shorter than a window: no estimate yet
+        assert b._rate(100.1) == pytest.approx(500.0)   # 50 turns in 0.1 s
+        b.submit_group(list(range(10)))
+        assert b._rate(100.2) == pytest.approx(0.5 * (500.0 + 100.0))  # averaged with the window before
+        assert b._rate(100.3) == pytest.approx(0.5 * (300.0 + 0.0))    # nothing arrived: the rate falls
+        b.refuse_queued(None)
+
+    asyncio.run(main())
+
+
+def test_a_batch_gathers_companions_only_when_enough_are_expected_within_the_delay():
+    async def main():
+        b = MicroBatcher(lambda items: asyncio.sleep(0, result=items), max_batch=256, max_delay_ms=2)
+        b.submit(1)
+        b._rate_at, b._rate_windows = (0.0, b.arrivals), 1
+        b.last_batch_size = 10
+        b.arrival_rate = 400.0                           # 0.8 turns expected in 2 ms: take what is there
+        slow = b._should_gather(0.01)
+        b.arrival_rate = 5000.0                          # 10 expected: wait for them
+        fast = b._should_gather(0.02)
+        b.last_batch_size = 1                            # a lone caller is never held back
+        lone = b._should_gather(0.03)
+        b.refuse_queued(None)
+        return slow, fast, lone
+
+    assert asyncio.run(main()) == (False, True, False)
