@@ -94,6 +94,7 @@ class MicroBatcher:
         self.in_flight_batches = in_flight_batches
         self._out: deque = deque()            # batches started: (entries, task, loop time started)
         self._last_done = 0.0                 # loop time the last batch was answered
+        self.overlapped = 0                   # batches started while another was out
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self._queue: deque = deque()          # (item, future or _Member, deadline: loop time or NO_DEADLINE, loop time queued)
@@ -248,6 +249,8 @@ class MicroBatcher:
             now = loop.time()
             if self.batch_s is not None:
                 self._busy_until = max(now, self._busy_until) + self.batch_s + n * self.turn_s
+            if self._out:
+                self.overlapped += 1
             # tasks take their first step in the order they are made: the engine sees its
             # score() calls in batch order
             self._out.append((batch, asyncio.ensure_future(self._process([b[0] for b in batch])), now))

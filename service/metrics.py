@@ -20,6 +20,7 @@ Metric names (all prefixed ``yujing_``):
     calls_unseen_total                         counter   started by gRPC core, never picked up by the service
     batch_stage_seconds{stage}                 histogram a micro-batch's queue, models, turn_log, features,
                                                          kernel, answers and alerts stages
+    batches_overlapped_total                   counter   batches started while another was out (--batches-in-flight)
     stream_messages_total{method,direction}    counter   messages on streaming RPCs
     undecodable_requests_total{method}         counter   requests whose bytes are not the method's message
     batch_size                                 histogram turns per micro-batch
@@ -149,6 +150,10 @@ class _TableCollector:
             self.m._pending = int(self.m._batcher.in_flight)
         pend.add_metric([], self.m._pending)
         yield pend
+        if self.m._batcher is not None:
+            yield CounterMetricFamily("yujing_batches_overlapped", "Micro-batches whose model call started while "
+                                      "another batch was out (--batches-in-flight)",
+                                      value=float(getattr(self.m._batcher, "overlapped", 0)))
 
     def describe(self):
         return []

@@ -137,10 +137,11 @@ def test_with_two_in_flight_the_next_full_batch_starts_while_one_waits_and_answe
         first_may_end.set()
         answers = await group
         await b.close()
-        return answers, out_at_once, b.in_flight
+        return answers, out_at_once, b.in_flight, b.overlapped
 
-    answers, out_at_once, in_flight = asyncio.run(main())
+    answers, out_at_once, in_flight, overlapped = asyncio.run(main())
     assert out_at_once == 2 and most[0] == 2       # never more than two out
+    assert overlapped == 1                         # [2, 3] beside [0, 1]; [4], partial, waited for them
     assert answers == [0, 10, 20, 30, 40] and in_flight == 0
     assert started == [[0, 1], [2, 3], [4]]
 

@@ -299,3 +299,26 @@ def test_the_interceptor_wraps_each_method_once_not_each_call(tmp_path_factory, 
         assert val(s, "yujing_stream_messages_total", method="ScoreStream", direction="sent") == 5
     finally:
         svc.stop()
+
+
+def test_overlapping_batches_over_real_grpc_keep_each_session_in_order_and_are_counted(tmp_path_factory):
+    """--batches-in-flight 2 with micro-batches of 4: a ScoreBatch of 64 turns of one session
+    is scored as 16 batches, the next full one started while one is out; the session's
+    turns are still applied one after another (its customer-turn count runs 1..64), and
+    the overlaps are counted in yujing_batches_overlapped_total."""
+    from yujing.service.config import Config
+    from tests.service_harness import ServiceThread, turn
+    from tests.service_models import in_process_repo
+
+    cfg = Config(port=0, models="in-process", model_repo=in_process_repo(tmp_path_factory), capacity=4096,
+                 agent_capacity=1024, metrics_port=0, drain_s=0.5, max_batch=4, batches_in_flight=2)
+    svc = ServiceThread(cfg).start()
+    try:
+        stub = svc.stub()
+        texts = ["hello", "where is my order?", "this is the third time I ask!", "我要投诉"]
+        batch = pb.TurnBatch(turns=[turn(session="ordered", turn_id=str(i), text=texts[i % 4]) for i in range(64)])
+        got = stub.ScoreBatch(batch, timeout=60)
+        assert [r.risk.customer_turns for r in got.results] == list(range(1, 65))
+        assert val(scrape(svc.srv.metrics.port), "yujing_batches_overlapped_total") >= 1
+    finally:
+        svc.stop()
