@@ -35,6 +35,7 @@ from yujing.service.pack import pack_turns, policy_lookups
 from yujing.service.policy import Policy
 from yujing.service.session_table import SessionTable
 from yujing.service.slots import resolve_slots
+from yujing.service.storage.segment_log import LogError
 
 log = logging.getLogger("yujing")
 
@@ -144,9 +145,11 @@ class Engine:
             return None
         try:
             self.turn_log.batch(fresh, result, max(it.now_ms for it in fresh))
-        except OSError as exc:
+        except (OSError, LogError) as exc:     # LogError: still failing since an earlier write
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
             log.error("turn log write failed; the batch of %d turns is refused: %s", len(fresh), exc)
-            return StateUnavailable(f"the service cannot write its turn log ({exc.strerror or exc}); "
+            return StateUnavailable(f"the service cannot write its turn log "
+                                    f"({getattr(cause, 'strerror', None) or cause or exc}); "
                                     "nothing was applied, retry later")
         return None
 

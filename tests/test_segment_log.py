@@ -19,6 +19,7 @@ from yujing.service.storage.segment_log import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
     LogCorrupt,
+    LogError,
     LogLocked,
     Record,
     SegmentLog,
@@ -519,3 +520,50 @@ def test_closed_log_refuses_work(tmp_path):
         log.read(0)
     with pytest.raises(ValueError):
         SegmentLog(tmp_path, durability="sometimes")
+
+
+def _fail_writes_past(size: int):
+    """Writes beyond ``size`` bytes of any file fail with EFBIG (a real refusal by the
+    kernel: RLIMIT_FSIZE, SIGXFSZ ignored), as a full disk refuses them; returns the undo."""
+    import resource
+
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, old_limit[1]))
+
+    def undo():
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+    return undo
+
+
+def test_after_a_failed_write_the_log_refuses_then_writes_again_by_itself_once_it_can(tmp_path):
+    import errno
+
+    log_ = SegmentLog(tmp_path / "log", segment_bytes=1 << 20)
+    for i in range(3):
+        log_.append(b"kept %d" % i, i)
+        log_.commit()
+    active = sorted((tmp_path / "log").glob("*.seg"))[-1]
+    undo = _fail_writes_past(active.stat().st_size + 10)
+    try:
+        log_.append(b"refused" * 10, 3)
+        with pytest.raises(OSError) as failed:
+            log_.commit()
+    finally:
+        undo()
+    assert failed.value.errno == errno.EFBIG
+    log_.RETRY_AFTER_FAILURE_S = 3600.0
+    log_._retry_at = float("inf")                    # the next try is not due yet: refused at once
+    with pytest.raises(LogError, match="tries again"):
+        log_.append(b"too early", 4)
+    log_._retry_at = 0.0                              # due: it opens itself again and writes
+    rid = log_.append(b"after", 5)
+    log_.commit()
+    assert rid == 4                                   # the refused record's id, never committed, given again
+    assert [r.payload for r in log_.read(0)] == [b"kept 0", b"kept 1", b"kept 2", b"after"]
+    log_.close()
+    again = SegmentLog(tmp_path / "log")
+    assert [r.payload for r in again.read(0)] == [b"kept 0", b"kept 1", b"kept 2", b"after"]
+    again.close()

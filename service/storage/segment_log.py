@@ -265,7 +265,13 @@ class SegmentLog:
     ``segment_bytes``: a segment's target size. ``retention_bytes`` / ``retention_ms``: what
     :meth:`enforce_retention` keeps (None: no limit). ``durability``: ``"none"``,
     ``"batch"`` or ``"fsync"``.
+
+    A write that fails (a full disk) fails its commit, and the log refuses to write until it
+    has opened itself again, which it tries at most every ``RETRY_AFTER_FAILURE_S``: once the
+    disk has room, writing goes on by itself, without a restart.
     """
+
+    RETRY_AFTER_FAILURE_S = 1.0
 
     def __init__(self, directory: str | os.PathLike, *, segment_bytes: int = 64 << 20,
                  retention_bytes: int | None = None, retention_ms: int | None = None,
@@ -289,6 +295,7 @@ class SegmentLog:
         self._dirty = False                   # written since the last fdatasync
         self._rfd, self._rfd_seg = -1, None   # one cached read fd for a closed segment
         self._failed: BaseException | None = None
+        self._retry_at = 0.0                  # monotonic time of the next try to write again after a failure
         self._closed = True
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_lock()
@@ -741,7 +748,40 @@ class SegmentLog:
             raise LogError(f"segment log {str(self.directory)!r} is closed")
 
     def _check_writable(self) -> None:
+        """Raise :class:`LogError` while a failed write (a full disk, say) keeps the log from
+        writing; every ``RETRY_AFTER_FAILURE_S`` it tries to open itself again first."""
         self._check_open()
-        if self._failed is not None:
-            raise LogError(f"segment log {str(self.directory)!r} failed a write earlier "
-                           f"({self._failed!r}); reopen it") from self._failed
+        if self._failed is None:
+            return
+        now = time.monotonic()
+        if now >= self._retry_at:
+            self._retry_at = now + self.RETRY_AFTER_FAILURE_S
+            failed = self._failed
+            try:
+                self._reopen()
+            except OSError as exc:
+                self._failed = exc
+            else:
+                log.warning("segment log %s: writing again after a failed write (%r)", self.directory, failed)
+                return
+        raise LogError(f"segment log {str(self.directory)!r} failed a write ({self._failed!r}); it tries "
+                       f"again every {self.RETRY_AFTER_FAILURE_S:g} s") from self._failed
+
+    def _reopen(self) -> None:
+        """After a failed write: drop what was appended and not committed, and open the
+        directory again as at start (its lock kept). The failed write was cut back
+        (:meth:`_write_out`), so the files hold whole records; the active segment is cut to
+        its committed end too, and ids not committed are given again, as after a crash."""
+        self._close_read_fd()
+        if self._fd >= 0:
+            try:
+                if self._segments and self._committed_end >= FILE_HEADER_SIZE:
+                    os.ftruncate(self._fd, self._committed_end)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+        self._segments = []
+        self._buf = bytearray()
+        self._dirty = False
+        self._recover()
+        self._failed = None
