@@ -775,7 +775,7 @@ class SegmentLog:
         self._close_read_fd()
         if self._fd >= 0:
             try:
-                if self._segments and self._committed_end >= FILE_HEADER_SIZE:
+                if self._segments:
                     os.ftruncate(self._fd, self._committed_end)
             finally:
                 os.close(self._fd)
