@@ -167,6 +167,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _accepts_connections(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def model_pythonpath(extra: Iterable[str | Path] = ()) -> list[str]:
     """The ``PYTHONPATH`` the model code needs inside the stub's embedded Python."""
     paths: list[str] = [str(p) for p in extra]
@@ -401,9 +409,12 @@ class TritonServer:
         return self._proc is not None and self._proc.poll() is None
 
     def is_ready(self, timeout_s: float = 1.0) -> bool:
-        """True when the process runs, the server is ready and every model in ``models``
-        is ready."""
+        """True when the process runs, the server is ready, every model in ``models`` is
+        ready and every endpoint it was asked to serve accepts connections (Triton opens
+        HTTP and metrics after gRPC answers)."""
         if not self.is_running():
+            return False
+        if not all(_accepts_connections(self.host, port, timeout_s) for port in self._extra_ports()):
             return False
         try:
             import tritonclient.grpc as grpcclient
@@ -416,6 +427,9 @@ class TritonServer:
                 client.close()
         except Exception:  # not up yet: connection refused, deadline, ...
             return False
+
+    def _extra_ports(self) -> list[int]:
+        return ([self.http_port] if self.allow_http else []) + ([self.metrics_port] if self.allow_metrics else [])
 
     def unready_models(self, timeout_s: float = 2.0) -> list[str]:
         """The models of ``models`` that the running server says are not ready (unloaded
