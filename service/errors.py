@@ -6,7 +6,7 @@
     ├── Overloaded         RESOURCE_EXHAUSTED  too many turns accepted and not yet answered
     ├── SessionNotFound    NOT_FOUND           GetSession / EndSession on an unknown session
     ├── ShuttingDown       UNAVAILABLE         the server is draining (or stopped before scoring it)
-    ├── StateUnavailable   UNAVAILABLE         the turn log cannot be written: nothing applied
+    ├── StateUnavailable   UNAVAILABLE         the turn (or alert) log cannot be written: nothing applied
     ├── Unauthenticated    UNAUTHENTICATED     no token, or one the tokens file does not hold
     ├── PermissionDenied   PERMISSION_DENIED   a tenant's token used for another tenant
     ├── QuotaExceeded      RESOURCE_EXHAUSTED  a tenant's live sessions or turns/s quota
@@ -67,8 +67,8 @@ class ShuttingDown(YujingError):
 
 
 class StateUnavailable(YujingError):
-    """The service cannot make a change durable (its turn log is not writable): the turns
-    are refused and nothing is applied."""
+    """The service cannot make a change durable (its turn log, or for an acknowledgement its
+    alert log, is not writable): the call is refused and nothing is applied."""
     code = grpc.StatusCode.UNAVAILABLE
 
 

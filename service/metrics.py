@@ -39,6 +39,8 @@ Metric names (all prefixed ``yujing_``):
     alerts_open                                gauge     alerts with a deadline, not yet acknowledged
     alert_ack_on_time_share{tenant,queue}      gauge     acknowledged by the deadline / (acknowledged + missed)
     alert_log_bytes, alert_log_dropped_total   gauge, counter  the alert log's size; alerts dropped by retention
+    alerts_unlogged, alerts_unlogged_dropped_total  gauge, counter  alerts waiting for the alert log to write
+                                                         again (a full disk); dropped past AlertHub.MAX_UNLOGGED
     webhook_{delivered,attempts,retries,dead_letters,dropped}_total  counters, webhook_queued gauge
     queue_health_index{tenant,queue}           gauge     README "Queue trends" (at most QUEUE_GAUGES queues,
     queue_negative_share{tenant,queue}         gauge     the rest folded into queue="other")
@@ -190,6 +192,11 @@ class _AlertCollector:
                                     value=float(stats.get("bytes", 0)) if isinstance(stats, dict) else 0.0)
             yield CounterMetricFamily("yujing_alert_log_dropped", "Alerts dropped from the log by retention",
                                       value=float(getattr(hub.log, "dropped_records", 0)))
+            yield GaugeMetricFamily("yujing_alerts_unlogged", "Alerts waiting for the alert log to write again "
+                                    "(a full disk); subscribers see them once logged", value=len(hub.unlogged))
+            yield CounterMetricFamily("yujing_alerts_unlogged_dropped",
+                                      "Alerts dropped while waiting for the alert log (over MAX_UNLOGGED)",
+                                      value=float(hub.unlogged_dropped))
         if sink is not None:
             for name in ("delivered", "attempts", "retries", "dead_letters", "dropped"):
                 yield CounterMetricFamily(f"yujing_webhook_{name}", f"Webhook {name.replace('_', ' ')}",

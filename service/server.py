@@ -537,9 +537,19 @@ class YujingServer:
                  time.perf_counter() - t0)
         return path
 
+    def _snapshot_waits(self) -> bool:
+        """True while alerts wait for the alert log (a full disk): a snapshot now would mark
+        them raised while the log lacks them, and let the turn log that raises them again
+        on a replay be dropped; the snapshot waits until they are logged."""
+        if self.hub is None or not self.hub.unlogged:
+            return False
+        log.warning("snapshot postponed: %d alerts wait for the alert log; the turn log keeps the turns "
+                    "that raised them", len(self.hub.unlogged))
+        return True
+
     def _take_snapshot(self) -> Path | None:
         """Write the tables now (the caller makes sure no batch is half applied)."""
-        if self._snapshot_dir() is None:
+        if self._snapshot_dir() is None or self._snapshot_waits():
             return None
         arrays, meta = self._snapshot_payload()
         path = self._write_snapshot(arrays, meta)
@@ -552,6 +562,8 @@ class YujingServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.snapshot_interval_s)
+            if self._snapshot_waits():
+                continue
             try:
                 arrays, meta = self._snapshot_payload()
                 await loop.run_in_executor(None, self._write_snapshot, arrays, meta)

@@ -29,7 +29,8 @@ from collections import Counter, namedtuple
 from yujing.service.alerts.events import AlertEvent
 from yujing.service.alerts.policy import AlertPolicy
 from yujing.service.contract import pb
-from yujing.service.errors import SessionNotFound, ShuttingDown
+from yujing.service.errors import SessionNotFound, ShuttingDown, StateUnavailable
+from yujing.service.storage.segment_log import LogError
 from yujing.service.validate import check_id
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def _priority_kernel(p: int) -> int:
 
 class AlertHub:
     RECENT = 65_536          # alerts served to live subscribers from memory
+    MAX_UNLOGGED = 65_536    # alerts kept waiting while the log cannot write (then the oldest go)
 
     def __init__(self, alert_log, policy_version: str, policy: AlertPolicy, clock, webhook=None):
         self.log = alert_log
@@ -103,6 +105,8 @@ class AlertHub:
         self.ack_stats: dict = {}                   # (tenant, queue) -> [on_time, late, missed]
         self.subscribers = 0
         self.closing = False
+        self.unlogged: list = []      # (AlertEvent, raised at ms) the log could not write yet
+        self.unlogged_dropped = 0
         self._restore()
 
     # -- start ---------------------------------------------------------------------------
@@ -177,16 +181,37 @@ class AlertHub:
         return a
 
     def publish(self, events: list, now_ms: int | None = None) -> list:
-        """Number, log (one commit) and send ``events``; returns the ``pb.Alert`` messages."""
-        if not events:
-            return []
+        """Number, log (one commit) and send ``events``; returns the ``pb.Alert`` messages.
+
+        If the log cannot write them (a full disk), they wait in :attr:`unlogged`, in order,
+        unnumbered and unseen by subscribers, and every later call (a batch's, or the
+        scheduler's :meth:`tick`) tries them again first; the batch that raised them is
+        answered as usual: its turns are applied and in the turn log, whose replay would
+        raise them again after a crash (:meth:`Server._take_snapshot` waits while any wait)."""
         now = self.clock() if now_ms is None else now_ms
+        if self.unlogged:
+            events = [*self.unlogged, *((e, now) for e in events)]
+        elif not events:
+            return []
+        else:
+            events = [(e, now) for e in events]
         out = []
-        for e in events:
-            a = self._to_alert(e, now)
-            a.id = self.log.append(REC_ALERT + a.SerializeToString(), now)
-            out.append(a)
-        self.log.commit()
+        try:
+            for e, raised_at in events:
+                a = self._to_alert(e, raised_at)
+                a.id = self.log.append(REC_ALERT + a.SerializeToString(), raised_at)
+                out.append(a)
+            self.log.commit()
+        except (OSError, LogError) as exc:     # uncommitted appends are dropped, their ids given again
+            if not self.unlogged:
+                log.error("alert log write failed; %d alerts wait in memory and are tried again with the next "
+                          "batch or scheduler pass: %s", len(events), exc)
+            self.unlogged = events[-self.MAX_UNLOGGED:]
+            self.unlogged_dropped += len(events) - len(self.unlogged)
+            return []
+        if self.unlogged:
+            log.warning("alert log writing again: %d alerts that waited are logged", len(self.unlogged))
+            self.unlogged = []
         for a in out:
             self._remember(a)
             self.raised[pb.AlertKind.Name(a.kind)] += 1
@@ -255,8 +280,14 @@ class AlertHub:
         ack = pb.Acknowledgement(by=req.by, time_ms=now, note=req.note,
                                  on_time=not a.deadline_ms or now <= a.deadline_ms)
         rec = pb.Alert(tenant_id=a.tenant_id, queue=a.queue, ack=ack)
-        self.log.append(REC_ACK + rec.SerializeToString(), now)
-        self.log.commit()
+        try:
+            self.log.append(REC_ACK + rec.SerializeToString(), now)
+            self.log.commit()
+        except (OSError, LogError) as exc:
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            raise StateUnavailable(f"the service cannot write its alert log "
+                                   f"({getattr(cause, 'strerror', None) or cause or exc}); the acknowledgement "
+                                   "was not recorded, retry later") from exc
         self._acks[a.id] = ack
         self._count_ack(a, ack.on_time, self._open.pop(a.id, None) is not None)
         out.ack.CopyFrom(ack)
