@@ -12,7 +12,8 @@ So the alert ids are the log's record ids: strictly increasing and never reused,
 across restarts, but not contiguous (an acknowledgement takes an id too). The alerts of a
 batch are appended and committed together, before any subscriber sees them and before the
 batch's answers are sent: an alert a subscriber has seen is in the log, and a subscriber
-that resumes from its last id misses none and sees none twice.
+that resumes from its last id misses none and sees none twice. (If the log cannot write
+them, they wait, unnumbered and unseen, and are logged first once it can: ``publish``.)
 
 At start the retained log is read once: the acknowledgements, the alerts whose deadline
 is still open (so an escalation due while the service was down is raised at the first
