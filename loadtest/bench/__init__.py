@@ -11,6 +11,7 @@
     yujing bench alerts  [--json FILE] [--alert-turns 40000] ...                (loadtest/bench/alerts.py)
     yujing bench closed  [--duration 10] [--baseline DIR [--rounds N]] [--out FILE] (loadtest/bench/closed.py)
     yujing bench answers [--out FILE]                                           (loadtest/bench/answers.py)
+    yujing bench lone    [--seconds 1.5] [--out FILE]                           (loadtest/bench/lone.py)
 
 kernels: session updates per second of the CPU kernel (one thread) over tables of
 each size and for each batch size, turns spread uniformly over the live sessions, and
@@ -440,6 +441,9 @@ def _run(args) -> int:
     elif args.suite == "trends":
         from yujing.loadtest.bench.trends import bench_trends
         result = bench_trends(batches=tuple(args.batch or (1, 16, 256)), seconds=args.seconds)
+    elif args.suite == "lone":
+        from yujing.loadtest.bench.lone import bench_lone
+        result = bench_lone(seconds=args.seconds)
     elif args.suite == "alerts":       # its own table and JSON (loadtest/bench/alerts.py)
         from yujing.loadtest.bench.alerts import run as run_alerts
         return run_alerts(args)
@@ -465,13 +469,13 @@ def _run(args) -> int:
 def add_subcommand(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its JSON")
     p.add_argument("suite", choices=("kernels", "peer", "models", "e2e", "closed", "projection", "alerts",
-                                          "durability", "featurize", "heads", "answers", "trends"))
+                                          "durability", "featurize", "heads", "answers", "trends", "lone"))
     p.add_argument("--sessions", type=int, nargs="+", default=[10_000, 1 << 20, 1 << 22],
                    help="kernels: table sizes")
     p.add_argument("--batch", type=int, nargs="+", default=None,
                    help="kernels: batch sizes (default 256..65536); peer: the kernel's batch (4096); "
                         "models, heads: batch sizes (default 1 8 64 256 1024); featurize: (default 1 256 4096); trends: (default 1 16 256)")
-    p.add_argument("--seconds", type=float, default=1.5, help="seconds per measured point")
+    p.add_argument("--seconds", type=float, default=1.5, help="seconds per measured point (lone: per hop)")
     p.add_argument("--turns", type=int, default=1_000_000, help="peer: turns in the replayed log")
     p.add_argument("--peer-sessions", type=int, default=20_000, help="peer: sessions in the log")
     p.add_argument("--ref-turns", type=int, default=3_000, help="peer: turns of the reference sample")
