@@ -540,8 +540,12 @@ class YujingServer:
     def _snapshot_waits(self) -> bool:
         """True while alerts wait for the alert log (a full disk): a snapshot now would mark
         them raised while the log lacks them, and let the turn log that raises them again
-        on a replay be dropped; the snapshot waits until they are logged."""
+        on a replay be dropped; the snapshot waits until they are logged (tried once more
+        here first)."""
         if self.hub is None or not self.hub.unlogged:
+            return False
+        self.hub.publish([], _now_ms())
+        if not self.hub.unlogged:
             return False
         log.warning("snapshot postponed: %d alerts wait for the alert log; the turn log keeps the turns "
                     "that raised them", len(self.hub.unlogged))
