@@ -9,7 +9,7 @@
     yujing bench featurize [--batch 1 256 4096] [--out FILE]                    (loadtest/bench/featurize.py)
     yujing bench trends  [--batch 1 16 256] [--out FILE]                        (loadtest/bench/trends.py)
     yujing bench alerts  [--json FILE] [--alert-turns 40000] ...                (loadtest/bench/alerts.py)
-    yujing bench closed  [--duration 10] [--baseline DIR [--rounds N]] [--out FILE] (loadtest/bench/closed.py)
+    yujing bench closed  [--duration 10] [--modes ...] [--baseline DIR [--rounds N]] [--out FILE] (loadtest/bench/closed.py)
     yujing bench answers [--out FILE]                                           (loadtest/bench/answers.py)
     yujing bench lone    [--seconds 1.5] [--out FILE]                           (loadtest/bench/lone.py)
 
@@ -486,6 +486,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--baseline", type=Path, default=None,
                    help="closed: also measure another checkout's service (a folder with its own .venv, "
                         "e.g. the main branch's), mode by mode beside this one")
+    p.add_argument("--modes", nargs="+", default=None, choices=("batch", "unary", "stream", "sequential"),
+                   help="closed: the modes to measure (default: all)")
     p.add_argument("--rounds", type=int, default=1,
                    help="closed with --baseline: rounds per mode, the order alternating; ratios of the medians")
     p.add_argument("--out", type=Path, default=None)

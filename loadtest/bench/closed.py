@@ -1,7 +1,7 @@
 """``yujing bench closed``: closed-loop throughput and the service's own CPU per turn,
 the service against the bare echo server, in one run (issue 13's table).
 
-    yujing bench closed [--duration 10] [--out bench_results/closed.json]
+    yujing bench closed [--duration 10] [--modes batch unary stream sequential] [--out bench_results/closed.json]
 
 Closed loop: a fixed number of callers, each sending its next call as soon as the last
 answer came, every turn a fresh (session, turn id), so nothing is answered from the
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -167,11 +168,24 @@ def _median_round(rounds: list[dict]) -> dict:
 
 
 def _serve(py: str, cwd=None):
+    """``yujing serve`` in a child process with a fresh data directory (the default
+    durability: the turn log on); :func:`_stop` stops it and removes the directory."""
     from yujing.loadtest.bench.e2e import Child
 
-    state = tempfile.mkdtemp(prefix="yujing-bench-state-")      # the default durability: the turn log on
-    return Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--data-dir", state],
-                 r"yujing serving on [\d.]+:(\d+)", cwd=cwd)
+    state = tempfile.mkdtemp(prefix="yujing-bench-state-")
+    child = Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--data-dir", state],
+                  r"yujing serving on [\d.]+:(\d+)", cwd=cwd)
+    child.state_dir = state
+    return child
+
+
+def _stop(child) -> None:
+    """Stop a :func:`_serve` child and remove its data directory (a run's turn logs add up:
+    they once filled this machine's disk)."""
+    try:
+        child.stop()
+    finally:
+        shutil.rmtree(getattr(child, "state_dir", ""), ignore_errors=True)
 
 
 def bench_closed(args) -> dict:
@@ -179,6 +193,7 @@ def bench_closed(args) -> dict:
 
     duration = float(getattr(args, "duration", 10.0) or 10.0)
     baseline = getattr(args, "baseline", None)
+    modes = tuple(m for m in MODES if m in (getattr(args, "modes", None) or MODES))
     py = sys.executable
     out: dict = {"duration_s_per_point": duration, "cores_shared": os.cpu_count(),
                  "note": "closed loop, fresh turn ids; server, Triton and the client share the cores"}
@@ -188,7 +203,7 @@ def bench_closed(args) -> dict:
     try:
         out["canned_turnrisk_bytes"] = _capture_answer(svc.port, canned)
         if baseline is None:
-            out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc")
+            out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc", modes)
         else:
             root = Path(baseline).resolve()
             base = _serve(str(root / ".venv" / "bin" / "python"), cwd=root)
@@ -196,9 +211,9 @@ def bench_closed(args) -> dict:
             rounds = max(1, int(getattr(args, "rounds", 1) or 1))
             out["rounds"] = rounds
             out["baseline"], out["service"] = {}, {}
-            out["baseline_rounds"], out["service_rounds"] = {m: [] for m in MODES}, {m: [] for m in MODES}
+            out["baseline_rounds"], out["service_rounds"] = {m: [] for m in modes}, {m: [] for m in modes}
             sides = {"baseline": base, "service": svc}
-            for mode in MODES:         # mode by mode, both servers up, the order alternating by round
+            for mode in modes:         # mode by mode, both servers up, the order alternating by round
                 for r in range(rounds):
                     for side in (("baseline", "service") if r % 2 == 0 else ("service", "baseline")):
                         s = sides[side]
@@ -207,17 +222,17 @@ def bench_closed(args) -> dict:
                 for side in ("baseline", "service"):
                     out[side][mode] = _median_round(out[f"{side}_rounds"][mode])
             out["ratios_service_over_baseline"] = {
-                m: round(out["service"][m]["turns_per_s"] / out["baseline"][m]["turns_per_s"], 3) for m in MODES}
+                m: round(out["service"][m]["turns_per_s"] / out["baseline"][m]["turns_per_s"], 3) for m in modes}
     finally:
-        svc.stop()
+        _stop(svc)
         if base is not None:
-            base.stop()
+            _stop(base)
     echo = Child([py, "-m", "yujing.loadtest.bench.e2e", "echo", "--port", "0", "--canned", canned],
                  r"echo serving on [\d.]+:(\d+)")
     try:
-        out["echo"] = _measure(f"127.0.0.1:{echo.port}", echo.proc.pid, duration, "echo")
+        out["echo"] = _measure(f"127.0.0.1:{echo.port}", echo.proc.pid, duration, "echo", modes)
     finally:
         echo.stop()
     out["ratios_service_over_echo"] = {m: round(out["service"][m]["turns_per_s"] / out["echo"][m]["turns_per_s"], 3)
-                                       for m in MODES if m != "sequential"}
+                                       for m in modes if m != "sequential"}
     return out

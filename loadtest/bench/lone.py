@@ -218,13 +218,13 @@ def bench_grpc(seconds: float) -> dict:
 def bench_service(seconds: float) -> dict:
     """``yujing serve`` (embedded Triton, turn log on): the whole of a lone turn, to put
     beside the sum of its hops."""
-    from yujing.loadtest.bench.closed import _serve
+    from yujing.loadtest.bench.closed import _serve, _stop
 
     svc = _serve(sys.executable)
     try:
         return _sequential(svc.port, svc.proc.pid, seconds, "svc")
     finally:
-        svc.stop()
+        _stop(svc)
 
 
 def bench_lone(seconds: float = 1.5) -> dict:
