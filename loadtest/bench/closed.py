@@ -19,11 +19,14 @@ per turn. The echo server answers with a TurnRisk captured from the service in t
 
 ``--baseline DIR``: also the service of another checkout (``DIR``, with its own
 ``.venv``; e.g. the main branch's), both services up at once and measured mode by mode
-under the same load: ``ratios_service_over_baseline``. With ``--rounds N`` each mode is
-measured N times on each, the order alternating (baseline first in even rounds), every
-round with fresh session and turn ids (a repeated id would be answered from the
-idempotency window); the ratio is of the medians, and every round is kept. On a shared
-machine one round apart can differ by 10-20 %: a ratio from one round is not a figure.
+under the same load: ``ratios_service_over_baseline``. With ``--rounds N`` there are N
+rounds; each starts both services afresh, the baseline first in even rounds and the
+service first in odd ones (the first-started server had an 8-11 % ScoreBatch advantage in
+session 15's runs), and measures each mode on both in the same alternating order, with
+fresh session and turn ids (a repeated id would be answered from the idempotency window).
+The ratio is of the medians, and every round is kept. Use an even N so that each side is
+started first equally often. On a shared machine one round apart can differ by 10-20 %: a
+ratio from one round is not a figure.
 """
 from __future__ import annotations
 
@@ -188,6 +191,49 @@ def _stop(child) -> None:
         shutil.rmtree(getattr(child, "state_dir", ""), ignore_errors=True)
 
 
+def _start_pair(py: str, root: Path, first: str) -> dict:
+    """Both services, ``first`` ("baseline" or "service") started first."""
+    order = ("baseline", "service") if first == "baseline" else ("service", "baseline")
+    started: dict = {}
+    try:
+        for side in order:
+            started[side] = (_serve(str(root / ".venv" / "bin" / "python"), cwd=root) if side == "baseline"
+                             else _serve(py))
+    except BaseException:
+        for child in started.values():
+            _stop(child)
+        raise
+    return started
+
+
+def _against_baseline(py: str, root: Path, modes, duration: float, rounds: int) -> dict:
+    """Each round starts both services afresh, the one started first alternating (in two-
+    server runs the first-started had an 8-11 % ScoreBatch advantage, BENCHMARKS.md section
+    8, session 15), and measures every mode on both, the order alternating too."""
+    out: dict = {"baseline_checkout": str(root), "rounds": rounds, "started_first": [],
+                 "baseline": {}, "service": {},
+                 "baseline_rounds": {m: [] for m in modes}, "service_rounds": {m: [] for m in modes}}
+    for r in range(rounds):
+        first = "baseline" if r % 2 == 0 else "service"
+        out["started_first"].append(first)
+        sides = _start_pair(py, root, first)
+        try:
+            for mode in modes:
+                for side in (("baseline", "service") if r % 2 == 0 else ("service", "baseline")):
+                    s = sides[side]
+                    got = _measure(f"127.0.0.1:{s.port}", s.proc.pid, duration, f"{side[:4]}-r{r}", (mode,))
+                    out[f"{side}_rounds"][mode].append(got[mode])
+        finally:
+            for child in sides.values():
+                _stop(child)
+    for mode in modes:
+        for side in ("baseline", "service"):
+            out[side][mode] = _median_round(out[f"{side}_rounds"][mode])
+    out["ratios_service_over_baseline"] = {
+        m: round(out["service"][m]["turns_per_s"] / out["baseline"][m]["turns_per_s"], 3) for m in modes}
+    return out
+
+
 def bench_closed(args) -> dict:
     from yujing.loadtest.bench.e2e import Child, _capture_answer
 
@@ -199,34 +245,15 @@ def bench_closed(args) -> dict:
                  "note": "closed loop, fresh turn ids; server, Triton and the client share the cores"}
     canned = tempfile.NamedTemporaryFile(prefix="yujing-canned-", suffix=".bin", delete=False).name
     svc = _serve(py)
-    base = None
     try:
         out["canned_turnrisk_bytes"] = _capture_answer(svc.port, canned)
         if baseline is None:
             out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc", modes)
-        else:
-            root = Path(baseline).resolve()
-            base = _serve(str(root / ".venv" / "bin" / "python"), cwd=root)
-            out["baseline_checkout"] = str(root)
-            rounds = max(1, int(getattr(args, "rounds", 1) or 1))
-            out["rounds"] = rounds
-            out["baseline"], out["service"] = {}, {}
-            out["baseline_rounds"], out["service_rounds"] = {m: [] for m in modes}, {m: [] for m in modes}
-            sides = {"baseline": base, "service": svc}
-            for mode in modes:         # mode by mode, both servers up, the order alternating by round
-                for r in range(rounds):
-                    for side in (("baseline", "service") if r % 2 == 0 else ("service", "baseline")):
-                        s = sides[side]
-                        got = _measure(f"127.0.0.1:{s.port}", s.proc.pid, duration, f"{side[:4]}-r{r}", (mode,))
-                        out[f"{side}_rounds"][mode].append(got[mode])
-                for side in ("baseline", "service"):
-                    out[side][mode] = _median_round(out[f"{side}_rounds"][mode])
-            out["ratios_service_over_baseline"] = {
-                m: round(out["service"][m]["turns_per_s"] / out["baseline"][m]["turns_per_s"], 3) for m in modes}
     finally:
         _stop(svc)
-        if base is not None:
-            _stop(base)
+    if baseline is not None:
+        out.update(_against_baseline(py, Path(baseline).resolve(), modes, duration,
+                                     max(1, int(getattr(args, "rounds", 1) or 1))))
     echo = Child([py, "-m", "yujing.loadtest.bench.e2e", "echo", "--port", "0", "--canned", canned],
                  r"echo serving on [\d.]+:(\d+)")
     try:
