@@ -56,13 +56,30 @@ def _group_cpu_s(pgid: int) -> float:
     return total
 
 
-def _rounds(measure, seconds: float) -> dict:
-    """``measure(idle_s, seconds)`` in ROUNDS alternating rounds of each way; the median
-    round of each (by its first figure)."""
-    got = {"back_to_back": [], "idle": []}
+def _ways(r: int) -> tuple:
+    return ("back_to_back", "idle") if r % 2 == 0 else ("idle", "back_to_back")
+
+
+def _alternate(measure, seconds: float) -> dict:
+    """``measure(idle_s, span)`` in ROUNDS rounds of each way, the order alternating."""
+    got: dict = {"back_to_back": [], "idle": []}
     for r in range(ROUNDS):
-        for way in (("back_to_back", "idle") if r % 2 == 0 else ("idle", "back_to_back")):
+        for way in _ways(r):
             got[way].append(measure(IDLE_S if way == "idle" else 0.0, seconds / ROUNDS))
+    return got
+
+
+async def _alternate_async(measure, seconds: float) -> dict:
+    """:func:`_alternate` of a coroutine function."""
+    got: dict = {"back_to_back": [], "idle": []}
+    for r in range(ROUNDS):
+        for way in _ways(r):
+            got[way].append(await measure(IDLE_S if way == "idle" else 0.0, seconds / ROUNDS))
+    return got
+
+
+def _medians(got: dict) -> dict:
+    """Each way's median round (by its first figure), and that figure of every round."""
     out = {}
     for way, rows in got.items():
         key = next(iter(rows[0]))
@@ -99,7 +116,7 @@ def bench_engine(seconds: float) -> dict:
         return {"us_per_batch": round(busy / n * 1e6, 1), "batches": n,
                 **{f"{s}_us": round(v / n * 1e6, 1) for s, v in stages.items()}}
 
-    return _rounds(measure, seconds)
+    return _medians(_alternate(measure, seconds))
 
 
 # -- triton ---------------------------------------------------------------------------------
@@ -140,21 +157,14 @@ def bench_triton(seconds: float) -> dict:
                         "triton_cpu_us_per_call": round((g1 - g0) / n * 1e6, 1),
                         **{f"triton_{k}_us": round((s1[k] - s0[k]) / n / 1e3, 1) for k in s0}}
 
-            got = {"back_to_back": [], "idle": []}
-            for r in range(ROUNDS):
-                for way in (("back_to_back", "idle") if r % 2 == 0 else ("idle", "back_to_back")):
-                    got[way].append(await calls(IDLE_S if way == "idle" else 0.0, seconds / ROUNDS))
+            got = await _alternate_async(calls, seconds)
             await client.close()
             return got
 
         import uvloop
         got = uvloop.run(run_all())
         stats_client.close()
-    out = {}
-    for way, rows in got.items():
-        out[way] = sorted(rows, key=lambda x: x["p50_ms"])[(len(rows) - 1) // 2]
-        out[way + "_rounds"] = [x["p50_ms"] for x in rows]
-    return out
+    return _medians(got)
 
 
 # -- grpc and the whole service ----------------------------------------------------------------
@@ -190,18 +200,9 @@ def _sequential(port: int, pid: int, seconds: float, tag: str) -> dict:
                 return {"p50_ms": round(statistics.median(lat) * 1e3, 3), "calls": len(lat),
                         "server_cpu_us_per_call": round((_proc_cpu_s(pid) - c0) / len(lat) * 1e6, 1)}
 
-            got = {"back_to_back": [], "idle": []}
-            for r in range(ROUNDS):
-                for way in (("back_to_back", "idle") if r % 2 == 0 else ("idle", "back_to_back")):
-                    got[way].append(await calls(IDLE_S if way == "idle" else 0.0, seconds / ROUNDS))
-            return got
+            return await _alternate_async(calls, seconds)
 
-    got = uvloop.run(run_all())
-    out = {}
-    for way, rows in got.items():
-        out[way] = sorted(rows, key=lambda x: x["p50_ms"])[(len(rows) - 1) // 2]
-        out[way + "_rounds"] = [x["p50_ms"] for x in rows]
-    return out
+    return _medians(uvloop.run(run_all()))
 
 
 def bench_grpc(seconds: float) -> dict:
