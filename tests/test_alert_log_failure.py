@@ -76,3 +76,31 @@ def test_alerts_wait_for_the_alert_log_and_are_logged_in_order_once_it_writes(tm
             assert svc.call(lambda s: s._take_snapshot()) is not None
     finally:
         svc.stop()
+
+
+def test_a_waiting_alert_keeps_its_raise_time_and_its_deadline_runs_from_when_it_is_logged(tmp_path):
+    """The hub alone on a real segment log: an alert raised while the log cannot write is
+    logged at the next try that can, with its own raise time; subscribers could not see
+    it before, so its response deadline counts from then; newer alerts come after it."""
+    from yujing.service.alerts.events import AlertEvent
+    from yujing.service.alerts.hub import AlertHub
+    from yujing.service.policy import load_policy
+    from yujing.service.storage.segment_log import SegmentLog
+
+    pol = load_policy()
+    clock = [1_000_000]
+    hub = AlertHub(SegmentLog(tmp_path / "alerts"), pol.version, pol.alerts, lambda: clock[0])
+    hub.publish([AlertEvent("LEVEL_RISE", "t", session_id="before", level=2, priority=2)])
+    undo = _fail_writes_past(_segments(tmp_path / "alerts")[-1].stat().st_size + 16)
+    try:
+        assert hub.publish([AlertEvent("LEVEL_RISE", "t", session_id="waits", level=3, priority=4)]) == []
+    finally:
+        undo()
+    assert [e.session_id for e, _ in hub.unlogged] == ["waits"]
+    clock[0] += 60_000
+    hub.log._retry_at = 0.0                                  # the disk has room again
+    out = hub.publish([AlertEvent("LEVEL_RISE", "t", session_id="newer", level=2, priority=2)])
+    assert [a.session_id for a in out] == ["waits", "newer"] and out[0].id < out[1].id
+    assert out[0].time_ms == 1_000_000                        # raised then
+    assert out[0].deadline_ms == 1_060_000 + pol.alerts.deadline_ms(4)   # visible from now
+    assert hub.unlogged == [] and [a.session_id for a in hub.after(0)] == ["before", "waits", "newer"]

@@ -165,7 +165,9 @@ class AlertHub:
             self._stats(a.tenant_id, a.queue)[0 if on_time else 1] += 1
 
     # -- raising -------------------------------------------------------------------------
-    def _to_alert(self, e: AlertEvent, now_ms: int) -> "pb.Alert":
+    def _to_alert(self, e: AlertEvent, now_ms: int, visible_ms: int | None = None) -> "pb.Alert":
+        """The alert of ``e`` raised at ``now_ms``; its response deadline runs from
+        ``visible_ms`` (default ``now_ms``), when subscribers can first see it."""
         a = pb.Alert(kind=pb.AlertKind.Value(e.kind), tenant_id=e.tenant_id, queue=e.queue,
                      session_id=e.session_id, agent_id=e.agent_id, level=e.level + 1,
                      priority=e.priority + 1, turn_id=e.turn_id, time_ms=now_ms,
@@ -178,7 +180,7 @@ class AlertHub:
         for k, v in e.figures.items():
             a.figures[k] = float(v)
         respond = self.policy.deadline_ms(e.priority)
-        a.deadline_ms = now_ms + respond if respond else 0
+        a.deadline_ms = (now_ms if visible_ms is None else visible_ms) + respond if respond else 0
         return a
 
     def publish(self, events: list, now_ms: int | None = None) -> list:
@@ -199,7 +201,7 @@ class AlertHub:
         out = []
         try:
             for e, raised_at in events:
-                a = self._to_alert(e, raised_at)
+                a = self._to_alert(e, raised_at, now)    # a waiting alert's deadline runs from now
                 a.id = self.log.append(REC_ALERT + a.SerializeToString(), raised_at)
                 out.append(a)
             self.log.commit()
