@@ -20,14 +20,14 @@ from yujing.kernels import answers as _K
 # checks every entry against reason_texts.
 WORDS_KIND = {
     "sentiment_ewma": _K.W_SIGNED_2F,
-    "neg_share_turns": _K.W_PCT, "neg_share_window": _K.W_PCT, "dissatisfaction": _K.W_PCT,
+    "neg_share_turns": _K.W_PCT, "neg_share_window": _K.W_PCT, "dissatisfaction": _K.W_PCT, "intensity": _K.W_PCT,
     "consecutive_negative": _K.W_INT, "repeat_complaints": _K.W_INT, "transfers": _K.W_INT,
     "bot_turns_unhandled": _K.W_INT, "agent_fatigue": _K.W_INT,
     "message_rate": _K.W_F0,
     "response_delay_sla": _K.W_SLA, "unanswered_wait_sla": _K.W_SLA,
     "session_minutes": _K.W_DUR60,
     "sentiment_trend": _K.W_CONST, "peak_negativity": _K.W_CONST, "negation_share": _K.W_CONST,
-    "intensity": _K.W_CONST, "escalation": _K.W_CONST, "intent_exposure": _K.W_CONST, "anger": _K.W_CONST,
+    "escalation": _K.W_CONST, "intent_exposure": _K.W_CONST, "anger": _K.W_CONST,
 }
 
 
@@ -79,7 +79,8 @@ def reason_texts(indicator: str, value: float, sla_s: float | None = None) -> tu
     if indicator == "negation_share":
         return ("the customer keeps saying no / not", "客户频繁使用否定词")
     if indicator == "intensity":
-        return ("the customer's messages are intense (!!, ??, capitals)", "客户语气激烈（感叹号、问号、大写）")
+        return (f"the customer's tone is {_pct(v)} intense (!!, ??, capitals, the emotion)",
+                f"客户语气强度 {_pct(v)}（感叹号、问号、大写、情绪）")
     if indicator == "escalation":
         return ("the customer asked for a manager, complained formally or threatened to go public",
                 "客户要求升级（找主管、正式投诉、曝光或投诉到监管）")

@@ -31,6 +31,15 @@ def test_texts_are_one_session_and_print_readably(svc):
         session_id="cli-1")).customer_turns == 2
 
 
+def test_reasons_print_as_words_in_the_turns_language(svc):
+    r = _score(svc, "都三天了还没到，我要投诉！", "This is unacceptable, I want to speak to your manager!")
+    assert r.returncode == 0, r.stderr
+    zh, en = r.stdout.split("customer: This is unacceptable")
+    assert "because  客户要求升级" in zh and "the customer asked for a manager" not in zh
+    assert "because  the customer asked for a manager" in en and "客户" not in en
+    assert "(+0.0)" not in r.stdout          # a reason that adds nothing is not shown
+
+
 def test_a_jsonl_conversation_from_stdin_with_json_answers(svc):
     conv = "\n".join(json.dumps(t, ensure_ascii=False) for t in (
         {"speaker": "customer", "text": "Where is my refund?"},

@@ -65,7 +65,8 @@ def build_turn(row: dict, session_id: str, tenant_id: str, n: int) -> "pb.Turn":
 
 
 def describe(turn: "pb.Turn", risk: "pb.TurnRisk") -> str:
-    """Two or three lines a person reads: who said what, then the verdict and why."""
+    """Lines a person reads: who said what, the verdict, then each reason in words (Chinese
+    for a turn written in Chinese, else English) with the points it adds."""
     who = pb.Speaker.Name(turn.speaker).lower()
     said = turn.text if turn.text else f"[{pb.Event.Name(turn.event)}]"
     level = pb.Level.Name(risk.level)
@@ -83,10 +84,16 @@ def describe(turn: "pb.Turn", risk: "pb.TurnRisk") -> str:
         parts[1] += "  [degraded: in-process models]"
     if risk.duplicate:
         parts[1] += "  [duplicate]"
-    if risk.reasons:
-        parts.append("          because " + "; ".join(
-            f"{r.indicator} {r.value:.2f} (+{r.points:.1f})" for r in risk.reasons))
+    zh = _has_cjk(turn.text)
+    shown = [r for r in risk.reasons if r.points >= 0.05]     # one that adds "+0.0" explains nothing
+    for k, r in enumerate(shown):          # the reason's words, in the turn's language
+        words = (r.text_zh if zh else r.text_en) or r.text_en or f"{r.indicator} {r.value:.2f}"
+        parts.append(f"          {'because' if k == 0 else '':<7}  {words} (+{r.points:.1f})")
     return "\n".join(parts)
+
+
+def _has_cjk(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" for ch in text)
 
 
 def run(args: argparse.Namespace) -> int:
