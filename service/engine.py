@@ -35,7 +35,7 @@ from yujing.service.pack import pack_turns, policy_lookups
 from yujing.service.policy import Policy
 from yujing.service.session_table import SessionTable
 from yujing.service.slots import resolve_slots
-from yujing.service.storage.segment_log import LogError
+from yujing.service.storage.segment_log import LogError, write_failure
 
 log = logging.getLogger("yujing")
 
@@ -146,10 +146,8 @@ class Engine:
         try:
             self.turn_log.batch(fresh, result, max(it.now_ms for it in fresh))
         except (OSError, LogError) as exc:     # LogError: still failing since an earlier write
-            cause = exc if isinstance(exc, OSError) else exc.__cause__
             log.error("turn log write failed; the batch of %d turns is refused: %s", len(fresh), exc)
-            return StateUnavailable(f"the service cannot write its turn log "
-                                    f"({getattr(cause, 'strerror', None) or cause or exc}); "
+            return StateUnavailable(f"the service cannot write its turn log ({write_failure(exc)}); "
                                     "nothing was applied, retry later")
         return None
 

@@ -32,14 +32,11 @@ import sys
 import time
 from pathlib import Path
 
+from yujing.loadtest.bench.closed import _cpu_s, _serve, _stop
+
 ROUNDS = 4
 IDLE_S = 0.002
 TEXT = "我的快递三天了还没到，怎么回事？"
-
-
-def _proc_cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _group_cpu_s(pgid: int) -> float:
@@ -189,7 +186,7 @@ def _sequential(port: int, pid: int, seconds: float, tag: str) -> dict:
                 await stub.Score(turn())
 
             async def calls(idle_s: float, span: float) -> dict:
-                lat, end, c0 = [], time.monotonic() + span, _proc_cpu_s(pid)
+                lat, end, c0 = [], time.monotonic() + span, _cpu_s(pid)
                 while time.monotonic() < end:
                     if idle_s:
                         await asyncio.sleep(idle_s)
@@ -198,7 +195,7 @@ def _sequential(port: int, pid: int, seconds: float, tag: str) -> dict:
                     await stub.Score(t)
                     lat.append(time.perf_counter() - t0)
                 return {"p50_ms": round(statistics.median(lat) * 1e3, 3), "calls": len(lat),
-                        "server_cpu_us_per_call": round((_proc_cpu_s(pid) - c0) / len(lat) * 1e6, 1)}
+                        "server_cpu_us_per_call": round((_cpu_s(pid) - c0) / len(lat) * 1e6, 1)}
 
             return await _alternate_async(calls, seconds)
 
@@ -219,8 +216,6 @@ def bench_grpc(seconds: float) -> dict:
 def bench_service(seconds: float) -> dict:
     """``yujing serve`` (embedded Triton, turn log on): the whole of a lone turn, to put
     beside the sum of its hops."""
-    from yujing.loadtest.bench.closed import _serve, _stop
-
     svc = _serve(sys.executable)
     try:
         return _sequential(svc.port, svc.proc.pid, seconds, "svc")

@@ -31,7 +31,7 @@ from yujing.service.alerts.events import AlertEvent
 from yujing.service.alerts.policy import AlertPolicy
 from yujing.service.contract import pb
 from yujing.service.errors import SessionNotFound, ShuttingDown, StateUnavailable
-from yujing.service.storage.segment_log import LogError
+from yujing.service.storage.segment_log import LogError, write_failure
 from yujing.service.validate import check_id
 
 log = logging.getLogger(__name__)
@@ -287,10 +287,8 @@ class AlertHub:
             self.log.append(REC_ACK + rec.SerializeToString(), now)
             self.log.commit()
         except (OSError, LogError) as exc:
-            cause = exc if isinstance(exc, OSError) else exc.__cause__
-            raise StateUnavailable(f"the service cannot write its alert log "
-                                   f"({getattr(cause, 'strerror', None) or cause or exc}); the acknowledgement "
-                                   "was not recorded, retry later") from exc
+            raise StateUnavailable(f"the service cannot write its alert log ({write_failure(exc)}); "
+                                   "the acknowledgement was not recorded, retry later") from exc
         self._acks[a.id] = ack
         self._count_ack(a, ack.on_time, self._open.pop(a.id, None) is not None)
         out.ack.CopyFrom(ack)

@@ -136,6 +136,13 @@ class LogError(RuntimeError):
     """A segment log cannot do what was asked."""
 
 
+def write_failure(exc: BaseException) -> str:
+    """The words for a failed write: the OS error's text (``No space left on device``), also
+    behind the :class:`LogError` a log raises while it still cannot write."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    return str(getattr(cause, "strerror", None) or cause or exc)
+
+
 class LogLocked(RuntimeError):
     """The directory is owned by another SegmentLog (this process or another one)."""
 
