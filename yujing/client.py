@@ -84,7 +84,7 @@ def describe(turn: "pb.Turn", risk: "pb.TurnRisk") -> str:
         parts[1] += "  [degraded: in-process models]"
     if risk.duplicate:
         parts[1] += "  [duplicate]"
-    zh = _has_cjk(turn.text)
+    zh = _written_in_chinese(turn.text)
     shown = [r for r in risk.reasons if r.points >= 0.05]     # one that adds "+0.0" explains nothing
     for k, r in enumerate(shown):          # the reason's words, in the turn's language
         words = (r.text_zh if zh else r.text_en) or r.text_en or f"{r.indicator} {r.value:.2f}"
@@ -92,8 +92,12 @@ def describe(turn: "pb.Turn", risk: "pb.TurnRisk") -> str:
     return "\n".join(parts)
 
 
-def _has_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" for ch in text)
+def _written_in_chinese(text: str) -> bool:
+    """Has ``text`` Chinese letters? The service's own test (the language bits its models'
+    trust goes by), from the plain reference featuriser: no compiled kernel in a client."""
+    from yujing.service.featurize_reference import LANG_ZH, featurize_batch
+
+    return bool(text) and bool(featurize_batch([text]).languages[0] & LANG_ZH)
 
 
 def run(args: argparse.Namespace) -> int:
