@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from yujing.loadtest.bench.e2e import Child, Service, _capture_answer
 
 MODES = ("batch", "unary", "stream", "sequential")
 
@@ -170,38 +171,17 @@ def _median_round(rounds: list[dict]) -> dict:
     return sorted(rounds, key=lambda r: r["turns_per_s"])[(len(rounds) - 1) // 2]
 
 
-def _serve(py: str, cwd=None):
-    """``yujing serve`` in a child process with a fresh data directory (the default
-    durability: the turn log on); :func:`_stop` stops it and removes the directory."""
-    from yujing.loadtest.bench.e2e import Child
-
-    state = tempfile.mkdtemp(prefix="yujing-bench-state-")
-    child = Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--data-dir", state],
-                  r"yujing serving on [\d.]+:(\d+)", cwd=cwd)
-    child.state_dir = state
-    return child
-
-
-def _stop(child) -> None:
-    """Stop a :func:`_serve` child and remove its data directory (a run's turn logs add up:
-    they once filled this machine's disk)."""
-    try:
-        child.stop()
-    finally:
-        shutil.rmtree(getattr(child, "state_dir", ""), ignore_errors=True)
-
-
 def _start_pair(py: str, root: Path, first: str) -> dict:
     """Both services, ``first`` ("baseline" or "service") started first."""
     order = ("baseline", "service") if first == "baseline" else ("service", "baseline")
     started: dict = {}
     try:
         for side in order:
-            started[side] = (_serve(str(root / ".venv" / "bin" / "python"), cwd=root) if side == "baseline"
-                             else _serve(py))
+            started[side] = (Service(str(root / ".venv" / "bin" / "python"), cwd=root) if side == "baseline"
+                             else Service(py))
     except BaseException:
         for child in started.values():
-            _stop(child)
+            child.stop()
         raise
     return started
 
@@ -225,7 +205,7 @@ def _against_baseline(py: str, root: Path, modes, duration: float, rounds: int) 
                     out[f"{side}_rounds"][mode].append(got[mode])
         finally:
             for child in sides.values():
-                _stop(child)
+                child.stop()
     for mode in modes:
         for side in ("baseline", "service"):
             out[side][mode] = _median_round(out[f"{side}_rounds"][mode])
@@ -235,8 +215,6 @@ def _against_baseline(py: str, root: Path, modes, duration: float, rounds: int) 
 
 
 def bench_closed(args) -> dict:
-    from yujing.loadtest.bench.e2e import Child, _capture_answer
-
     duration = float(getattr(args, "duration", 10.0) or 10.0)
     baseline = getattr(args, "baseline", None)
     modes = tuple(m for m in MODES if m in (getattr(args, "modes", None) or MODES))
@@ -244,13 +222,13 @@ def bench_closed(args) -> dict:
     out: dict = {"duration_s_per_point": duration, "cores_shared": os.cpu_count(),
                  "note": "closed loop, fresh turn ids; server, Triton and the client share the cores"}
     canned = tempfile.NamedTemporaryFile(prefix="yujing-canned-", suffix=".bin", delete=False).name
-    svc = _serve(py)
+    svc = Service(py)
     try:
         out["canned_turnrisk_bytes"] = _capture_answer(svc.port, canned)
         if baseline is None:
             out["service"] = _measure(f"127.0.0.1:{svc.port}", svc.proc.pid, duration, "svc", modes)
     finally:
-        _stop(svc)
+        svc.stop()
     if baseline is not None:
         out.update(_against_baseline(py, Path(baseline).resolve(), modes, duration,
                                      max(1, int(getattr(args, "rounds", 1) or 1))))

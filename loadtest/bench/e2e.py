@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,28 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Service(Child):
+    """``yujing serve`` (embedded Triton; the default durability, the turn log on) in a child
+    process with a data directory of its own, removed when it stops: benchmark runs' turn
+    logs add up (they once filled this machine's disk), and the default directory is the
+    user's own service's."""
+
+    def __init__(self, py: str = sys.executable, cwd=None, extra: tuple = ()):
+        self.state_dir = tempfile.mkdtemp(prefix="yujing-bench-state-")
+        try:
+            super().__init__([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0",
+                              "--data-dir", self.state_dir, *extra], r"yujing serving on [\d.]+:(\d+)", cwd=cwd)
+        except BaseException:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            raise
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 # --- load points -----------------------------------------------------------------------------
@@ -220,8 +243,7 @@ def bench_e2e(args) -> dict:
                  "note": "server(s), Triton and the load generator share the same cores"}
     py = sys.executable
     t = time.perf_counter()
-    svc = Child([py, "-m", "yujing.cli", "serve", "--port", "0", "--triton-port", "0", "--metrics-port", "0"],
-                r"yujing serving on [\d.]+:(\d+)")
+    svc = Service(py, extra=("--metrics-port", "0"))
     out["service_start_s"] = time.perf_counter() - t
     canned = tempfile.NamedTemporaryFile(prefix="yujing-canned-", suffix=".bin", delete=False).name
     try:

@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from yujing.loadtest.bench.closed import _cpu_s, _serve, _stop
+from yujing.loadtest.bench.closed import _cpu_s
+from yujing.loadtest.bench.e2e import Child, Service
 
 ROUNDS = 4
 IDLE_S = 0.002
@@ -203,8 +204,6 @@ def _sequential(port: int, pid: int, seconds: float, tag: str) -> dict:
 
 
 def bench_grpc(seconds: float) -> dict:
-    from yujing.loadtest.bench.e2e import Child
-
     echo = Child([sys.executable, "-m", "yujing.loadtest.bench.e2e", "echo", "--port", "0"],
                  r"echo serving on [\d.]+:(\d+)")
     try:
@@ -216,11 +215,11 @@ def bench_grpc(seconds: float) -> dict:
 def bench_service(seconds: float) -> dict:
     """``yujing serve`` (embedded Triton, turn log on): the whole of a lone turn, to put
     beside the sum of its hops."""
-    svc = _serve(sys.executable)
+    svc = Service()
     try:
         return _sequential(svc.port, svc.proc.pid, seconds, "svc")
     finally:
-        _stop(svc)
+        svc.stop()
 
 
 def bench_lone(seconds: float = 1.5) -> dict:
