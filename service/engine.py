@@ -57,6 +57,11 @@ class PendingTurn:
     now_ms: int                     # server clock when accepted
 
 
+def _with_text(items) -> list:
+    """Positions of the turns that carry text: the ones the models score."""
+    return [j for j, it in enumerate(items) if it.turn.text]
+
+
 class Engine:
     """Owns the session table, the policy and the answer cache; scores batches."""
 
@@ -108,34 +113,34 @@ class Engine:
         answers, run = plan(items, self.cached)
         planned_at = self.batches
         fresh = [items[k] for k in run]
-        result, models_s = await self._classify(fresh)
+        with_text = _with_text(fresh)
+        result, models_s = await self._classify(fresh, with_text)
         if prev is not None and not prev.done():
             await prev
         if self.batches != planned_at and fresh:      # applied since the plan: look again
             answers, rerun = plan(items, self.cached)
             if rerun != run:                          # a retry of a turn just applied (rare)
                 run, fresh = rerun, [items[k] for k in rerun]
-                result, models_s = await self._classify(fresh)
+                with_text = _with_text(fresh)
+                result, models_s = await self._classify(fresh, with_text)
         if fresh:
             t1 = time.perf_counter()
             logged = self._log_batch(fresh, result)
             if self.on_stage is not None:
                 self.on_stage("models", models_s)
                 self.on_stage("turn_log", time.perf_counter() - t1)
-            with_text = [j for j, it in enumerate(fresh) if it.turn.text]
             for k, a in zip(run, self._apply_kernel(fresh, with_text, result) if logged is None
                             else [logged] * len(fresh)):
                 answers[k] = a
         return resolve_repeats(answers)
 
-    async def _classify(self, fresh) -> tuple:
-        """The models' answer for the texts of ``fresh`` (None when none has text) and the
-        seconds it took."""
-        texts = [it.turn.text for it in fresh if it.turn.text]
-        if not texts:
+    async def _classify(self, fresh, with_text) -> tuple:
+        """The models' answer for the texts of ``fresh`` at ``with_text`` (None when none
+        has text) and the seconds it took."""
+        if not with_text:
             return None, 0.0
         t0 = time.perf_counter()
-        result = await self.router.classify(texts)
+        result = await self.router.classify([fresh[j].turn.text for j in with_text])
         return result, time.perf_counter() - t0
 
     def _log_batch(self, fresh, result):
@@ -156,8 +161,7 @@ class Engine:
         model call, with the recorded model answer; alerts the alert log already holds
         (``alerts_seen``) are not raised again. Returns the turns applied."""
         items, result = batch.items, batch.result
-        with_text = [j for j, it in enumerate(items) if it.turn.text]
-        answers = self._apply_kernel(items, with_text, result)
+        answers = self._apply_kernel(items, _with_text(items), result)
         return sum(1 for a in answers if isinstance(a, bytes))
 
     def cached(self, item) -> bytes | None:
