@@ -34,6 +34,36 @@ def test_the_split_is_stable_and_one_in_five():
     assert 0.15 < np.mean([hash_split(i) == "test" for i in ids]) < 0.25
 
 
+def test_cross_fitting_folds_test_each_dialogue_once_and_fold_0_is_the_shipped_split():
+    from yujing.training.indomain import data as split_rule
+    from yujing.training.indomain.crossfit import bootstrap_auc
+
+    ids = [f"valid_{k:04d}" for k in range(500)]
+    shipped = [hash_split(i) for i in ids]
+    sides = []
+    try:
+        for k in range(split_rule.FOLDS):
+            split_rule.set_fold(k)
+            sides.append([hash_split(i) for i in ids])
+        with pytest.raises(ValueError, match="fold"):
+            split_rule.set_fold(split_rule.FOLDS)
+    finally:
+        split_rule.set_fold(0)
+    assert sides[0] == shipped
+    for j in range(len(ids)):
+        column = [s[j] for s in sides]
+        assert column.count("test") == 1 and column.count("dev") == 1 and column.count("train") == 3
+        k = column.index("test")
+        assert sides[(k + 1) % split_rule.FOLDS][j] == "train" and column[(k - 1) % split_rule.FOLDS] == "dev"
+    # the bootstrap interval brackets the AUC and is wide for few positives
+    ds = [C.PlayedDialogue(f"d{i}", "x", "zh", "dissatisfied" if i < 4 else "satisfied",
+                           [C.PlayedTurn("customer", None, "neutral", float(s), 1)])
+          for i, s in enumerate([60, 50, 20, 70] + list(range(0, 64, 2)))]
+    lo, hi = bootstrap_auc(ds, n=500)
+    a = C.auc([60, 50, 20, 70], list(range(0, 64, 2)))
+    assert lo < a < hi and hi - lo > 0.1
+
+
 ANGRY = ["Where is my refund?", "This is unacceptable!!! I have waited three weeks!",
          "I want a manager NOW, I will file a formal complaint", "Worst service ever, I am furious!!!"]
 CALM = ["Hello, what are your opening hours?", "Thanks, and where can I find my invoice?", "Great, thank you!"]

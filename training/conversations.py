@@ -263,11 +263,14 @@ def run(args: argparse.Namespace) -> int:
     from yujing.service.contract import pb_grpc
     from yujing.training import dialogues as D
 
+    from yujing.training.indomain import data as split_rule
+
+    split_rule.set_fold(args.fold)
     ds = D.load(args.sets, split=None if args.split == "all" else args.split, root=args.data_dir)
     if args.limit:
         ds = ds[: args.limit]
     settings = {"sets": args.sets, "split": args.split, "dialogues": len(ds), "policy": str(args.policy or "default"),
-                "target": "in-process" if args.in_process else args.target}
+                "target": "in-process" if args.in_process else args.target, "fold": args.fold}
     if args.in_process:
         from yujing.service.background import ServiceThread
         from yujing.service.config import Config
@@ -303,6 +306,8 @@ def add_subcommand(sub) -> None:
     p.add_argument("--model-repo", type=Path, default=None, help="with --in-process: the model repository")
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="dialogue sets (default: all)")
     p.add_argument("--split", default="test", choices=("train", "dev", "test", "all"), help="which side of the split (default: test)")
+    p.add_argument("--fold", type=int, default=0,
+                   help="cross-fitting: play JDDC / USS fold K's side (default 0: the shipped split; see crossfit)")
     p.add_argument("--data-dir", default=None, help="the shared data sets (default: ../shared/data or $YUJING_DATA_DIR)")
     p.add_argument("--limit", type=int, default=0, help="at most this many dialogues (default: all)")
     p.add_argument("--keep-turns", action="store_true", help="keep every answer's indicators in the JSON (for policy fit)")

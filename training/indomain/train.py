@@ -331,7 +331,7 @@ def write(clf, ds, info, out: Path, name: str) -> Path:
     from yujing.service.paths import DEFAULT_MODEL_REPO
     from yujing.training.train import write_artifact
     ds.files = FILES[name]
-    ds.split_rule = SPLIT_RULE
+    ds.split_rule = SPLIT_RULE + (f" (cross-fitting fold {D.FOLD}: bucket {D.FOLD} test)" if D.FOLD else "")
     recipe = info.pop("recipe")
     version = VERSIONS[name]
     art = write_artifact(clf, ds, info, out, version, recipe, str(D.data_root()), command(), dtype="float16")
@@ -354,7 +354,10 @@ def main():
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--hold-out-airline-dev", action="store_true",
                     help="tuning run: keep the airline dev rows out of the sentiment fit (their accuracy is logged)")
+    ap.add_argument("--fold", type=int, default=0,
+                    help="cross-fitting: JDDC / USS bucket K is the test side, K + 1 dev (default 0: the shipped split)")
     a = ap.parse_args()
+    D.set_fold(a.fold)
     global HOLD_OUT_AIRLINE_DEV
     HOLD_OUT_AIRLINE_DEV = a.hold_out_airline_dev
     out = Path(a.out)
