@@ -64,6 +64,31 @@ def test_cross_fitting_folds_test_each_dialogue_once_and_fold_0_is_the_shipped_s
     assert lo < a < hi and hi - lo > 0.1
 
 
+def test_crossfit_pools_the_folds_played_dialogues(tmp_path):
+    """`crossfit --replay-only` measures the folds' played dialogues together: the pooled AUC
+    is the AUC over every fold's dialogues, not an average of the folds' AUCs."""
+    import json
+
+    from yujing.training.indomain import crossfit
+
+    scores = {0: ([70, 40], [10, 50, 20]), 1: ([30], [60, 5, 15])}
+    for k, (pos, neg) in scores.items():
+        ds = [C.PlayedDialogue(f"f{k}-{i}", "jddc", "zh", outcome,
+                               [C.PlayedTurn("customer", "negative", "negative", float(s), 3 if s >= 50 else 1)])
+              for i, (s, outcome) in enumerate([(s, "dissatisfied") for s in pos] + [(s, "satisfied") for s in neg])]
+        (tmp_path / f"fold{k}.played.json").write_text(json.dumps(C.to_json(ds, C.report(ds), {})))
+    assert crossfit.main(["--out", str(tmp_path), "--folds", "0,1", "--replay-only"]) == 0
+    rep = json.loads((tmp_path / "pooled.json").read_text())["report"]
+    jddc = rep["set:jddc"]["dialogue"]
+    assert jddc["dialogues"] == 9 and jddc["dissatisfied"] == 3
+    assert jddc["auc_max_risk_dissatisfied"] == pytest.approx(C.auc([70, 40, 30], [10, 50, 20, 60, 5, 15]), abs=1e-4)
+    assert jddc["satisfied_reaching_yellow"] == pytest.approx(2 / 6, abs=1e-4)
+    assert rep["per_fold"] == {"0": {"set:jddc": pytest.approx(C.auc([70, 40], [10, 50, 20]), abs=1e-4)},
+                               "1": {"set:jddc": pytest.approx(C.auc([30], [60, 5, 15]), abs=1e-4)}}
+    lo, hi = jddc["auc_95_interval"]
+    assert lo <= jddc["auc_max_risk_dissatisfied"] <= hi
+
+
 ANGRY = ["Where is my refund?", "This is unacceptable!!! I have waited three weeks!",
          "I want a manager NOW, I will file a formal complaint", "Worst service ever, I am furious!!!"]
 CALM = ["Hello, what are your opening hours?", "Thanks, and where can I find my invoice?", "Great, thank you!"]
