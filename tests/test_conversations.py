@@ -185,3 +185,16 @@ def test_policy_fit_figures_by_set_are_each_sets_own():
     assert by["all"].auc == 0.5
     sub = F.subset(data, data.source == "b")
     assert sub.X.shape == (4, n) and sub.starts.tolist() == [0, 2]
+
+
+def test_calm_requests_figures_count_negatives_and_blue():
+    from yujing.training.indomain.calm_requests import figures, one_turn_dialogues
+
+    texts = ["a", "b", "c", "d"]
+    ds = one_turn_dialogues("x", texts)
+    assert [len(d.turns) for d in ds] == [1, 1, 1, 1] and ds[2].turns[0].text == "c"
+    played = [C.PlayedDialogue(d.id, d.source, "en", d.outcome, [C.PlayedTurn("customer", "neutral", lab, s, 1)])
+              for d, lab, s in zip(ds, ["negative", "neutral", "negative", "neutral"], [30.0, 10.0, 24.9, 25.0])]
+    f = figures(played, texts, top=2)
+    assert f["negative"] == 0.5 and f["at_blue_or_above"] == 0.5
+    assert f["highest"] == [(30.0, "a"), (25.0, "d")]
