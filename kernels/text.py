@@ -556,8 +556,8 @@ def _simhash_text(low, cls, repeat_tail, first, end, buf, acc, ones):
 @njit(cache=True, nogil=True)
 def _scan_cues(marked, starts, n, code, first_ok, counts, mask):
     """re.finditer of the cue program ``(code, first_ok)`` over ``marked``: each match's
-    text gets one count and the match's tag OR-ed into its mask; the next match starts
-    where one ended."""
+    tag is OR-ed into its text's mask and, unless the tag is 0 (a cue that only keeps the
+    others from matching inside it), counted; the next match starts where one ended."""
     meta = code[S_META]
     frames = np.empty((code[meta], 8), np.int64)
     stack = np.empty((code[meta + 1] + 1, 4), np.int64)
@@ -574,7 +574,8 @@ def _scan_cues(marked, starts, n, code, first_ok, counts, mask):
             continue
         while t + 1 < n and starts[t + 1] <= p:
             t += 1
-        counts[t] += 1
+        if tag != 0:
+            counts[t] += 1
         mask[t] |= tag
         p = end
 

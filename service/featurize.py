@@ -33,6 +33,10 @@ and marks count like ASCII ones), except the capital-letter share, which needs c
     negation (``没有 不是 不要 不能 从来没 从不 并不 毫无 无法``...) is one cue; otherwise
     the single characters ``不 没 别 未 无 非 莫 勿 否 甭``, except inside common words
     that are no negation (``非常 不错 不过 不管 不少 无论 未来 是否 否则 别人 特别 莫名``...).
+    Not counted either, in both languages: words with a negation inside that negate nothing,
+    the Chinese A-not-A question (``是不是 有没有 能不能 可不可以``...), the polite formulas
+    (``不好意思 不客气 没问题 没关系``) and ``or not``, ``no problem``, ``no worries``,
+    ``not bad`` (cues of tag 0: they match, so no negation cue matches inside them).
     ``negation_share = negation_words / max(words, 1)`` is the domain's "share of
     negation words" (industry alert baseline: 15 %); :meth:`TextFeatures.negation_share`.
 ``intensity`` (float64, in [0, 1), dimensionless)

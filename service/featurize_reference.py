@@ -194,6 +194,19 @@ _NEGATION_CUES: list[str] = [
     TOKEN_MARK + r"[a-z]+n['’]t(?![a-z0-9])",     # don't, can't, won't, isn't, ...
 ]
 
+# Words with a negation inside that negate nothing: matched as cues of their own (tag 0) so
+# that the negation cues do not match inside them, and not counted. The Chinese A-not-A
+# question (是不是 "is it or not", 有没有 "is there any", 可不可以 "may I") asks; the polite
+# formulas (不好意思 "excuse me", 没问题 "no problem", 不客气 "you're welcome") are calm.
+_NOT_NEGATION: list[str] = [
+    "是不是", "能不能", "会不会", "要不要", "可不可", "好不好", "对不对", "行不行", "有没有", "在不在",
+    "用不用", "需不需", "该不该", "想不想", "去不去", "来不来", "够不够", "贵不贵", "多不多", "快不快",
+    "算不算", "给不给", "肯不肯", "知不知", "愿不愿", "喜不喜", "值不值", "准不准", "退不退", "换不换",
+    "发没发", "到没到", "收没收",
+    "不好意思", "不客气", "不用谢", "不谢", "没问题", "没关系", "没事",
+    *english_cues("or not", "no problem", "not a problem", "no worries", "not bad"),
+]
+
 
 def _regex_atoms(source: str) -> list[str]:
     """Split regex source into trie keys: a group ``(...)``, a class ``[...]`` with its
@@ -297,9 +310,9 @@ def compile_cues(cues: Iterable[tuple[str, int]]) -> tuple[re.Pattern, list[int]
 # (cue, tag) pairs; the compiled path (yujing.service.featurize) builds its tries from these
 _ESCALATION_TAGGED = tuple((cue, 1 << bit) for bit, cat in enumerate(ESCALATION_CATEGORIES)
                            for cue in _ESCALATION_CUES[cat])
-_NEGATION_TAGGED = tuple((cue, 1) for cue in _NEGATION_CUES)
+_NEGATION_TAGGED = tuple((cue, 1) for cue in _NEGATION_CUES) + tuple((cue, 0) for cue in _NOT_NEGATION)
 _ESCALATION_RE, _ESCALATION_TAGS = compile_cues(_ESCALATION_TAGGED)
-_NEGATION_RE, _ = compile_cues(_NEGATION_TAGGED)
+_NEGATION_RE, _NEGATION_TAGS = compile_cues(_NEGATION_TAGGED)
 
 # ---------------------------------------------------------------------------------------
 # Character classes: one uint8 of flags per BMP code point.
@@ -573,7 +586,9 @@ def _featurize(texts: list[str]) -> TextFeatures:
     words = batch.count(batch.token_start) + batch.count((batch.cls & _CJK) != 0)
 
     marked, starts = _token_marked(batch)
-    owner, _ = _cue_hits(_NEGATION_RE, marked, starts)
+    owner, groups = _cue_hits(_NEGATION_RE, marked, starts)
+    if len(owner):
+        owner = owner[np.take(_NEGATION_TAGS, groups) != 0]     # tag 0: a word that negates nothing
     negations = np.bincount(owner, minlength=n)
     owner, groups = _cue_hits(_ESCALATION_RE, marked, starts)
     mask = np.zeros(n, np.int32)

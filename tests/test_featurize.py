@@ -113,7 +113,11 @@ def test_word_counts(text, words):
     ("我不满意", 1),
     ("我从来没有收到过货", 1),                         # one multi-character negation
     ("并不是我的问题，没有人管", 2),
-    ("非常不错，没问题", 1),                           # 非常 and 不错 are no negations
+    ("非常不错，没问题", 0),                           # 非常, 不错 and 没问题 are no negations
+    ("能不能开发票？有没有优惠？", 0),                  # A-not-A questions ask, they negate nothing
+    ("不好意思，是不是已经发货了？", 0),
+    ("是不是不想给我退款？", 1),                       # the question form, then a real negation
+    ("Can you check whether it shipped or not? No problem if not.", 1),   # only the last "not"
     ("是否可以退款？特别着急，未来再说", 0),
     ("别再打电话了，无法接受", 2),
 ])
