@@ -262,7 +262,6 @@ def run(args: argparse.Namespace) -> int:
 
     from yujing.service.contract import pb_grpc
     from yujing.training import dialogues as D
-
     from yujing.training.indomain import data as split_rule
 
     split_rule.set_fold(args.fold)
