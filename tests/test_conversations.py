@@ -36,7 +36,6 @@ def test_the_split_is_stable_and_one_in_five():
 
 def test_cross_fitting_folds_test_each_dialogue_once_and_fold_0_is_the_shipped_split():
     from yujing.training.indomain import data as split_rule
-    from yujing.training.indomain.crossfit import bootstrap_auc
 
     ids = [f"valid_{k:04d}" for k in range(500)]
     shipped = [hash_split(i) for i in ids]
@@ -55,13 +54,19 @@ def test_cross_fitting_folds_test_each_dialogue_once_and_fold_0_is_the_shipped_s
         assert column.count("test") == 1 and column.count("dev") == 1 and column.count("train") == 3
         k = column.index("test")
         assert sides[(k + 1) % split_rule.FOLDS][j] == "train" and column[(k - 1) % split_rule.FOLDS] == "dev"
-    # the bootstrap interval brackets the AUC and is wide for few positives
-    ds = [C.PlayedDialogue(f"d{i}", "x", "zh", "dissatisfied" if i < 4 else "satisfied",
-                           [C.PlayedTurn("customer", None, "neutral", float(s), 1)])
-          for i, s in enumerate([60, 50, 20, 70] + list(range(0, 64, 2)))]
-    lo, hi = bootstrap_auc(ds, n=500)
+
+
+def test_the_auc_comes_with_an_interval_that_narrows_with_more_positives():
     a = C.auc([60, 50, 20, 70], list(range(0, 64, 2)))
-    assert lo < a < hi and hi - lo > 0.1
+    lo, hi = C.auc_interval([60, 50, 20, 70], list(range(0, 64, 2)), n=500)
+    assert lo < a < hi and hi - lo > 0.2
+    lo2, hi2 = C.auc_interval([60, 50, 20, 70] * 10, list(range(0, 64, 2)) * 10, n=500)
+    assert lo2 < a < hi2 and hi2 - lo2 < (hi - lo) / 2
+    assert C.auc_interval([60], [1, 2, 3]) is None
+    rep = C.dialogue_metrics([C.PlayedDialogue(f"d{i}", "x", "zh", o, [C.PlayedTurn("customer", None, "neutral", s, 1)])
+                              for i, (s, o) in enumerate([(9, "dissatisfied"), (7, "dissatisfied"), (8, "satisfied"),
+                                                          (1, "satisfied"), (2, "neutral")])])
+    assert rep["auc_95_interval"] == C.auc_interval([9, 7], [8, 1, 2])
 
 
 def test_crossfit_pools_the_folds_played_dialogues(tmp_path):

@@ -8,8 +8,8 @@ Cross-fitting uses all of them: for each fold k the four default models are retr
 with bucket k as the test side and bucket k + 1 as the calibration (dev) side
 (``train --fold k``), and fold k's test dialogues are played through an in-process service
 with those models and the shipped policy (``yujing eval conversations --fold k``). The
-played dialogues of the five folds are pooled and measured once, with a bootstrap interval
-over dialogues for the AUC.
+played dialogues of the five folds are pooled and measured once (the AUC with its bootstrap
+interval, :func:`yujing.training.conversations.auc_interval`).
 
     NUMBA_NUM_THREADS=1 python -m yujing.training.indomain.crossfit --out /tmp/crossfit \\
         [--folds 0,1,2,3,4] [--sets jddc sgd mwoz] [--policy POLICY.toml] [--json pooled.json]
@@ -30,7 +30,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from yujing.training import conversations as C
 
@@ -70,30 +69,8 @@ def load_played(path: Path) -> list[C.PlayedDialogue]:
     return out
 
 
-def bootstrap_auc(played: list[C.PlayedDialogue], n: int = 2000, seed: int = 0) -> tuple[float, float] | None:
-    """A 95 % percentile interval for the AUC of the highest risk, resampling dialogues."""
-    rated = [d for d in played if d.outcome]
-    y = np.array([d.outcome == "dissatisfied" for d in rated])
-    s = np.array([d.max_score for d in rated])
-    if y.sum() < 2 or (~y).sum() < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n):
-        i = rng.integers(0, len(rated), len(rated))
-        a = C.auc(s[i][y[i]], s[i][~y[i]])
-        if a is not None:
-            vals.append(a)
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return round(float(lo), 3), round(float(hi), 3)
-
-
 def pooled_report(by_fold: dict[int, list[C.PlayedDialogue]]) -> dict:
-    pooled = [d for ds in by_fold.values() for d in ds]
-    rep = C.report(pooled)
-    for name in rep:
-        sub = [d for d in pooled if name == "all" or name in (f"set:{d.source}", f"language:{d.language}")]
-        rep[name]["dialogue"]["auc_95_interval"] = bootstrap_auc(sub)
+    rep = C.report([d for ds in by_fold.values() for d in ds])    # with the AUC's bootstrap interval
     rep["per_fold"] = {k: {name: v["dialogue"].get("auc_max_risk_dissatisfied")
                            for name, v in C.report(ds).items() if name.startswith("set:")}
                        for k, ds in sorted(by_fold.items())}
