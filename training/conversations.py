@@ -9,7 +9,8 @@ label against the gold label, 3-class macro-F1, and the share of gold-neutral tu
 called negative;
 
 per dialogue (sets with an outcome): the AUC of the dialogue's highest risk score for a
-dissatisfied outcome (against every other outcome), the share of satisfied dialogues that
+dissatisfied outcome (against every other outcome) with a 95 % bootstrap interval
+(:func:`auc_interval`), the share of satisfied dialogues that
 reach YELLOW or RED (false alarms), the share of dissatisfied ones that do (detection),
 and the lead time: customer turns from the first YELLOW to the end of the dialogue.
 
