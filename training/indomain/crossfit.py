@@ -97,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     rep = pooled_report(by_fold)
     for line in C.summary_lines({k: v for k, v in rep.items() if k != "per_fold"}):
         print(line)
-    for name, v in rep.items():
-        if name != "per_fold" and v["dialogue"].get("auc_95_interval"):
-            print(f"{name}: AUC 95 % interval {v['dialogue']['auc_95_interval']}")
     print("per fold AUC:", json.dumps(rep["per_fold"]))
     (a.json or a.out / "pooled.json").write_text(json.dumps(
         {"settings": {"folds": a.folds, "sets": a.sets, "policy": str(a.policy or "default")}, "report": rep},
