@@ -837,7 +837,7 @@ async def create_server(config: Config) -> tuple[YujingServer, int]:
     return srv, srv.port
 
 
-def _freeze_startup_heap(metrics=None) -> None:
+def _freeze_startup_heap(metrics) -> None:
     """Move what start-up left alive (modules, models, compiled kernels, the restored state)
     out of the garbage collector's scans: a full collection then walks only what serving
     made since. Under ScoreBatch load a full collection paused the loop 86-115 ms with the
@@ -847,14 +847,12 @@ def _freeze_startup_heap(metrics=None) -> None:
     0.1 s) is start-up's, not a pause of serving: ``metrics`` does not time it."""
     import gc
 
-    if metrics is not None:
-        metrics.unwatch_gc()
+    metrics.unwatch_gc()
     try:
         gc.collect()
         gc.freeze()
     finally:
-        if metrics is not None:
-            metrics.watch_gc()
+        metrics.watch_gc()
 
 
 async def _serve(config: Config) -> None:
