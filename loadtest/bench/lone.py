@@ -26,32 +26,17 @@ its next call on cold caches.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from yujing.loadtest.bench.closed import _cpu_s
+from yujing.loadtest.bench.closed import _cpu_s, _tree_cpu_s
 from yujing.loadtest.bench.e2e import Child, Service
 
 ROUNDS = 4
 IDLE_S = 0.002
 TEXT = "我的快递三天了还没到，怎么回事？"
-
-
-def _group_cpu_s(pgid: int) -> float:
-    """CPU seconds of every process in process group ``pgid`` (Triton and its stubs)."""
-    total = 0.0
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                f = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(f[2]) == pgid:
-                total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def _ways(r: int) -> tuple:
@@ -128,7 +113,9 @@ def bench_triton(seconds: float) -> dict:
     heads = {"sentiment": "", "emotion": "", "intent": "", "dissatisfaction": ""}
     with TritonServer(DEFAULT_MODEL_REPO, models=["heads"], allow_http=False, allow_metrics=False) as server:
         stats_client = grpcclient.InferenceServerClient(server.grpc_url)   # statistics: not a restricted protocol
-        group = server.pid      # the server leads its process group; its stubs are in it
+
+        def triton_cpu_s() -> float:       # the server and its Python-backend stubs (its children)
+            return _cpu_s(server.pid) + _tree_cpu_s(server.pid)
 
         def stats() -> dict:
             s = stats_client.get_inference_statistics("heads", as_json=True)["model_stats"][0]["inference_stats"]
@@ -141,7 +128,7 @@ def bench_triton(seconds: float) -> dict:
 
             async def calls(idle_s: float, span: float) -> dict:
                 lat, end = [], time.monotonic() + span
-                s0, c0, g0 = stats(), time.process_time(), _group_cpu_s(group)
+                s0, c0, g0 = stats(), time.process_time(), triton_cpu_s()
                 while time.monotonic() < end:
                     if idle_s:
                         await asyncio.sleep(idle_s)
@@ -149,7 +136,7 @@ def bench_triton(seconds: float) -> dict:
                     await client.infer_heads("heads", [TEXT], heads)
                     lat.append(time.perf_counter() - t0)
                 n = len(lat)
-                s1, c1, g1 = stats(), time.process_time(), _group_cpu_s(group)
+                s1, c1, g1 = stats(), time.process_time(), triton_cpu_s()
                 return {"p50_ms": round(statistics.median(lat) * 1e3, 3), "calls": n,
                         "client_cpu_us_per_call": round((c1 - c0) / n * 1e6, 1),
                         "triton_cpu_us_per_call": round((g1 - g0) / n * 1e6, 1),
