@@ -25,6 +25,11 @@ def setting(default, help: str, *, flag: bool = True, choices=None, type=None, c
                                             "cli_default": cli_default})
 
 
+def _host_port(url: str) -> bool:
+    host, sep, port = url.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
+
+
 @dataclass
 class Config:
     host: str = setting("127.0.0.1", "address to listen on")
@@ -73,6 +78,13 @@ class Config:
                                       "when --triton-url is given)",
                           choices=("embedded", "external", "in-process"))
     triton_url: str | None = setting(None, "host:port of an external Triton (implies --models external)", type=str)
+    triton_inference: str = setting("http", "protocol of the inference requests, the hot path: http (the embedded "
+                                            "Triton's HTTP port on loopback, or --triton-http-url; about a third of "
+                                            "the gRPC client's CPU a request) or grpc. An external Triton without "
+                                            "--triton-http-url gets them over gRPC",
+                                    choices=("http", "grpc"))
+    triton_http_url: str | None = setting(None, "host:port of the external Triton's HTTP endpoint, for its inference "
+                                                "requests (see --triton-inference)", type=str)
     triton_port: int = setting(8001, "gRPC port of the embedded Triton, what `yujing models deploy` talks to "
                                      "(0: any free port)")
     triton_key_file: Path | None = setting(
@@ -165,6 +177,12 @@ class Config:
         need(self.models != "external" or bool(self.triton_url), "triton_url",
              "external models need --triton-url host:port")
         need(0 <= self.triton_port <= 65535, "triton_port", f"{self.triton_port} is not a TCP port")
+        need(self.triton_inference in ("http", "grpc"), "triton_inference",
+             f"{self.triton_inference!r}: expected http or grpc")
+        need(self.triton_http_url is None or self.models == "external", "triton_http_url",
+             "is for an external Triton (--triton-url); the embedded one's HTTP port is chosen at its start")
+        need(self.triton_http_url is None or _host_port(self.triton_http_url), "triton_http_url",
+             f"{self.triton_http_url!r}: expected host:port")
         need(self.triton_timeout_ms > 0, "triton_timeout_ms", "must be > 0")
         need(self.models != "external" or self.triton_key_file is None or Path(self.triton_key_file).is_file(),
              "triton_key_file", f"{self.triton_key_file} does not exist")

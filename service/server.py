@@ -617,7 +617,7 @@ class YujingServer:
         from yujing.service.triton.router import ModelRouter
 
         cfg = self.config
-        url = headers = None
+        url = headers = http_url = http_headers = None
         if cfg.models == "embedded":
             from yujing.service.triton.launcher import TritonServer, discover_models
 
@@ -629,19 +629,24 @@ class YujingServer:
             self.triton = TritonServer(cfg.model_repo, models=[m for m in (cfg.sentiment_model, cfg.intent_model,
                                                                    cfg.emotion_model, cfg.dissatisfaction_model) if m]
                                        + [m for m in (cfg.combined_model,) if m in discover_models(cfg.model_repo)],
-                                       grpc_port=port, allow_http=False, allow_metrics=True, key_file=key_file)
+                                       grpc_port=port, allow_http=cfg.triton_inference == "http",
+                                       allow_metrics=True, key_file=key_file)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
             url = self.triton.grpc_url
+            http_url = self.triton.http_url if cfg.triton_inference == "http" else None
             log.info("embedded Triton at %s; its model-repository API takes the key in %s", url,
                      self.triton.key_file)
             self._supervisor = asyncio.create_task(self._supervise_triton(), name="yujing-triton-supervisor")
         elif cfg.models == "external":
             url = cfg.triton_url
-            headers = read_key_file(cfg.triton_key_file).grpc_headers() if cfg.triton_key_file else None
+            key = read_key_file(cfg.triton_key_file) if cfg.triton_key_file else None
+            headers, http_headers = (key.grpc_headers(), key.http_headers()) if key else (None, None)
+            http_url = cfg.triton_http_url if cfg.triton_inference == "http" else None
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
                                   intent_model=cfg.intent_model, emotion_model=cfg.emotion_model or None,
                                   dissatisfaction_model=cfg.dissatisfaction_model or None,
                                   deadline_s=cfg.triton_timeout_ms / 1000, triton_headers=headers,
+                                  triton_http_url=http_url, triton_http_headers=http_headers,
                                   combined_model=cfg.combined_model or None)
         await self.router.start()
 
@@ -861,6 +866,9 @@ async def _serve(config: Config) -> None:
     c = config
     models = {"embedded": f"embedded Triton at {srv.triton.grpc_url}" if srv.triton else "",
               "external": f"Triton at {c.triton_url}", "in-process": "in-process models"}[c.models]
+    if srv.router.client is not None:
+        http_url = srv.router.client.http_url
+        models += f", inference over HTTP at {http_url}" if http_url else ", inference over gRPC"
     emotion = f", emotion {c.emotion_model} v{srv.router.versions.get(c.emotion_model)}" if c.emotion_model else ""
     if c.dissatisfaction_model:
         emotion += f", dissatisfaction {c.dissatisfaction_model} v{srv.router.versions.get(c.dissatisfaction_model)}"

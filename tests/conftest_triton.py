@@ -154,7 +154,7 @@ requires_triton = pytest.mark.skipif(TRITON_UNAVAILABLE is not None, reason=TRIT
 def start_triton(repo: Path, models: Sequence[str] | None = None, **kwargs):
     """A started TritonServer on ``repo`` that knows the test-only artifact kind."""
     from yujing.service.triton.launcher import TritonServer
-    kwargs.setdefault("allow_http", False)
+    kwargs.setdefault("allow_http", True)       # the service's inference requests go there
     kwargs.setdefault("allow_metrics", False)
     kwargs.setdefault("startup_timeout_s", 60.0)
     server = TritonServer(repo, models, env={"YUJING_LOADER_MODULES": LOADER_MODULE},

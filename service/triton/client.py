@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from yujing.service.models import TRITON_INPUT, TRITON_OUTPUT
+from yujing.service.triton.http_infer import BytesOutput, HttpInference, HttpInferenceError, decode_bytes_elements
 
 __all__ = [
     "TritonModelClient", "TritonClientError", "read_labels", "read_languages", "repository_versions",
@@ -49,30 +50,34 @@ _CHANNEL_ARGS = [
 
 def _first_row_of_strings(result, name: str, rows: int) -> list[bytes] | None:
     """Row 0 of the BYTES output ``name`` of shape [rows, k] (None when absent or of another
-    shape), read from the response's raw bytes: each element is a 4-byte little-endian
-    length and the bytes. Every row of ``MODELS`` is the same (one request, one set of
-    versions), so reading one row instead of ``as_numpy``'s ``rows * k`` elements (a
-    Python loop in the client library) saves that loop on every call."""
+    shape), read from the response's raw bytes (:func:`decode_bytes_elements`). Every row of
+    ``MODELS`` is the same (one request, one set of versions), so reading one row instead of
+    ``as_numpy``'s ``rows * k`` elements (a Python loop in the client library) saves that
+    loop on every call."""
     response = result.get_response()
     for index, output in enumerate(response.outputs):
         if output.name != name:
             continue
-        shape = list(output.shape)
-        if output.datatype != "BYTES" or len(shape) != 2 or shape[0] != rows:
+        if output.datatype != "BYTES":
             return None
         if index >= len(response.raw_output_contents):      # sent as contents, not raw: the slow way
             whole = result.as_numpy(name)
-            return [x if isinstance(x, bytes) else str(x).encode() for x in whole[0]]
-        raw = response.raw_output_contents[index]
-        out, at = [], 0
-        for _ in range(shape[1]):
-            if at + 4 > len(raw):
+            if whole is None or whole.ndim != 2 or whole.shape[0] != rows:
                 return None
-            size = int.from_bytes(raw[at:at + 4], "little")
-            out.append(bytes(raw[at + 4:at + 4 + size]))
-            at += 4 + size
-        return out
+            return [x if isinstance(x, bytes) else str(x).encode() for x in whole[0]]
+        return _first_row(BytesOutput(tuple(output.shape), response.raw_output_contents[index]), rows)
     return None
+
+
+def _first_row(output: BytesOutput | None, rows: int) -> list[bytes] | None:
+    """Row 0 of a BYTES output of shape [rows, k]; None when it is absent, of another shape
+    or cut short."""
+    if not isinstance(output, BytesOutput) or len(output.shape) != 2 or output.shape[0] != rows:
+        return None
+    try:
+        return decode_bytes_elements(output.raw, output.shape[1])
+    except ValueError:
+        return None
 
 
 class TritonClientError(RuntimeError):
@@ -170,10 +175,16 @@ def read_labels(model_repository: str | Path, model_name: str,
 
 
 class TritonModelClient:
-    """Talks to one Triton server over gRPC (``tritonclient.grpc.aio``).
+    """Talks to one Triton server over gRPC (``tritonclient.grpc.aio``), and sends its
+    inference requests over HTTP when given ``http_url``.
 
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
+        http_url: ``host:port`` of the same Triton's HTTP endpoint: :meth:`infer` and
+            :meth:`infer_heads` go there (:mod:`yujing.service.triton.http_infer`, about a
+            third of the gRPC client's CPU a request); None: everything over gRPC.
+        http_headers: sent with every HTTP request (an external Triton's key in its HTTP
+            form, :meth:`~yujing.service.triton.access.TritonKey.http_headers`).
         model_repository: the repository Triton serves, for :meth:`labels` (optional).
         max_batch_size: the largest request when Triton does not say a model's own
             ``max_batch_size`` (which is asked once per model); bigger batches are split.
@@ -184,8 +195,10 @@ class TritonModelClient:
 
     def __init__(self, url: str, model_repository: str | Path | None = None, *,
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, default_timeout_s: float = 5.0,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, http_url: str | None = None,
+                 http_headers: Mapping[str, str] | None = None) -> None:
         self.url = url
+        self.http_url = http_url
         self.headers = dict(headers) if headers else None
         self.model_repository = Path(model_repository) if model_repository is not None else None
         self.max_batch_size = max_batch_size
@@ -193,6 +206,7 @@ class TritonModelClient:
         self._model_max_batch: dict[str, int] = {}
         self._client = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = HttpInference(http_url, headers=http_headers) if http_url else None
 
     # -- connection -------------------------------------------------------------------
     def _grpc(self):
@@ -207,6 +221,8 @@ class TritonModelClient:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def __aenter__(self) -> "TritonModelClient":
         return self
@@ -221,6 +237,14 @@ class TritonModelClient:
         except InferenceServerException as exc:
             status = (exc.status() or "").replace("StatusCode.", "") or None
             raise TritonClientError(f"{what}: {exc.message() or exc}", status) from exc
+
+    async def _http_infer(self, what: str, model_name: str, texts: Sequence[str], outputs: Sequence[str],
+                          timeout: float, version: str = "", parameters: Mapping[str, str] | None = None):
+        try:
+            return await self._http.infer(model_name, texts, outputs, version=version, parameters=parameters,
+                                          timeout_s=timeout)
+        except HttpInferenceError as exc:
+            raise TritonClientError(f"{what}: {exc}", exc.status) from exc
 
     # -- inference --------------------------------------------------------------------
     async def infer(self, model_name: str, texts: Sequence[str], timeout_s: float | None = None,
@@ -275,18 +299,26 @@ class TritonModelClient:
 
     async def _infer_heads_chunk(self, model_name: str, texts: Sequence[str], heads: Mapping[str, str],
                                  timeout: float) -> dict[str, tuple[np.ndarray, str]]:
-        import tritonclient.grpc.aio as grpcclient
         from yujing.service.triton.heads import MODELS_OUTPUT, VERSION_SEP
-        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
-        tensor = grpcclient.InferInput(TRITON_INPUT, list(data.shape), "BYTES")
-        tensor.set_data_from_numpy(data)
-        outputs = [grpcclient.InferRequestedOutput(m) for m in heads]
-        outputs.append(grpcclient.InferRequestedOutput(MODELS_OUTPUT))
-        result = await self._call(
-            f"infer {model_name}",
-            self._grpc().infer(model_name, [tensor], outputs=outputs, headers=self.headers,
-                               parameters={m: v for m, v in heads.items() if v}, client_timeout=timeout))
-        served = _first_row_of_strings(result, MODELS_OUTPUT, len(texts))
+        parameters = {m: v for m, v in heads.items() if v}
+        if self._http is not None:
+            arrays, _ = await self._http_infer(f"infer {model_name}", model_name, texts, [*heads, MODELS_OUTPUT],
+                                               timeout, parameters=parameters)
+            served = _first_row(arrays.get(MODELS_OUTPUT), len(texts))
+            probs_of = arrays.get
+        else:
+            import tritonclient.grpc.aio as grpcclient
+            data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+            tensor = grpcclient.InferInput(TRITON_INPUT, list(data.shape), "BYTES")
+            tensor.set_data_from_numpy(data)
+            outputs = [grpcclient.InferRequestedOutput(m) for m in heads]
+            outputs.append(grpcclient.InferRequestedOutput(MODELS_OUTPUT))
+            result = await self._call(
+                f"infer {model_name}",
+                self._grpc().infer(model_name, [tensor], outputs=outputs, headers=self.headers,
+                                   parameters=parameters, client_timeout=timeout))
+            served = _first_row_of_strings(result, MODELS_OUTPUT, len(texts))
+            probs_of = result.as_numpy
         if served is None:
             raise TritonClientError(f"{model_name}: output {MODELS_OUTPUT} is missing or not of shape "
                                     f"({len(texts)}, heads)")
@@ -296,7 +328,7 @@ class TritonModelClient:
             versions[member] = version
         answers = {}
         for member in heads:
-            probs = result.as_numpy(member)
+            probs = probs_of(member)
             if member not in versions or probs is None:
                 raise TritonClientError(f"{model_name}: no answer for {member} (it answered {sorted(versions)})")
             if probs.ndim != 2 or probs.shape[0] != len(texts) or probs.shape[1] < 1:
@@ -321,21 +353,26 @@ class TritonModelClient:
 
     async def _infer_chunk(self, model_name: str, texts: Sequence[str], timeout: float,
                            model_version: str) -> tuple[np.ndarray, str]:
-        import tritonclient.grpc.aio as grpcclient
-        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
-        tensor = grpcclient.InferInput(TRITON_INPUT, list(data.shape), "BYTES")
-        tensor.set_data_from_numpy(data)
-        result = await self._call(
-            f"infer {model_name}",
-            self._grpc().infer(model_name, [tensor], model_version=model_version,
-                               outputs=[grpcclient.InferRequestedOutput(TRITON_OUTPUT)],
-                               headers=self.headers, client_timeout=timeout))
-        probs = result.as_numpy(TRITON_OUTPUT)
+        if self._http is not None:
+            arrays, version = await self._http_infer(f"infer {model_name}", model_name, texts, [TRITON_OUTPUT],
+                                                     timeout, version=model_version)
+            probs = arrays.get(TRITON_OUTPUT)
+        else:
+            import tritonclient.grpc.aio as grpcclient
+            data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+            tensor = grpcclient.InferInput(TRITON_INPUT, list(data.shape), "BYTES")
+            tensor.set_data_from_numpy(data)
+            result = await self._call(
+                f"infer {model_name}",
+                self._grpc().infer(model_name, [tensor], model_version=model_version,
+                                   outputs=[grpcclient.InferRequestedOutput(TRITON_OUTPUT)],
+                                   headers=self.headers, client_timeout=timeout))
+            probs, version = result.as_numpy(TRITON_OUTPUT), result.get_response().model_version
         if probs is None or probs.ndim != 2 or probs.shape[0] != len(texts) or probs.shape[1] < 1:
             shape = None if probs is None else probs.shape
             raise TritonClientError(f"{model_name}: output {TRITON_OUTPUT} has shape {shape}, "
                                     f"expected ({len(texts)}, n_labels)")
-        return np.asarray(probs, dtype=np.float32), result.get_response().model_version
+        return np.asarray(probs, dtype=np.float32), version
 
     # -- health and metadata ----------------------------------------------------------
     async def is_server_ready(self, timeout_s: float = 1.0) -> bool:

@@ -134,6 +134,9 @@ class ModelRouter:
             "triton" and "in-process" (for logs and metrics).
         client: a ready :class:`TritonModelClient` to use instead of creating one.
         triton_headers: sent with every Triton call (an external Triton's key).
+        triton_http_url: the same Triton's HTTP ``host:port``: inference requests go there
+            (:class:`TritonModelClient`'s ``http_url``); None: over gRPC.
+        triton_http_headers: sent with every HTTP request (the key's HTTP form).
         combined_model: Triton's model that answers all the models in one call
             (``heads``); None: one call per model, and in-process one model at a time.
     """
@@ -156,6 +159,8 @@ class ModelRouter:
         on_state_change: Callable[[str, str, str], None] | None = None,
         client: TritonModelClient | None = None,
         triton_headers: dict[str, str] | None = None,
+        triton_http_url: str | None = None,
+        triton_http_headers: dict[str, str] | None = None,
         combined_model: str | None = DEFAULT_COMBINED_MODEL,
     ) -> None:
         self.model_repository = Path(model_repository)
@@ -175,7 +180,8 @@ class ModelRouter:
         self.stats = RouterStats()
         self._own_client = client is None and bool(triton_url)
         if client is None and triton_url:
-            client = TritonModelClient(triton_url, self.model_repository, headers=triton_headers)
+            client = TritonModelClient(triton_url, self.model_repository, headers=triton_headers,
+                                       http_url=triton_http_url, http_headers=triton_http_headers)
         self.client = client
         self._executor = ThreadPoolExecutor(max_workers=in_process_threads,
                                             thread_name_prefix="yujing-in-process")

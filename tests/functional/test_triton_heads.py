@@ -74,9 +74,11 @@ def test_heads_answers_what_one_call_per_model_answers_for_the_trained_models():
         np.testing.assert_array_equal(x.probs, y.probs)
 
 
-def test_heads_refuses_a_version_it_did_not_load_and_answers_the_other_requests(triton_server):
+@pytest.mark.parametrize("over", ["grpc", "http"])
+def test_heads_refuses_a_version_it_did_not_load_and_answers_the_other_requests(triton_server, over):
     async def go():
-        async with TritonModelClient(triton_server.grpc_url) as client:
+        http_url = triton_server.http_url if over == "http" else None
+        async with TritonModelClient(triton_server.grpc_url, http_url=http_url) as client:
             return await asyncio.gather(
                 *(client.infer_heads("heads", [f"谢谢 {k}"], {"sentiment": "1", "intent": "1"}) for k in range(8)),
                 client.infer_heads("heads", ["谢谢"], {"sentiment": "7", "intent": "1"}),
@@ -92,9 +94,12 @@ def test_heads_refuses_a_version_it_did_not_load_and_answers_the_other_requests(
     assert isinstance(absent_member, TritonClientError) and "no 'emotion'" in str(absent_member)
 
 
-def test_batches_go_through_heads_and_fall_back_when_triton_dies(triton_server, model_repo):
+@pytest.mark.parametrize("over", ["grpc", "http"])
+def test_batches_go_through_heads_and_fall_back_when_triton_dies(triton_server, model_repo, over):
     async def go():
-        async with ModelRouter(model_repo, triton_server.grpc_url, deadline_s=2.0, probe_interval_s=0.1) as router:
+        http_url = triton_server.http_url if over == "http" else None
+        async with ModelRouter(model_repo, triton_server.grpc_url, deadline_s=2.0, probe_interval_s=0.1,
+                               triton_http_url=http_url) as router:
             assert router.triton_calls == "combined:heads"
             before = await router.classify(TEXTS)
             triton_server.kill()

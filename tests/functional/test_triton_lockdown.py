@@ -154,8 +154,8 @@ def _listening_addresses(pid: int) -> list[str]:
 
 
 def test_http_repository_api_needs_the_key_too(model_repo):
-    """The service runs Triton without HTTP; a launcher caller that turns it on gets the
-    same restriction there (header ``yujing-triton-key``)."""
+    """The service's inference requests go to the embedded Triton's HTTP endpoint; its
+    repository API there takes the key as gRPC's does (header ``yujing-triton-key``)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
