@@ -4,7 +4,7 @@ floor), each hop measured back to back and with the caller idle between calls.
     yujing bench lone [--seconds 1.5] [--out FILE]
 
 A lone turn (a sequential client, or a quiet hour) crosses three processes: the client's
-call to the service (gRPC), the service's call to the embedded Triton (gRPC), Triton's hand
+call to the service (gRPC), the service's call to the embedded Triton (HTTP), Triton's hand
 over to its Python-backend stub (shared memory), and back. Each part is measured on its
 own, in alternating rounds (``ROUNDS``) of "back to back" and "idle": the same calls with
 ``IDLE_S`` of sleep before each, as a caller that waits for its next turn has. The idle
@@ -15,7 +15,8 @@ its next call on cold caches.
   policy, slots, kernel, answers, alerts) for batches of one turn, the load generator's
   conversation turns, models answered beforehand; us a batch, by stage.
 * ``triton``: one text through the service's own Triton client
-  (:meth:`TritonModelClient.infer_heads`, all heads) against the embedded Triton; per call
+  (:meth:`TritonModelClient.infer_heads`, all heads, over HTTP as the service sends it;
+  ``triton_over_grpc`` the same over gRPC) against the embedded Triton; per call
   p50 and the client process's CPU, and Triton's own split of a request from its
   statistics (queue, compute input / infer / output) with its processes' CPU a request.
 * ``grpc``: the bare echo server (``yujing.loadtest.bench.e2e echo``) and a sequential
@@ -103,7 +104,9 @@ def bench_engine(seconds: float) -> dict:
 
 
 # -- triton ---------------------------------------------------------------------------------
-def bench_triton(seconds: float) -> dict:
+def bench_triton(seconds: float, over: str = "http") -> dict:
+    """``over``: "http" (the service's inference requests, :mod:`yujing.service.triton.http_infer`)
+    or "grpc" (``--triton-inference grpc``)."""
     import tritonclient.grpc as grpcclient
 
     from yujing.service.paths import DEFAULT_MODEL_REPO
@@ -111,7 +114,7 @@ def bench_triton(seconds: float) -> dict:
     from yujing.service.triton.launcher import TritonServer
 
     heads = {"sentiment": "", "emotion": "", "intent": "", "dissatisfaction": ""}
-    with TritonServer(DEFAULT_MODEL_REPO, models=["heads"], allow_http=False, allow_metrics=False) as server:
+    with TritonServer(DEFAULT_MODEL_REPO, models=["heads"], allow_http=True, allow_metrics=False) as server:
         stats_client = grpcclient.InferenceServerClient(server.grpc_url)   # statistics: not a restricted protocol
 
         def triton_cpu_s() -> float:       # the server and its Python-backend stubs (its children)
@@ -122,7 +125,8 @@ def bench_triton(seconds: float) -> dict:
             return {k: int(s[k]["ns"]) for k in ("queue", "compute_input", "compute_infer", "compute_output")}
 
         async def run_all() -> dict:
-            client = TritonModelClient(server.grpc_url, DEFAULT_MODEL_REPO)
+            client = TritonModelClient(server.grpc_url, DEFAULT_MODEL_REPO,
+                                       http_url=server.http_url if over == "http" else None)
             for _ in range(50):
                 await client.infer_heads("heads", [TEXT], heads)
 
@@ -212,4 +216,5 @@ def bench_service(seconds: float) -> dict:
 def bench_lone(seconds: float = 1.5) -> dict:
     """The three hops, each over ``seconds`` (ROUNDS rounds of each way)."""
     return {"idle_s": IDLE_S, "rounds": ROUNDS, "engine": bench_engine(seconds), "triton": bench_triton(seconds),
+            "triton_over_grpc": bench_triton(seconds, "grpc"),
             "grpc": bench_grpc(seconds), "service": bench_service(seconds)}
