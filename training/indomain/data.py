@@ -112,8 +112,13 @@ def set_fold(k: int) -> None:
     FOLD = k
 
 
+def relative_bucket(key: str) -> int:
+    """The bucket of ``key`` counted from the fold's test bucket: 0 test, 1 dev, 2-4 train."""
+    return (bucket(key) - FOLD) % FOLDS
+
+
 def hash_split(key: str) -> str:
-    b = (bucket(key) - FOLD) % FOLDS
+    b = relative_bucket(key)
     return "test" if b == 0 else ("dev" if b == 1 else "train")
 
 
