@@ -44,12 +44,12 @@ def test_deploy_switches_the_service_and_a_broken_model_is_refused(tmp_path):
         stub = svc.stub()
         url, key_file = svc.call(lambda s: (s.triton.grpc_url, s.triton.key_file))
         first = stub.Score(turn(session="deploy", turn_id="0", text="hello"))
-        assert first.models.sentiment_version == "3" and first.models.served_by == "triton"
+        assert first.models.sentiment_version == "4" and first.models.served_by == "triton"
 
-        # roll the review-trained version 1 out again as version 4
+        # roll the review-trained version 1 out again as version 5
         good = deploy(repo / "sentiment" / "1" / "artifact", "sentiment", repo, url, key_file)
         assert good.returncode == 0, good.stdout + good.stderr
-        r = wait_for_version(stub, "4")
+        r = wait_for_version(stub, "5")
         assert r.models.served_by == "triton" and not r.degraded
 
         broken = tmp_path / "broken"
@@ -57,9 +57,9 @@ def test_deploy_switches_the_service_and_a_broken_model_is_refused(tmp_path):
         (broken / "model.json").write_text("{not json")
         bad = deploy(broken, "sentiment", repo, url, key_file)
         assert bad.returncode != 0 and "model.json" in (bad.stdout + bad.stderr)
-        assert not (repo / "sentiment" / "5").exists()
+        assert not (repo / "sentiment" / "6").exists()
         for k in range(5):
             r = stub.Score(turn(session="deploy", turn_id=f"after-{k}", text="still late"))
-            assert r.models.sentiment_version == "4" and r.models.served_by == "triton"
+            assert r.models.sentiment_version == "5" and r.models.served_by == "triton"
     finally:
         svc.stop()

@@ -29,7 +29,7 @@ def test_both_languages_scored_by_triton_with_versions(svc):
     for k, text in enumerate(["我要投诉，你们的服务太差了！", "This is the worst service ever, I want a refund!"]):
         r = stub.Score(turn(session=f"lang{k}", text=text))
         assert r.models.served_by == "triton" and not r.degraded
-        assert r.models.sentiment_model == "sentiment" and r.models.sentiment_version == "3"
+        assert r.models.sentiment_model == "sentiment" and r.models.sentiment_version == "4"
         assert r.models.intent_model == "intent" and r.models.intent_version == "2"
         assert r.models.emotion_model == "emotion" and r.models.emotion_version == "1"
         assert r.models.dissatisfaction_model == "dissatisfaction" and r.models.dissatisfaction_version == "1"
