@@ -42,6 +42,8 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from yujing.service.models import TRITON_INPUT
+
 __all__ = ["HttpInference", "HttpInferenceError", "BytesOutput", "encode_bytes_tensor", "decode_bytes_elements"]
 
 # Triton's HTTP statuses, named as the gRPC statuses TritonClientError carries.
@@ -123,13 +125,13 @@ class HttpInference:
 
     async def infer(self, model: str, texts: Sequence[str], outputs: Sequence[str], *, version: str = "",
                     parameters: Mapping[str, str] | None = None, timeout_s: float = 5.0) -> tuple[dict, str]:
-        """``texts`` as the BYTES input ``TEXT`` [n, 1], ``outputs`` asked for by name;
+        """``texts`` as the BYTES input ``TEXT`` [n, 1] (``TRITON_INPUT``), ``outputs`` asked for by name;
         returns ({output: value}, the version that answered). Numeric outputs come as
         read-only arrays of their shape, BYTES outputs as :class:`BytesOutput`. ``version``
         "" lets Triton pick; ``parameters`` are the request's (``heads`` reads the versions
         it should answer with there). Raises :class:`HttpInferenceError`."""
         body = encode_bytes_tensor([t.encode("utf-8") for t in texts])
-        header = {"inputs": [{"name": "TEXT", "shape": [len(texts), 1], "datatype": "BYTES",
+        header = {"inputs": [{"name": TRITON_INPUT, "shape": [len(texts), 1], "datatype": "BYTES",
                               "parameters": {"binary_data_size": len(body)}}],
                   "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs]}
         if parameters:
