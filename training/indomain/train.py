@@ -6,12 +6,14 @@
 Writes <out>/<name>/1/artifact/{model.json,weights.npz} with the repo's writer
 (yujing.training.train.write_artifact, kind hashed-ngram), <out>/<name>/labels.txt, and a
 config.pbtxt + 1/model.py copied from the repo's model_repo (Triton python backend), then
-runs measure.py (all figures, results.json). Deterministic: fixed hashing, lbfgs, no
-random sampling (subsampling is every-k-th row).
+runs measure.py (all figures, results.json). Deterministic on one machine: fixed hashing,
+lbfgs, no random sampling (subsampling is every-k-th row); the fit's weights depend on the
+BLAS kernels the CPU gets (MODELS.md, cross-fitted calibration).
 
 Splits and label mappings: dialogue_data.py. Held out of every fit: the test sides, and the
 calibration sides used to pick the per-language class-bias offsets and the temperature
-(sentiment: JDDC dev, SGD/MWOZ dev; emotion: SMP2020 virus_eval, CPED dev; dissatisfaction:
+(sentiment: JDDC dev, SGD/MWOZ dev; their training buckets are scored for the calibration
+too, each by a fit without it, ``inner_out_of_fold_logits``; emotion: SMP2020 virus_eval, CPED dev; dissatisfaction:
 STC-3 dev and JDDC dev customer turns, whose dialogue-level AUC is also written to model.json).
 """
 from __future__ import annotations
@@ -175,9 +177,9 @@ def train_sentiment(out: Path):
         # the tuning run that chose AIRLINE_WEIGHT: airline dev held out, its accuracy is the estimate
         parts = [(n, lg, a["train"] if n == "airline" else it) for n, lg, it in parts]
     parts = [(n, lg, it[::SENT_EVERY.get(n, 1)]) for n, lg, it in parts]
-    L.log("sentiment parts: " + ", ".join(f"{n}={len(it)}" for n, _, it in split_by_class(parts, SENT_CLASS_BOOST)))
-    clf, ds, info = L.train("sentiment", SENT, split_by_class(parts, SENT_CLASS_BOOST),
-                            sub_weights(SENT_WEIGHTS, SENT_CLASS_BOOST), SENT_HEAD)
+    by_class = split_by_class(parts, SENT_CLASS_BOOST)
+    L.log("sentiment parts: " + ", ".join(f"{n}={len(it)}" for n, _, it in by_class))
+    clf, ds, info = L.train("sentiment", SENT, by_class, sub_weights(SENT_WEIGHTS, SENT_CLASS_BOOST), SENT_HEAD)
     # --- calibration turns (never fitted on): the dev side scored by this model, and with
     # INNER_CALIBRATION each training bucket scored by a model fitted without it
     jd, us, ad = D.jddc_sentiment()["dev"], D.uss_sentiment()["dev"], a["dev"]
