@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from conftest_triton import SENTIMENT_KEYWORDS, SENTIMENT_LABELS, make_model_repo, requires_triton, start_triton
+from tests.service_harness import ServiceThread, turn
+from yujing.service.config import Config
 from yujing.service.triton.client import TritonClientError, TritonModelClient
 from yujing.service.triton.http_infer import HttpInference, HttpInferenceError
 from yujing.service.triton.launcher import free_port
@@ -136,3 +138,21 @@ def test_a_malformed_address_is_refused():
     for url in ("localhost", "localhost:http", ":8000"):
         with pytest.raises(ValueError, match="expected host:port"):
             HttpInference(url)
+
+
+def test_an_external_triton_gets_the_inference_requests_on_its_http_url(triton_server, model_repo):
+    def score(**settings):
+        svc = ServiceThread(Config(port=0, models="external", triton_url=triton_server.grpc_url, model_repo=model_repo,
+                                   emotion_model="", dissatisfaction_model="", capacity=1024, agent_capacity=16,
+                                   triton_key_file=triton_server.key_file, **settings)).start()
+        try:
+            r = svc.stub().Score(turn(session="external", text="谢谢"))
+            return r.models.served_by, r.degraded, svc.call(lambda s: s.router.client.http_url)
+        finally:
+            svc.stop()
+
+    nothing_there = f"127.0.0.1:{free_port()}"
+    assert score(triton_http_url=triton_server.http_url) == ("triton", False, triton_server.http_url)
+    # the inference requests do go to that URL: with nothing there, the turns are scored in-process
+    assert score(triton_http_url=nothing_there) == ("in-process", True, nothing_there)
+    assert score(triton_http_url=nothing_there, triton_inference="grpc") == ("triton", False, None)
