@@ -632,8 +632,7 @@ class YujingServer:
                                        grpc_port=port, allow_http=cfg.triton_inference == "http",
                                        allow_metrics=True, key_file=key_file)
             await asyncio.get_running_loop().run_in_executor(None, self.triton.start)
-            url = self.triton.grpc_url
-            http_url = self.triton.http_url if cfg.triton_inference == "http" else None
+            url, http_url = self.triton.grpc_url, self.triton.http_url
             log.info("embedded Triton at %s; its model-repository API takes the key in %s", url,
                      self.triton.key_file)
             self._supervisor = asyncio.create_task(self._supervise_triton(), name="yujing-triton-supervisor")
@@ -641,7 +640,9 @@ class YujingServer:
             url = cfg.triton_url
             key = read_key_file(cfg.triton_key_file) if cfg.triton_key_file else None
             headers, http_headers = (key.grpc_headers(), key.http_headers()) if key else (None, None)
-            http_url = cfg.triton_http_url if cfg.triton_inference == "http" else None
+            http_url = cfg.triton_http_url
+        if cfg.triton_inference != "http":       # --triton-inference grpc: every request over gRPC
+            http_url = None
         self.router = ModelRouter(cfg.model_repo, url, sentiment_model=cfg.sentiment_model,
                                   intent_model=cfg.intent_model, emotion_model=cfg.emotion_model or None,
                                   dissatisfaction_model=cfg.dissatisfaction_model or None,

@@ -21,22 +21,26 @@ TEXTS = ["你们的服务太差了，我要投诉！", "谢谢，问题解决了
          "I am angry, cancel my account " * 200, "查一下账单 \U0001F621 \x00 end"]
 
 
-def _both(server):
-    return (TritonModelClient(server.grpc_url), TritonModelClient(server.grpc_url, http_url=server.http_url))
+def _on_both(server, calls) -> dict:
+    """``await calls(client)`` with a gRPC-only client and with one sending its inference
+    requests over HTTP: {"grpc": ..., "http": ...}."""
+    async def go():
+        out = {}
+        for name, http_url in (("grpc", None), ("http", server.http_url)):
+            async with TritonModelClient(server.grpc_url, http_url=http_url) as client:
+                out[name] = await calls(client)
+        return out
+
+    return asyncio.run(go())
 
 
 def test_http_answers_what_grpc_answers_per_model_and_through_heads(triton_server):
-    async def go():
-        grpc, http = _both(triton_server)
-        async with grpc, http:
-            out = {}
-            for name, client in (("grpc", grpc), ("http", http)):
-                out[name] = (await client.infer("sentiment", TEXTS), await client.infer("intent", TEXTS, model_version="1"),
-                             await client.infer_heads("heads", TEXTS, {"sentiment": "1", "intent": ""}),
-                             await client.infer_heads("heads", TEXTS[:1], {"sentiment": ""}))
-            return out
+    async def calls(client):
+        return (await client.infer("sentiment", TEXTS), await client.infer("intent", TEXTS, model_version="1"),
+                await client.infer_heads("heads", TEXTS, {"sentiment": "1", "intent": ""}),
+                await client.infer_heads("heads", TEXTS[:1], {"sentiment": ""}))
 
-    out = asyncio.run(go())
+    out = _on_both(triton_server, calls)
     (s_g, i_g, h_g, one_g), (s_h, i_h, h_h, one_h) = out["grpc"], out["http"]
     for (p_g, v_g), (p_h, v_h) in ((s_g, s_h), (i_g, i_h), (h_g["sentiment"], h_h["sentiment"]),
                                    (h_g["intent"], h_h["intent"]), (one_g["sentiment"], one_h["sentiment"])):
@@ -48,19 +52,11 @@ def test_http_answers_what_grpc_answers_per_model_and_through_heads(triton_serve
 
 
 def test_errors_carry_the_status_names_the_grpc_client_gives(triton_server):
-    async def go():
-        grpc, http = _both(triton_server)
-        async with grpc, http:
-            out = {}
-            for name, client in (("grpc", grpc), ("http", http)):
-                out[name] = await asyncio.gather(
-                    client.infer("nosuch", ["x"]),
-                    client.infer("sentiment", ["x"], model_version="9"),
-                    client.infer_heads("heads", ["x"], {"sentiment": "7"}),
-                    return_exceptions=True)
-            return out
+    async def calls(client):
+        return await asyncio.gather(client.infer("nosuch", ["x"]), client.infer("sentiment", ["x"], model_version="9"),
+                                    client.infer_heads("heads", ["x"], {"sentiment": "7"}), return_exceptions=True)
 
-    out = asyncio.run(go())
+    out = _on_both(triton_server, calls)
     for g, h in zip(out["grpc"], out["http"]):
         assert isinstance(g, TritonClientError) and isinstance(h, TritonClientError), (g, h)
         assert h.status == g.status == "NOT_FOUND", (g, h)
